@@ -1,0 +1,521 @@
+//! One client connection from accept to close.
+//!
+//! The session task owns the socket's read half and the client's channel
+//! table (client channel id → upstream channel). For each frame the client
+//! sends it looks up the channel, rewrites two bytes and pushes the frame to
+//! the pinned upstream connection. Frames from the broker do not pass
+//! through here: the upstream router writes them to this client's write
+//! queue directly; only channel lifecycle events come back to the session.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::handshake::{self, Accepted, HandshakeError};
+use super::Context;
+use crate::channel::{ChannelState, ContentAssembler, ContentVerdict, UpstreamChannel};
+use crate::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
+use crate::link::{ClientEvent, ClientId, ClientLink};
+use crate::method::{self, Close, Tune};
+use crate::net::{split_tcp, ReadHalf, WriteHalf};
+use crate::reply::{
+    self, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED,
+    REPLY_SUCCESS,
+};
+use crate::upstream::{ConnectError, Upstream};
+use crate::writer::{self, Outbox};
+
+/// Frames queued for one client before it counts as too slow.
+const CLIENT_QUEUE: usize = 16384;
+/// How long warren waits for a client's Close-Ok after closing it.
+const CLOSE_OK_WAIT: Duration = Duration::from_secs(3);
+
+/// How the main loop ended.
+enum Exit {
+    /// The client sent Connection.Close.
+    ClientClosed,
+    /// warren closes the client with this.
+    Close(Close),
+    /// The connection is already gone or unusable; nothing to say.
+    Gone(String),
+}
+
+/// Serves one accepted TCP connection until it ends.
+pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+    let id = ctx.next_client_id();
+    let (read_half, mut write_half) = split_tcp(stream);
+    let config = &ctx.config;
+    let offer = Tune {
+        channel_max: config.channel_max.min(config.max_upstream_channels),
+        frame_max: 131072,
+        heartbeat: config.heartbeat,
+    };
+    let mut reader = FrameReader::new(read_half, offer.frame_max);
+    let accepted = match tokio::time::timeout(
+        config.client_handshake_timeout,
+        handshake::accept(&mut reader, &mut write_half, offer),
+    )
+    .await
+    {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(HandshakeError::Refused(close))) => {
+            tracing::warn!(client = id, %peer, code = close.code, text = %close.text, "client handshake refused");
+            close_during_handshake(&mut reader, &mut write_half, &close).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(client = id, %peer, error = %e, "client left during the handshake");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(client = id, %peer, timeout = ?config.client_handshake_timeout, "client handshake timed out");
+            return;
+        }
+    };
+
+    let upstream = match ctx
+        .pools
+        .checkout(&accepted.credentials, &accepted.vhost)
+        .await
+    {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            refuse(id, peer, &accepted, e, &mut reader, &mut write_half).await;
+            return;
+        }
+    };
+    if write_half
+        .write_all(&method::connection_open_ok())
+        .await
+        .is_err()
+    {
+        upstream.unpin(id);
+        return;
+    }
+    tracing::info!(
+        client = id,
+        %peer,
+        user = %accepted.credentials.user,
+        vhost = %accepted.vhost,
+        connection_name = accepted.connection_name.as_deref().unwrap_or(""),
+        upstream = upstream.id(),
+        "client connected"
+    );
+
+    let (outbox, queue) = mpsc::channel(CLIENT_QUEUE);
+    let heartbeat =
+        (accepted.tune.heartbeat > 0).then(|| Duration::from_secs(accepted.tune.heartbeat.into()));
+    let writer_task = tokio::spawn(writer::run(write_half, queue, heartbeat.map(|hb| hb / 2)));
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let link = Arc::new(ClientLink::new(
+        id,
+        outbox.clone(),
+        events_tx,
+        accepted.tune.frame_max as usize,
+        accepted.wants_blocked,
+    ));
+    upstream.attach(link.clone());
+
+    let mut session = Session {
+        id,
+        upstream,
+        upstream_alive: true,
+        link,
+        outbox,
+        channels: HashMap::new(),
+        channel_max: accepted.tune.channel_max,
+        scratch: Vec::new(),
+    };
+    let exit = session.run(&mut reader, &mut events, heartbeat, &ctx).await;
+    let reason = match &exit {
+        Exit::ClientClosed => "client closed the connection".to_string(),
+        Exit::Close(close) => format!("closed by warren: {} {}", close.code, close.text),
+        Exit::Gone(why) => why.clone(),
+    };
+    session.finish(exit, &mut reader, &ctx).await;
+    tracing::info!(
+        client = id,
+        %peer,
+        user = %accepted.credentials.user,
+        vhost = %accepted.vhost,
+        reason,
+        "client disconnected"
+    );
+    let Session {
+        upstream,
+        link,
+        outbox,
+        ..
+    } = session;
+    upstream.unpin(id);
+    drop((link, outbox));
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(CLOSE_OK_WAIT, &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
+}
+
+/// Tells the client why it cannot get in: the broker's own refusal (403,
+/// 530, ...) or that the broker cannot be reached.
+async fn refuse(
+    id: ClientId,
+    peer: SocketAddr,
+    accepted: &Accepted,
+    error: ConnectError,
+    reader: &mut FrameReader<ReadHalf>,
+    writer: &mut WriteHalf,
+) {
+    let user = &accepted.credentials.user;
+    let vhost = &accepted.vhost;
+    let close = match error {
+        ConnectError::Refused(close) => {
+            tracing::warn!(client = id, %peer, %user, %vhost, code = close.code, text = %close.text, "broker refused the client");
+            if close.code == 403 && !accepted.wants_auth_failure_close {
+                return;
+            }
+            close.caused_by(method::CONNECTION_OPEN)
+        }
+        other => {
+            tracing::error!(client = id, %peer, %user, %vhost, error = %other, "no upstream connection for the client");
+            reply::close(
+                CONNECTION_FORCED,
+                format!("warren cannot reach the broker: {other}"),
+            )
+            .caused_by(method::CONNECTION_OPEN)
+        }
+    };
+    close_during_handshake(reader, writer, &close).await;
+}
+
+async fn close_during_handshake(
+    reader: &mut FrameReader<ReadHalf>,
+    writer: &mut WriteHalf,
+    close: &Close,
+) {
+    if writer.write_all(&close.connection_frame()).await.is_ok() {
+        wait_for_close_ok(reader, CLOSE_OK_WAIT).await;
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Reads and discards frames until Close-Ok, EOF or the deadline.
+async fn wait_for_close_ok(reader: &mut FrameReader<ReadHalf>, limit: Duration) {
+    let wait = async {
+        while let Ok(frame) = reader.read_frame().await {
+            if frame.method_id() == Some(method::CONNECTION_CLOSE_OK) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, wait).await;
+}
+
+struct Session {
+    id: ClientId,
+    upstream: Upstream,
+    upstream_alive: bool,
+    link: Arc<ClientLink>,
+    outbox: Outbox,
+    channels: HashMap<u16, ChannelState>,
+    channel_max: u16,
+    scratch: Vec<Bytes>,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        reader: &mut FrameReader<ReadHalf>,
+        events: &mut mpsc::UnboundedReceiver<ClientEvent>,
+        heartbeat: Option<Duration>,
+        ctx: &Context,
+    ) -> Exit {
+        let mut liveness = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
+        let mut last_read = Instant::now();
+        loop {
+            let step = tokio::select! {
+                biased;
+                Some(event) = events.recv() => self.on_event(event).await,
+                read = reader.read_frame() => match read {
+                    Ok(frame) => {
+                        last_read = Instant::now();
+                        self.on_client_frame(frame).await
+                    }
+                    Err(FrameError::Closed) => Some(Exit::Gone("client dropped the connection".into())),
+                    Err(FrameError::Io(e)) => Some(Exit::Gone(format!("client connection failed: {e}"))),
+                    Err(e) => Some(Exit::Close(reply::close(FRAME_ERROR, e))),
+                },
+                _ = liveness.tick() => match heartbeat {
+                    Some(hb) if last_read.elapsed() > 2 * hb => {
+                        Some(Exit::Gone(format!("missed heartbeats from client, timeout: {}s", hb.as_secs())))
+                    }
+                    _ => None,
+                },
+                _ = ctx.force_close.cancelled() => {
+                    Some(Exit::Close(reply::close(CONNECTION_FORCED, "warren is shutting down")))
+                }
+            };
+            if let Some(exit) = step {
+                return exit;
+            }
+        }
+    }
+
+    /// Closes what is left: upstream channels go back (closed so the broker
+    /// requeues unacknowledged deliveries), the client hears why.
+    async fn finish(&mut self, exit: Exit, reader: &mut FrameReader<ReadHalf>, ctx: &Context) {
+        self.release_channels().await;
+        match exit {
+            Exit::ClientClosed => {
+                let _ = self.outbox.send(method::connection_close_ok()).await;
+            }
+            Exit::Close(close) => {
+                tracing::warn!(client = self.id, code = close.code, text = %close.text, "closing client connection");
+                if self.outbox.send(close.connection_frame()).await.is_ok() {
+                    let wait = if ctx.force_close.is_cancelled() {
+                        ctx.config.term_client_close_timeout
+                    } else {
+                        CLOSE_OK_WAIT
+                    };
+                    wait_for_close_ok(reader, wait).await;
+                }
+            }
+            Exit::Gone(_) => {}
+        }
+    }
+
+    async fn release_channels(&mut self) {
+        if !self.upstream_alive {
+            self.channels.clear();
+            return;
+        }
+        for (_, state) in std::mem::take(&mut self.channels) {
+            match state {
+                ChannelState::Open { upstream, .. } => {
+                    self.upstream.abandon(upstream);
+                    let close = Close::new(REPLY_SUCCESS, "client connection closed");
+                    self.upstream.send(close.channel_frame(upstream.id)).await;
+                }
+                ChannelState::ClosingByClient { upstream } => self.upstream.abandon(upstream),
+                ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => {}
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: ClientEvent) -> Option<Exit> {
+        match event {
+            ClientEvent::ChannelCloseOk { channel } => {
+                if matches!(
+                    self.channels.get(&channel),
+                    Some(ChannelState::ClosingByClient { .. })
+                ) {
+                    self.channels.remove(&channel);
+                    let _ = self.outbox.send(method::channel_close_ok(channel)).await;
+                }
+                None
+            }
+            ClientEvent::ChannelClosedByBroker {
+                channel,
+                upstream,
+                close,
+            } => {
+                // Acknowledge first, release second: the id must not be
+                // handed out before our Close-Ok is queued ahead of any
+                // Channel.Open that could reuse it.
+                self.upstream
+                    .send(method::channel_close_ok(upstream.id))
+                    .await;
+                self.upstream.release(upstream);
+                if matches!(self.channels.get(&channel), Some(ChannelState::Open { upstream: u, .. }) if *u == upstream)
+                {
+                    self.channels.insert(channel, ChannelState::ClosedByBroker);
+                    let _ = self.outbox.send(close).await;
+                }
+                None
+            }
+            ClientEvent::UpstreamClosed(close) => {
+                self.upstream_alive = false;
+                Some(Exit::Close(close))
+            }
+            ClientEvent::Overflowed => Some(Exit::Gone(format!(
+                "client too slow: more than {CLIENT_QUEUE} frames waiting for it"
+            ))),
+        }
+    }
+
+    async fn on_client_frame(&mut self, frame: Frame) -> Option<Exit> {
+        let channel = frame.channel();
+        if channel == 0 {
+            return self.on_connection_frame(frame);
+        }
+        if frame.kind() == FRAME_HEARTBEAT {
+            return Some(Exit::Close(reply::close(
+                FRAME_ERROR,
+                "heartbeat frame on a non-zero channel",
+            )));
+        }
+        let method_id = frame.method_id();
+        if method_id == Some(method::CHANNEL_OPEN) {
+            return self.open_channel(channel, frame).await;
+        }
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return Some(Exit::Close(
+                reply::close(CHANNEL_ERROR, "expected 'channel.open'")
+                    .caused_by(method_id.unwrap_or((0, 0))),
+            ));
+        };
+        match state {
+            ChannelState::Open { upstream, content } => {
+                let upstream = *upstream;
+                match method_id {
+                    Some(method::CHANNEL_CLOSE) if content.is_idle() => {
+                        self.upstream.closing(upstream);
+                        self.channels
+                            .insert(channel, ChannelState::ClosingByClient { upstream });
+                        self.send_upstream(frame, upstream.id).await;
+                        None
+                    }
+                    Some(method::CHANNEL_CLOSE_OK) => None,
+                    _ => match content.accept(frame) {
+                        ContentVerdict::Forward(frame) => {
+                            self.send_upstream(frame, upstream.id).await;
+                            None
+                        }
+                        ContentVerdict::Held => None,
+                        ContentVerdict::Complete(frames) => {
+                            for frame in frames {
+                                self.send_upstream(frame, upstream.id).await;
+                            }
+                            None
+                        }
+                        ContentVerdict::ChannelError(close) => {
+                            self.close_channel(channel, upstream, close).await;
+                            None
+                        }
+                        ContentVerdict::ConnectionError(close) => Some(Exit::Close(close)),
+                    },
+                }
+            }
+            // The spec: after Close, everything but Close and Close-Ok is discarded.
+            ChannelState::ClosingByClient { .. } => None,
+            ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => {
+                match method_id {
+                    Some(method::CHANNEL_CLOSE_OK) => {
+                        self.channels.remove(&channel);
+                    }
+                    Some(method::CHANNEL_CLOSE) => {
+                        // Both sides closed at once: the client's Close gets
+                        // its Close-Ok, and the channel is done.
+                        self.channels.remove(&channel);
+                        let _ = self.outbox.send(method::channel_close_ok(channel)).await;
+                    }
+                    _ => {}
+                }
+                None
+            }
+        }
+    }
+
+    fn on_connection_frame(&mut self, frame: Frame) -> Option<Exit> {
+        if frame.kind() == FRAME_HEARTBEAT {
+            return None;
+        }
+        match frame.method_id() {
+            Some(method::CONNECTION_CLOSE) => Some(Exit::ClientClosed),
+            Some(method::CONNECTION_CLOSE_OK) => Some(Exit::Gone(
+                "client sent an unexpected connection.close-ok".into(),
+            )),
+            Some(id) => Some(Exit::Close(
+                reply::close(
+                    COMMAND_INVALID,
+                    format!("{} is not supported on channel 0", method::name(id)),
+                )
+                .caused_by(id),
+            )),
+            None if frame.kind() != FRAME_METHOD => Some(Exit::Close(reply::close(
+                CHANNEL_ERROR,
+                format!("frame type {} on channel 0", frame.kind()),
+            ))),
+            None => Some(Exit::Close(reply::close(
+                FRAME_ERROR,
+                "truncated method frame",
+            ))),
+        }
+    }
+
+    async fn open_channel(&mut self, channel: u16, frame: Frame) -> Option<Exit> {
+        if channel > self.channel_max {
+            return Some(Exit::Close(
+                reply::close(
+                    NOT_ALLOWED,
+                    format!(
+                        "channel {channel} exceeds the negotiated channel_max {}",
+                        self.channel_max
+                    ),
+                )
+                .caused_by(method::CHANNEL_OPEN),
+            ));
+        }
+        if matches!(
+            self.channels.get(&channel),
+            Some(ChannelState::Open { .. } | ChannelState::ClosingByClient { .. })
+        ) {
+            return Some(Exit::Close(
+                reply::close(CHANNEL_ERROR, "second 'channel.open' seen")
+                    .caused_by(method::CHANNEL_OPEN),
+            ));
+        }
+        let Some(upstream) = self.upstream.open_channel(&self.link, channel).await else {
+            if self.upstream.is_closed() {
+                return None; // The UpstreamClosed event explains it to the client.
+            }
+            return Some(Exit::Close(
+                reply::close(
+                    NOT_ALLOWED,
+                    "the upstream connection has no free channel (max-upstream-channels)",
+                )
+                .caused_by(method::CHANNEL_OPEN),
+            ));
+        };
+        self.channels.insert(
+            channel,
+            ChannelState::Open {
+                upstream,
+                content: ContentAssembler::default(),
+            },
+        );
+        self.send_upstream(frame, upstream.id).await;
+        None
+    }
+
+    /// warren closes a channel on its own (e.g. an oversized message): the
+    /// client gets Channel.Close, the upstream channel is closed and freed.
+    async fn close_channel(&mut self, channel: u16, upstream: UpstreamChannel, close: Close) {
+        tracing::warn!(client = self.id, channel, code = close.code, text = %close.text, "closing client channel");
+        self.upstream.abandon(upstream);
+        self.upstream
+            .send(Close::new(REPLY_SUCCESS, "channel closed by warren").channel_frame(upstream.id))
+            .await;
+        self.channels.insert(channel, ChannelState::ClosedByProxy);
+        let _ = self.outbox.send(close.channel_frame(channel)).await;
+    }
+
+    async fn send_upstream(&mut self, frame: Frame, upstream_channel: u16) {
+        frame::push_for_peer(
+            frame,
+            upstream_channel,
+            self.upstream.frame_max(),
+            &mut self.scratch,
+        );
+        for piece in self.scratch.drain(..) {
+            self.upstream.send(piece).await;
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! AMQP 0-9-1 frame layer: reading whole frames off a byte stream without
+//! copying them, and the few in-place edits the proxy makes (the channel id,
+//! splitting oversized bodies).
+//!
+//! A frame is `type:u8 channel:u16 size:u32 payload[size] 0xCE`. The proxy keeps
+//! every frame as the exact bytes it arrived as, so forwarding one costs a
+//! two-byte rewrite and a queue push.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+pub const FRAME_METHOD: u8 = 1;
+pub const FRAME_HEADER: u8 = 2;
+pub const FRAME_BODY: u8 = 3;
+pub const FRAME_HEARTBEAT: u8 = 8;
+pub const FRAME_END: u8 = 0xCE;
+/// Type, channel, size and the end octet.
+pub const FRAME_OVERHEAD: usize = 8;
+const HEADER_LEN: usize = 7;
+pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+/// The spec's floor for frame_max: every peer must accept frames this large.
+pub const MIN_FRAME_MAX: u32 = 4096;
+
+/// Why a byte stream stopped being a valid frame sequence. Each maps to
+/// reply code 501 FRAME_ERROR when told to the peer.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {size} bytes exceeds frame_max {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("frame end octet is {0:#04x}, expected 0xce")]
+    BadEnd(u8),
+    #[error("unknown frame type {0}")]
+    BadType(u8),
+}
+
+/// One frame exactly as received, header and end octet included.
+#[derive(Debug)]
+pub struct Frame {
+    bytes: BytesMut,
+}
+
+impl Frame {
+    /// Wraps bytes that the caller guarantees hold exactly one well-formed frame.
+    pub fn from_bytes(bytes: BytesMut) -> Self {
+        debug_assert!(bytes.len() >= FRAME_OVERHEAD);
+        Frame { bytes }
+    }
+
+    pub fn kind(&self) -> u8 {
+        self.bytes[0]
+    }
+
+    pub fn channel(&self) -> u16 {
+        u16::from_be_bytes([self.bytes[1], self.bytes[2]])
+    }
+
+    pub fn set_channel(&mut self, channel: u16) {
+        self.bytes[1..3].copy_from_slice(&channel.to_be_bytes());
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..self.bytes.len() - 1]
+    }
+
+    /// `(class_id, method_id)` of a method frame.
+    pub fn method_id(&self) -> Option<(u16, u16)> {
+        let p = self.payload();
+        (self.kind() == FRAME_METHOD && p.len() >= 4).then(|| {
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            )
+        })
+    }
+
+    /// Arguments of a method frame (payload after the class and method ids).
+    pub fn method_args(&self) -> &[u8] {
+        self.payload().get(4..).unwrap_or(&[])
+    }
+
+    /// Body size announced by a content header frame.
+    pub fn content_body_size(&self) -> Option<u64> {
+        let p = self.payload();
+        (self.kind() == FRAME_HEADER && p.len() >= 12)
+            .then(|| u64::from_be_bytes(p[4..12].try_into().expect("8 bytes")))
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes.freeze()
+    }
+}
+
+/// Builds a frame around `payload` written by `fill`.
+pub fn build(kind: u8, channel: u16, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_u8(kind);
+    buf.put_u16(channel);
+    buf.put_u32(0);
+    fill(&mut buf);
+    let size = (buf.len() - HEADER_LEN) as u32;
+    buf[3..7].copy_from_slice(&size.to_be_bytes());
+    buf.put_u8(FRAME_END);
+    buf.freeze()
+}
+
+pub fn heartbeat() -> Bytes {
+    Bytes::from_static(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END])
+}
+
+/// Emits `frame` with its channel set to `channel`, splitting a body frame
+/// whose payload exceeds what a peer with `frame_max` accepts. Payload bytes
+/// are shared, never copied; only the 8 framing bytes of each piece are new.
+pub fn push_for_peer(mut frame: Frame, channel: u16, frame_max: usize, out: &mut Vec<Bytes>) {
+    frame.set_channel(channel);
+    if frame.len() <= frame_max || frame.kind() != FRAME_BODY {
+        out.push(frame.into_bytes());
+        return;
+    }
+    let whole = frame.into_bytes();
+    let mut payload = whole.slice(HEADER_LEN..whole.len() - 1);
+    let chunk = frame_max - FRAME_OVERHEAD;
+    while !payload.is_empty() {
+        let piece = payload.split_to(chunk.min(payload.len()));
+        let mut head = BytesMut::with_capacity(HEADER_LEN);
+        head.put_u8(FRAME_BODY);
+        head.put_u16(channel);
+        head.put_u32(piece.len() as u32);
+        out.push(head.freeze());
+        out.push(piece);
+        out.push(Bytes::from_static(&[FRAME_END]));
+    }
+}
+
+/// Reads whole frames from a stream. Cancel-safe: bytes already read stay in
+/// the buffer, so it can sit in a `select!` next to other events.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    frame_max: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, frame_max: u32) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(8 * 1024),
+            frame_max: frame_max as usize,
+        }
+    }
+
+    /// Largest frame accepted from now on (after Tune negotiation).
+    pub fn set_frame_max(&mut self, frame_max: u32) {
+        self.frame_max = frame_max as usize;
+    }
+
+    /// Reads exactly `n` bytes that precede framing (the protocol header).
+    pub async fn read_preamble(&mut self, n: usize) -> Result<Bytes, FrameError> {
+        while self.buf.len() < n {
+            self.fill().await?;
+        }
+        Ok(self.buf.split_to(n).freeze())
+    }
+
+    pub async fn read_frame(&mut self) -> Result<Frame, FrameError> {
+        loop {
+            if let Some(frame) = self.parse()? {
+                return Ok(frame);
+            }
+            self.fill().await?;
+        }
+    }
+
+    fn parse(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let kind = self.buf[0];
+        if !matches!(
+            kind,
+            FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+        ) {
+            return Err(FrameError::BadType(kind));
+        }
+        let size = (&self.buf[3..7]).get_u32() as usize;
+        let total = size + FRAME_OVERHEAD;
+        if total > self.frame_max {
+            return Err(FrameError::TooLarge {
+                size: total,
+                max: self.frame_max,
+            });
+        }
+        if self.buf.len() < total {
+            self.buf.reserve(total - self.buf.len());
+            return Ok(None);
+        }
+        let end = self.buf[total - 1];
+        if end != FRAME_END {
+            return Err(FrameError::BadEnd(end));
+        }
+        Ok(Some(Frame::from_bytes(self.buf.split_to(total))))
+    }
+
+    async fn fill(&mut self) -> Result<(), FrameError> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(16 * 1024);
+        }
+        match self.inner.read_buf(&mut self.buf).await? {
+            0 => Err(FrameError::Closed),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_frame(channel: u16, payload: &[u8]) -> Bytes {
+        build(FRAME_BODY, channel, |b| b.put_slice(payload))
+    }
+
+    #[tokio::test]
+    async fn reads_back_to_back_frames_and_partial_input() {
+        let mut wire = body_frame(3, b"hello").to_vec();
+        wire.extend_from_slice(&heartbeat());
+        let (mut tx, rx) = tokio::io::duplex(4);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            tx.write_all(&wire).await.unwrap();
+        });
+        let mut reader = FrameReader::new(rx, 4096);
+        let first = reader.read_frame().await.unwrap();
+        assert_eq!((first.kind(), first.channel()), (FRAME_BODY, 3));
+        assert_eq!(first.payload(), b"hello");
+        let second = reader.read_frame().await.unwrap();
+        assert_eq!(second.kind(), FRAME_HEARTBEAT);
+        writer.await.unwrap();
+        assert!(matches!(reader.read_frame().await, Err(FrameError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn rejects_bad_end_oversize_and_unknown_type() {
+        let mut bad_end = body_frame(1, b"x").to_vec();
+        *bad_end.last_mut().unwrap() = 0;
+        let mut r = FrameReader::new(&bad_end[..], 4096);
+        assert!(matches!(r.read_frame().await, Err(FrameError::BadEnd(0))));
+
+        let big = body_frame(1, &[0u8; 100]);
+        let mut r = FrameReader::new(&big[..], 64);
+        assert!(matches!(
+            r.read_frame().await,
+            Err(FrameError::TooLarge { .. })
+        ));
+
+        let mut r = FrameReader::new(&[9u8, 0, 0, 0, 0, 0, 0, 0xCE][..], 4096);
+        assert!(matches!(r.read_frame().await, Err(FrameError::BadType(9))));
+    }
+
+    #[test]
+    fn rewrites_channel_and_splits_bodies_for_small_peers() {
+        let payload: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let frame = Frame::from_bytes(BytesMut::from(&body_frame(7, &payload)[..]));
+        let mut out = Vec::new();
+        push_for_peer(frame, 42, 4096, &mut out);
+        let wire: Vec<u8> = out.concat();
+        let mut cursor = &wire[..];
+        let mut rebuilt = Vec::new();
+        while !cursor.is_empty() {
+            let size = u32::from_be_bytes(cursor[3..7].try_into().unwrap()) as usize;
+            assert_eq!(cursor[0], FRAME_BODY);
+            assert_eq!(u16::from_be_bytes([cursor[1], cursor[2]]), 42);
+            assert!(size + FRAME_OVERHEAD <= 4096);
+            assert_eq!(cursor[7 + size], FRAME_END);
+            rebuilt.extend_from_slice(&cursor[7..7 + size]);
+            cursor = &cursor[size + FRAME_OVERHEAD..];
+        }
+        assert_eq!(rebuilt, payload);
+    }
+}

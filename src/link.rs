@@ -1,0 +1,87 @@
+//! How an upstream connection reaches a client session.
+//!
+//! Data frames (deliveries, method replies) go straight into the client's
+//! write queue: the upstream reader rewrites the channel id and pushes, the
+//! client session never sees them. Events that change the session's channel
+//! table go through a separate queue to the session, which acts on them and
+//! only then writes to the client, so the client cannot race ahead of the
+//! session's bookkeeping (e.g. reopen a channel id before it was freed).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::channel::UpstreamChannel;
+use crate::method::Close;
+use crate::writer::Outbox;
+
+pub type ClientId = u64;
+
+#[derive(Debug)]
+pub enum ClientEvent {
+    /// The broker confirmed the client's Channel.Close.
+    ChannelCloseOk { channel: u16 },
+    /// The broker closed a channel; `close` is its Channel.Close frame,
+    /// already addressed to the client's channel id.
+    ChannelClosedByBroker {
+        channel: u16,
+        upstream: UpstreamChannel,
+        close: Bytes,
+    },
+    /// The upstream connection is gone; the client must be closed with this.
+    UpstreamClosed(Close),
+    /// The client did not drain its write queue in time and frames for it had
+    /// to be dropped: it must be disconnected.
+    Overflowed,
+}
+
+/// The client end that an upstream connection holds on to.
+#[derive(Debug)]
+pub struct ClientLink {
+    pub id: ClientId,
+    pub frames: Outbox,
+    pub events: mpsc::UnboundedSender<ClientEvent>,
+    /// The client's negotiated frame_max: larger bodies are split for it.
+    pub frame_max: usize,
+    /// The client advertised the connection.blocked capability.
+    pub wants_blocked: bool,
+    overflowed: AtomicBool,
+}
+
+impl ClientLink {
+    pub fn new(
+        id: ClientId,
+        frames: Outbox,
+        events: mpsc::UnboundedSender<ClientEvent>,
+        frame_max: usize,
+        wants_blocked: bool,
+    ) -> Self {
+        ClientLink {
+            id,
+            frames,
+            events,
+            frame_max,
+            wants_blocked,
+            overflowed: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues a frame without ever waiting: the upstream reader serves many
+    /// clients and must not stall on one. A client whose queue is full is
+    /// told to leave, and nothing more is queued for it (a gap in its stream
+    /// would be worse than a disconnect).
+    pub fn push(&self, frame: Bytes) {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.frames.try_send(frame) {
+            self.overflowed.store(true, Ordering::Relaxed);
+            let _ = self.events.send(ClientEvent::Overflowed);
+        }
+    }
+
+    pub fn notify(&self, event: ClientEvent) -> bool {
+        self.events.send(event).is_ok()
+    }
+}

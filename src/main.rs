@@ -1,0 +1,86 @@
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use warren::client::Context;
+use warren::config::{Cli, Config};
+use warren::listener;
+use warren::pool::Pools;
+use warren::upstream::UpstreamSettings;
+
+fn main() -> ExitCode {
+    let config = match Config::from_cli(Cli::parse()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(format!("warren={}", config.log_level)))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("warren: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let settings = UpstreamSettings {
+        addr: config.upstream.clone(),
+        connect_timeout: config.upstream_connect_timeout,
+        channel_limit: config.max_upstream_channels,
+        idle_timeout: config.idle_connection_timeout,
+    };
+    let ctx = Arc::new(Context::new(config, Pools::new(settings)));
+    let listener = match listener::bind(&ctx).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!(
+                "warren: cannot listen on {}:{}: {e}",
+                ctx.config.listen_address, ctx.config.port
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(listen = %local, upstream = %ctx.config.upstream, "warren is ready");
+
+    let stop = CancellationToken::new();
+    tokio::spawn(watch_signals(stop.clone()));
+    listener::run(listener, ctx, stop).await;
+    tracing::info!("warren stopped");
+    ExitCode::SUCCESS
+}
+
+/// The first SIGTERM/SIGINT starts a graceful drain; a second one exits now.
+async fn watch_signals(stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("shutdown requested; send the signal again to exit at once");
+    stop.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
+}

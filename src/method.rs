@@ -1,0 +1,271 @@
+//! The handful of AMQP methods whose arguments warren reads or writes itself.
+//! Every other method crosses the proxy as opaque bytes.
+
+use bytes::{BufMut, Bytes};
+
+use crate::frame::{self, FRAME_METHOD};
+use crate::wire::{put_long_bytes, put_short_str, put_table, DecodeError, Decoder, FieldTable};
+
+pub type MethodId = (u16, u16);
+
+pub const CONNECTION_START: MethodId = (10, 10);
+pub const CONNECTION_START_OK: MethodId = (10, 11);
+pub const CONNECTION_SECURE: MethodId = (10, 20);
+pub const CONNECTION_TUNE: MethodId = (10, 30);
+pub const CONNECTION_TUNE_OK: MethodId = (10, 31);
+pub const CONNECTION_OPEN: MethodId = (10, 40);
+pub const CONNECTION_OPEN_OK: MethodId = (10, 41);
+pub const CONNECTION_CLOSE: MethodId = (10, 50);
+pub const CONNECTION_CLOSE_OK: MethodId = (10, 51);
+pub const CONNECTION_BLOCKED: MethodId = (10, 60);
+pub const CONNECTION_UNBLOCKED: MethodId = (10, 61);
+
+pub const CHANNEL_OPEN: MethodId = (20, 10);
+pub const CHANNEL_CLOSE: MethodId = (20, 40);
+pub const CHANNEL_CLOSE_OK: MethodId = (20, 41);
+
+pub const BASIC_PUBLISH: MethodId = (60, 40);
+pub const BASIC_RETURN: MethodId = (60, 50);
+pub const BASIC_DELIVER: MethodId = (60, 60);
+pub const BASIC_GET_OK: MethodId = (60, 71);
+
+/// Methods followed by a content header and body frames.
+pub fn carries_content(id: MethodId) -> bool {
+    matches!(
+        id,
+        BASIC_PUBLISH | BASIC_RETURN | BASIC_DELIVER | BASIC_GET_OK
+    )
+}
+
+/// Human name of a method for log lines and error texts.
+pub fn name(id: MethodId) -> String {
+    let known = match id {
+        CONNECTION_START => "connection.start",
+        CONNECTION_START_OK => "connection.start-ok",
+        CONNECTION_SECURE => "connection.secure",
+        CONNECTION_TUNE => "connection.tune",
+        CONNECTION_TUNE_OK => "connection.tune-ok",
+        CONNECTION_OPEN => "connection.open",
+        CONNECTION_OPEN_OK => "connection.open-ok",
+        CONNECTION_CLOSE => "connection.close",
+        CONNECTION_CLOSE_OK => "connection.close-ok",
+        CHANNEL_OPEN => "channel.open",
+        CHANNEL_CLOSE => "channel.close",
+        CHANNEL_CLOSE_OK => "channel.close-ok",
+        BASIC_PUBLISH => "basic.publish",
+        _ => return format!("method {}.{}", id.0, id.1),
+    };
+    known.to_string()
+}
+
+fn method(channel: u16, id: MethodId, args: impl FnOnce(&mut bytes::BytesMut)) -> Bytes {
+    frame::build(FRAME_METHOD, channel, |b| {
+        b.put_u16(id.0);
+        b.put_u16(id.1);
+        args(b);
+    })
+}
+
+pub fn connection_start(server_properties: &FieldTable, mechanisms: &str) -> Bytes {
+    method(0, CONNECTION_START, |b| {
+        b.put_u8(0);
+        b.put_u8(9);
+        put_table(b, server_properties);
+        put_long_bytes(b, mechanisms.as_bytes());
+        put_long_bytes(b, b"en_US");
+    })
+}
+
+pub fn connection_start_ok(
+    client_properties: &FieldTable,
+    mechanism: &str,
+    response: &[u8],
+) -> Bytes {
+    method(0, CONNECTION_START_OK, |b| {
+        put_table(b, client_properties);
+        put_short_str(b, mechanism);
+        put_long_bytes(b, response);
+        put_short_str(b, "en_US");
+    })
+}
+
+/// Connection.Tune and Tune-Ok share their arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tune {
+    pub channel_max: u16,
+    pub frame_max: u32,
+    pub heartbeat: u16,
+}
+
+impl Tune {
+    pub fn decode(args: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(args);
+        Ok(Tune {
+            channel_max: d.u16()?,
+            frame_max: d.u32()?,
+            heartbeat: d.u16()?,
+        })
+    }
+
+    pub fn encode(&self, id: MethodId) -> Bytes {
+        method(0, id, |b| {
+            b.put_u16(self.channel_max);
+            b.put_u32(self.frame_max);
+            b.put_u16(self.heartbeat);
+        })
+    }
+}
+
+pub fn connection_open(vhost: &str) -> Bytes {
+    method(0, CONNECTION_OPEN, |b| {
+        put_short_str(b, vhost);
+        put_short_str(b, "");
+        b.put_u8(0);
+    })
+}
+
+pub fn connection_open_ok() -> Bytes {
+    method(0, CONNECTION_OPEN_OK, |b| put_short_str(b, ""))
+}
+
+pub fn connection_close_ok() -> Bytes {
+    method(0, CONNECTION_CLOSE_OK, |_| {})
+}
+
+pub fn channel_close_ok(channel: u16) -> Bytes {
+    method(channel, CHANNEL_CLOSE_OK, |_| {})
+}
+
+/// Arguments of Connection.Close and Channel.Close: a reply code and text,
+/// and the method that caused it (0.0 when none did).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub text: String,
+    pub cause: MethodId,
+}
+
+impl Close {
+    pub fn new(code: u16, text: impl Into<String>) -> Self {
+        Close {
+            code,
+            text: text.into(),
+            cause: (0, 0),
+        }
+    }
+
+    pub fn caused_by(mut self, cause: MethodId) -> Self {
+        self.cause = cause;
+        self
+    }
+
+    pub fn decode(args: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(args);
+        Ok(Close {
+            code: d.u16()?,
+            text: d.short_str()?,
+            cause: (d.u16()?, d.u16()?),
+        })
+    }
+
+    fn encode(&self, channel: u16, id: MethodId) -> Bytes {
+        method(channel, id, |b| {
+            b.put_u16(self.code);
+            put_short_str(b, &self.text);
+            b.put_u16(self.cause.0);
+            b.put_u16(self.cause.1);
+        })
+    }
+
+    pub fn connection_frame(&self) -> Bytes {
+        self.encode(0, CONNECTION_CLOSE)
+    }
+
+    pub fn channel_frame(&self, channel: u16) -> Bytes {
+        self.encode(channel, CHANNEL_CLOSE)
+    }
+}
+
+/// Connection.Start-Ok as sent by a client.
+#[derive(Debug)]
+pub struct StartOk {
+    pub client_properties: FieldTable,
+    pub mechanism: String,
+    pub response: Vec<u8>,
+}
+
+impl StartOk {
+    pub fn decode(args: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(args);
+        Ok(StartOk {
+            client_properties: d.table()?,
+            mechanism: d.short_str()?,
+            response: d.long_bytes()?.to_vec(),
+        })
+    }
+}
+
+/// Connection.Start as sent by the broker.
+#[derive(Debug)]
+pub struct Start {
+    pub server_properties: FieldTable,
+    pub mechanisms: String,
+}
+
+impl Start {
+    pub fn decode(args: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(args);
+        d.u8()?;
+        d.u8()?;
+        Ok(Start {
+            server_properties: d.table()?,
+            mechanisms: String::from_utf8_lossy(d.long_bytes()?).into_owned(),
+        })
+    }
+}
+
+/// The virtual host named by Connection.Open.
+pub fn decode_open_vhost(args: &[u8]) -> Result<String, DecodeError> {
+    Decoder::new(args).short_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Frame, FrameReader};
+    use crate::wire::FieldValue;
+
+    async fn parse(bytes: Bytes) -> Frame {
+        FrameReader::new(&bytes[..], 1 << 20)
+            .read_frame()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn close_round_trips_with_cause() {
+        let close = Close::new(404, "NOT_FOUND - no exchange 'x'").caused_by(BASIC_PUBLISH);
+        let frame = parse(close.channel_frame(5)).await;
+        assert_eq!(frame.channel(), 5);
+        assert_eq!(frame.method_id(), Some(CHANNEL_CLOSE));
+        assert_eq!(Close::decode(frame.method_args()).unwrap(), close);
+    }
+
+    #[tokio::test]
+    async fn start_ok_and_tune_decode_what_encode_wrote() {
+        let props = vec![("product".to_string(), FieldValue::LongStr(b"t".to_vec()))];
+        let frame = parse(connection_start_ok(&props, "PLAIN", b"\0u\0p")).await;
+        let start_ok = StartOk::decode(frame.method_args()).unwrap();
+        assert_eq!(start_ok.client_properties, props);
+        assert_eq!(start_ok.mechanism, "PLAIN");
+        assert_eq!(start_ok.response, b"\0u\0p");
+
+        let tune = Tune {
+            channel_max: 2047,
+            frame_max: 131072,
+            heartbeat: 60,
+        };
+        let frame = parse(tune.encode(CONNECTION_TUNE)).await;
+        assert_eq!(Tune::decode(frame.method_args()).unwrap(), tune);
+    }
+}

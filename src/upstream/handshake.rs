@@ -1,0 +1,148 @@
+//! Opening an authenticated connection to the broker, as an AMQP client.
+
+use tokio::io::AsyncWriteExt;
+
+use crate::auth::Credentials;
+use crate::frame::{FrameError, FrameReader, PROTOCOL_HEADER};
+use crate::method::{self, Close, Start, Tune};
+use crate::net::{ReadHalf, WriteHalf};
+use crate::wire::{FieldTable, FieldValue};
+
+/// Why an upstream connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The broker answered with Connection.Close: wrong credentials (403),
+    /// vhost not allowed (530), ... Relayed to the client as is.
+    #[error("broker refused: {} {}", .0.code, .0.text)]
+    Refused(Close),
+    #[error("broker unreachable: {0}")]
+    Unreachable(String),
+    #[error("broker broke the handshake: {0}")]
+    Protocol(String),
+    #[error("broker did not complete the handshake in time")]
+    Timeout,
+}
+
+/// What the broker granted.
+#[derive(Debug, Clone, Copy)]
+pub struct Negotiated {
+    pub channel_max: u16,
+    pub frame_max: u32,
+    pub heartbeat: u16,
+}
+
+/// Client properties warren presents to the broker. The capabilities are
+/// asked for so the broker sends what clients may rely on (blocked
+/// notifications, consumer cancel notifications, nacks) and explains
+/// refused logins instead of dropping the socket.
+fn client_properties() -> FieldTable {
+    let yes = |k: &str| (k.to_string(), FieldValue::Bool(true));
+    let text = |k: &str, v: &str| (k.to_string(), FieldValue::LongStr(v.as_bytes().to_vec()));
+    vec![
+        text("product", "warren"),
+        text("version", env!("CARGO_PKG_VERSION")),
+        text("platform", "Rust"),
+        text("connection_name", "warren pool"),
+        (
+            "capabilities".into(),
+            FieldValue::Table(vec![
+                yes("authentication_failure_close"),
+                yes("publisher_confirms"),
+                yes("consumer_cancel_notify"),
+                yes("basic.nack"),
+                yes("connection.blocked"),
+                yes("exchange_exchange_bindings"),
+            ]),
+        ),
+    ]
+}
+
+fn protocol(what: impl std::fmt::Display) -> ConnectError {
+    ConnectError::Protocol(what.to_string())
+}
+
+async fn expect(
+    reader: &mut FrameReader<ReadHalf>,
+    wanted: method::MethodId,
+) -> Result<Vec<u8>, ConnectError> {
+    let frame = reader.read_frame().await.map_err(|e| match e {
+        FrameError::Closed => {
+            ConnectError::Unreachable("connection closed during the handshake".into())
+        }
+        other => protocol(other),
+    })?;
+    match frame.method_id() {
+        Some(id) if id == wanted => Ok(frame.method_args().to_vec()),
+        Some(method::CONNECTION_CLOSE) => Err(ConnectError::Refused(
+            Close::decode(frame.method_args()).map_err(protocol)?,
+        )),
+        other => Err(protocol(format!(
+            "expected {}, got {}",
+            method::name(wanted),
+            other
+                .map(method::name)
+                .unwrap_or_else(|| "a non-method frame".into())
+        ))),
+    }
+}
+
+/// Runs the handshake up to Connection.Open-Ok and hands back the socket
+/// halves ready for the data path.
+pub async fn open(
+    (read_half, mut writer): (ReadHalf, WriteHalf),
+    credentials: &Credentials,
+    vhost: &str,
+    channel_limit: u16,
+) -> Result<(FrameReader<ReadHalf>, WriteHalf, Negotiated), ConnectError> {
+    let mut reader = FrameReader::new(read_half, 1 << 20);
+    let io = |e: std::io::Error| ConnectError::Unreachable(e.to_string());
+
+    writer.write_all(PROTOCOL_HEADER).await.map_err(io)?;
+
+    let start =
+        Start::decode(&expect(&mut reader, method::CONNECTION_START).await?).map_err(protocol)?;
+    if !start.mechanisms.split_whitespace().any(|m| m == "PLAIN") {
+        return Err(protocol(format!(
+            "broker does not offer PLAIN (offers: {})",
+            start.mechanisms
+        )));
+    }
+    let start_ok =
+        method::connection_start_ok(&client_properties(), "PLAIN", &credentials.plain_response());
+    writer.write_all(&start_ok).await.map_err(io)?;
+
+    let offered =
+        Tune::decode(&expect(&mut reader, method::CONNECTION_TUNE).await?).map_err(protocol)?;
+    let negotiated = Negotiated {
+        channel_max: match offered.channel_max {
+            0 => channel_limit,
+            n => n.min(channel_limit),
+        },
+        frame_max: match offered.frame_max {
+            0 => 131072,
+            n => n,
+        },
+        heartbeat: offered.heartbeat,
+    };
+    let tune_ok = Tune {
+        channel_max: negotiated.channel_max,
+        frame_max: negotiated.frame_max,
+        heartbeat: negotiated.heartbeat,
+    };
+    let mut batch = tune_ok.encode(method::CONNECTION_TUNE_OK).to_vec();
+    batch.extend_from_slice(&method::connection_open(vhost));
+    writer.write_all(&batch).await.map_err(io)?;
+
+    match expect(&mut reader, method::CONNECTION_OPEN_OK).await {
+        Ok(_) => {
+            reader.set_frame_max(negotiated.frame_max);
+            Ok((reader, writer, negotiated))
+        }
+        Err(refused @ ConnectError::Refused(_)) => {
+            // The broker waits for our Close-Ok before it drops the socket.
+            let _ = writer.write_all(&method::connection_close_ok()).await;
+            Err(refused)
+        }
+        Err(other) => Err(other),
+    }
+}

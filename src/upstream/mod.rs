@@ -1,0 +1,231 @@
+//! One authenticated connection to the broker, shared by many clients.
+//!
+//! An [`Upstream`] is a cheap handle. Behind it run two tasks: the writer
+//! (see [`crate::writer`]), which owns the socket's write half, and the
+//! [`router`], which owns the read half and the channel table (upstream
+//! channel id → client). Clients talk to the router through a command queue
+//! to open and give back channels, and push their frames straight into the
+//! writer's queue, already rewritten to the upstream channel id.
+
+mod handshake;
+mod router;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use handshake::ConnectError;
+
+use crate::auth::Credentials;
+use crate::channel::UpstreamChannel;
+use crate::config::UpstreamAddr;
+use crate::link::{ClientId, ClientLink};
+use crate::net::split_tcp;
+use crate::writer::{self, Outbox};
+
+/// Frames queued for one upstream socket before clients wait.
+const WRITE_QUEUE: usize = 8192;
+
+/// How upstream connections are opened and kept.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub addr: UpstreamAddr,
+    pub connect_timeout: Duration,
+    /// `--max-upstream-channels`; the broker's channel_max also applies.
+    pub channel_limit: u16,
+    pub idle_timeout: Duration,
+}
+
+/// Who uses an upstream connection, read by the pool when it picks one.
+#[derive(Debug, Default)]
+struct Occupancy {
+    clients: usize,
+    channels: usize,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: u64,
+    frames: Outbox,
+    commands: mpsc::UnboundedSender<Command>,
+    capacity: usize,
+    frame_max: u32,
+    occupancy: Mutex<Occupancy>,
+    ended: CancellationToken,
+}
+
+#[derive(Debug)]
+enum Command {
+    Attach(Arc<ClientLink>),
+    Detach(ClientId),
+    OpenChannel {
+        link: Arc<ClientLink>,
+        client_channel: u16,
+        reply: oneshot::Sender<UpstreamChannel>,
+    },
+    /// The client's Channel.Close is about to go upstream.
+    Closing(UpstreamChannel),
+    /// The client left; a Channel.Close is about to go upstream.
+    Abandon(UpstreamChannel),
+    /// A broker-closed channel was acknowledged upstream; the id is free.
+    Release(UpstreamChannel),
+    Shutdown,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream(Arc<Inner>);
+
+impl Upstream {
+    /// Opens a connection with the client's credentials; the broker decides
+    /// whether they are good.
+    pub async fn connect(
+        settings: &UpstreamSettings,
+        credentials: &Credentials,
+        vhost: &str,
+        id: u64,
+    ) -> Result<Upstream, ConnectError> {
+        let addr = &settings.addr;
+        let opening = async {
+            let stream = TcpStream::connect((addr.host.as_str(), addr.port))
+                .await
+                .map_err(|e| ConnectError::Unreachable(format!("{addr}: {e}")))?;
+            handshake::open(
+                split_tcp(stream),
+                credentials,
+                vhost,
+                settings.channel_limit,
+            )
+            .await
+        };
+        let (reader, write_half, negotiated) =
+            tokio::time::timeout(settings.connect_timeout, opening)
+                .await
+                .map_err(|_| ConnectError::Timeout)??;
+
+        let (frames, queue) = mpsc::channel(WRITE_QUEUE);
+        let heartbeat = (negotiated.heartbeat > 0)
+            .then(|| Duration::from_secs(negotiated.heartbeat.into()) / 2);
+        let writer_task = tokio::spawn(writer::run(write_half, queue, heartbeat));
+        let (commands, command_queue) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            id,
+            frames,
+            commands,
+            capacity: negotiated.channel_max as usize,
+            frame_max: negotiated.frame_max,
+            occupancy: Mutex::new(Occupancy::default()),
+            ended: CancellationToken::new(),
+        });
+        tracing::info!(
+            upstream = id,
+            broker = %addr,
+            user = %credentials.user,
+            vhost,
+            channel_max = negotiated.channel_max,
+            frame_max = negotiated.frame_max,
+            heartbeat = negotiated.heartbeat,
+            "upstream connection opened"
+        );
+        let router = router::Router::new(
+            inner.clone(),
+            reader,
+            command_queue,
+            writer_task,
+            negotiated,
+            settings.clone(),
+        );
+        tokio::spawn(router.run());
+        Ok(Upstream(inner))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub fn frame_max(&self) -> usize {
+        self.0.frame_max as usize
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.occupancy.lock().expect("occupancy lock").closed
+    }
+
+    /// Reserves a place for one more client if the connection is alive and
+    /// has a free channel for it (each pinned client is counted as needing
+    /// at least one channel).
+    pub fn try_pin(&self) -> bool {
+        let mut o = self.0.occupancy.lock().expect("occupancy lock");
+        if o.closed || o.channels + o.clients >= self.0.capacity {
+            return false;
+        }
+        o.clients += 1;
+        true
+    }
+
+    /// Registers a pinned client so it hears about blocking and failures.
+    pub fn attach(&self, link: Arc<ClientLink>) {
+        let _ = self.0.commands.send(Command::Attach(link));
+    }
+
+    /// Undoes `try_pin` and `attach`.
+    pub fn unpin(&self, client: ClientId) {
+        let _ = self.0.commands.send(Command::Detach(client));
+        let mut o = self.0.occupancy.lock().expect("occupancy lock");
+        o.clients = o.clients.saturating_sub(1);
+    }
+
+    /// Reserves an upstream channel id routed to `client_channel` of `link`.
+    /// `None` when the connection has no free id or is gone.
+    pub async fn open_channel(
+        &self,
+        link: &Arc<ClientLink>,
+        client_channel: u16,
+    ) -> Option<UpstreamChannel> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .commands
+            .send(Command::OpenChannel {
+                link: link.clone(),
+                client_channel,
+                reply,
+            })
+            .ok()?;
+        answer.await.ok()
+    }
+
+    /// Call before sending the client's Channel.Close upstream.
+    pub fn closing(&self, channel: UpstreamChannel) {
+        let _ = self.0.commands.send(Command::Closing(channel));
+    }
+
+    /// Call before sending Channel.Close upstream for a client that left.
+    pub fn abandon(&self, channel: UpstreamChannel) {
+        let _ = self.0.commands.send(Command::Abandon(channel));
+    }
+
+    /// Call after sending Channel.Close-Ok upstream for a broker-closed channel.
+    pub fn release(&self, channel: UpstreamChannel) {
+        let _ = self.0.commands.send(Command::Release(channel));
+    }
+
+    /// Queues one frame for the broker; waits while the queue is full. A
+    /// dead connection drops it: its clients are being told already.
+    pub async fn send(&self, frame: Bytes) {
+        let _ = self.0.frames.send(frame).await;
+    }
+
+    /// Closes the connection cleanly (Connection.Close, wait for Close-Ok).
+    pub fn shutdown(&self) {
+        let _ = self.0.commands.send(Command::Shutdown);
+    }
+
+    /// Resolves when the connection is gone.
+    pub async fn ended(&self) {
+        self.0.ended.cancelled().await
+    }
+}

@@ -1,0 +1,394 @@
+//! The task that owns an upstream connection's read half and channel table.
+//!
+//! Every frame from the broker is routed here: looked up by channel id,
+//! rewritten to the client's channel id and pushed onto that client's write
+//! queue without waiting. The same task serves the clients' commands (open a
+//! channel, give one back), so the table has one owner and no lock.
+//!
+//! An upstream channel id is free again only once the broker has confirmed
+//! the channel closed (its Close-Ok, or our Close-Ok to its Close): reusing
+//! an id earlier makes RabbitMQ kill the whole connection with 504.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::handshake::Negotiated;
+use super::{Command, Inner, UpstreamSettings};
+use crate::channel::UpstreamChannel;
+use crate::frame::{self, Frame, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
+use crate::link::{ClientEvent, ClientId, ClientLink};
+use crate::method::{self, Close};
+use crate::net::ReadHalf;
+use crate::reply::{self, CONNECTION_FORCED, REPLY_SUCCESS};
+
+/// How often liveness and idleness are checked.
+const TICK: Duration = Duration::from_millis(250);
+/// How long a clean close waits for the broker's Close-Ok.
+const CLOSE_OK_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+enum Slot {
+    Free,
+    Open {
+        link: Arc<ClientLink>,
+        client_channel: u16,
+        lease: u64,
+        /// The client's Channel.Close went upstream.
+        closing: bool,
+    },
+    /// Its client left and a Channel.Close went upstream.
+    Abandoned,
+    /// The broker closed it; the client's session acknowledges and releases it.
+    BrokerClosed {
+        lease: u64,
+    },
+}
+
+/// Why the loop ended.
+enum End {
+    /// Tell the clients this and stop.
+    Lost(Close),
+    /// Close the connection cleanly with this reason.
+    Graceful(&'static str),
+}
+
+pub(super) struct Router {
+    inner: Arc<Inner>,
+    reader: FrameReader<ReadHalf>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    writer_task: JoinHandle<std::io::Result<()>>,
+    slots: Vec<Slot>,
+    /// Free ids, lowest on top.
+    free: Vec<u16>,
+    next_lease: u64,
+    clients: HashMap<ClientId, Arc<ClientLink>>,
+    /// The broker's Connection.Blocked frame while it is in force.
+    blocked: Option<Bytes>,
+    heartbeat: Option<Duration>,
+    settings: UpstreamSettings,
+    scratch: Vec<Bytes>,
+}
+
+impl Router {
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        reader: FrameReader<ReadHalf>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        writer_task: JoinHandle<std::io::Result<()>>,
+        negotiated: Negotiated,
+        settings: UpstreamSettings,
+    ) -> Self {
+        let capacity = inner.capacity as u16;
+        Router {
+            inner,
+            reader,
+            commands,
+            writer_task,
+            slots: (0..=capacity).map(|_| Slot::Free).collect(),
+            free: (1..=capacity).rev().collect(),
+            next_lease: 1,
+            clients: HashMap::new(),
+            blocked: None,
+            heartbeat: (negotiated.heartbeat > 0)
+                .then(|| Duration::from_secs(negotiated.heartbeat.into())),
+            settings,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let end = self.serve().await;
+        let id = self.inner.id;
+        self.inner.occupancy.lock().expect("occupancy lock").closed = true;
+        match end {
+            End::Graceful(reason) => {
+                self.close_cleanly(reason).await;
+                tracing::info!(upstream = id, reason, "upstream connection closed");
+            }
+            End::Lost(close) => {
+                tracing::warn!(upstream = id, code = close.code, text = %close.text, clients = self.clients.len(), "upstream connection lost");
+                for link in self.clients.values() {
+                    link.notify(ClientEvent::UpstreamClosed(close.clone()));
+                }
+            }
+        }
+        self.writer_task.abort();
+        self.inner.ended.cancel();
+    }
+
+    async fn serve(&mut self) -> End {
+        let mut tick = tokio::time::interval(TICK);
+        let mut last_read = Instant::now();
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown) | None => return End::Graceful("warren is shutting down"),
+                    Some(command) => self.on_command(command),
+                },
+                read = self.reader.read_frame() => match read {
+                    Ok(frame) => {
+                        last_read = Instant::now();
+                        if let Some(end) = self.on_frame(frame).await {
+                            return end;
+                        }
+                    }
+                    Err(e) => return End::Lost(self.lost(format!("read failed: {e}"))),
+                },
+                written = &mut self.writer_task => {
+                    let why = match written {
+                        Ok(Err(e)) => format!("write failed: {e}"),
+                        _ => "writer stopped".to_string(),
+                    };
+                    return End::Lost(self.lost(why));
+                }
+                _ = tick.tick() => {
+                    if let Some(hb) = self.heartbeat {
+                        if last_read.elapsed() > 2 * hb {
+                            return End::Lost(self.lost(format!("missed heartbeats from the broker ({}s)", hb.as_secs())));
+                        }
+                    }
+                    if self.is_unused() {
+                        let since = *idle_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= self.settings.idle_timeout && self.mark_closed_if_unused() {
+                            return End::Graceful("idle");
+                        }
+                    } else {
+                        idle_since = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn lost(&self, why: String) -> Close {
+        reply::close(
+            CONNECTION_FORCED,
+            format!("upstream connection to {} lost: {why}", self.settings.addr),
+        )
+    }
+
+    fn is_unused(&self) -> bool {
+        let o = self.inner.occupancy.lock().expect("occupancy lock");
+        o.clients == 0 && o.channels == 0
+    }
+
+    /// Checks and closes under one lock, so the pool cannot pin a client
+    /// between the check and the close.
+    fn mark_closed_if_unused(&self) -> bool {
+        let mut o = self.inner.occupancy.lock().expect("occupancy lock");
+        if o.clients == 0 && o.channels == 0 {
+            o.closed = true;
+        }
+        o.closed
+    }
+
+    async fn close_cleanly(&mut self, reason: &str) {
+        let close = Close::new(REPLY_SUCCESS, reason);
+        self.send_upstream(close.connection_frame()).await;
+        let wait_close_ok = async {
+            while let Ok(frame) = self.reader.read_frame().await {
+                if frame.method_id() == Some(method::CONNECTION_CLOSE_OK) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_OK_WAIT, wait_close_ok).await;
+        for link in self.clients.values() {
+            link.notify(ClientEvent::UpstreamClosed(reply::close(
+                CONNECTION_FORCED,
+                reason,
+            )));
+        }
+    }
+
+    async fn send_upstream(&self, frame: Bytes) {
+        let _ = self.inner.frames.send(frame).await;
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Attach(link) => {
+                if link.wants_blocked {
+                    if let Some(blocked) = &self.blocked {
+                        link.push(blocked.clone());
+                    }
+                }
+                self.clients.insert(link.id, link);
+            }
+            Command::Detach(id) => {
+                self.clients.remove(&id);
+            }
+            Command::OpenChannel {
+                link,
+                client_channel,
+                reply,
+            } => {
+                let Some(id) = self.free.pop() else {
+                    return;
+                };
+                let lease = self.next_lease;
+                self.next_lease += 1;
+                if reply.send(UpstreamChannel { id, lease }).is_err() {
+                    self.free.push(id);
+                    return;
+                }
+                self.slots[id as usize] = Slot::Open {
+                    link,
+                    client_channel,
+                    lease,
+                    closing: false,
+                };
+                self.inner
+                    .occupancy
+                    .lock()
+                    .expect("occupancy lock")
+                    .channels += 1;
+            }
+            Command::Closing(ch) => {
+                if let Slot::Open { lease, closing, .. } = &mut self.slots[ch.id as usize] {
+                    if *lease == ch.lease {
+                        *closing = true;
+                    }
+                }
+            }
+            Command::Abandon(ch) => {
+                if matches!(self.slots[ch.id as usize], Slot::Open { lease, .. } if lease == ch.lease)
+                {
+                    self.slots[ch.id as usize] = Slot::Abandoned;
+                }
+            }
+            Command::Release(ch) => {
+                if matches!(self.slots[ch.id as usize], Slot::BrokerClosed { lease } if lease == ch.lease)
+                {
+                    self.free_id(ch.id);
+                }
+            }
+            Command::Shutdown => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn free_id(&mut self, id: u16) {
+        self.slots[id as usize] = Slot::Free;
+        self.free.push(id);
+        let mut o = self.inner.occupancy.lock().expect("occupancy lock");
+        o.channels = o.channels.saturating_sub(1);
+    }
+
+    /// Routes one broker frame. Returns why the connection must end, if so.
+    async fn on_frame(&mut self, frame: Frame) -> Option<End> {
+        let id = frame.channel();
+        if id == 0 {
+            return self.on_connection_frame(frame).await;
+        }
+        let Some(slot) = self.slots.get_mut(id as usize) else {
+            tracing::warn!(
+                upstream = self.inner.id,
+                channel = id,
+                "broker used a channel beyond channel_max"
+            );
+            return None;
+        };
+        let method_id = frame.method_id();
+        match slot {
+            Slot::Open {
+                link,
+                client_channel,
+                lease,
+                closing,
+            } => match method_id {
+                Some(method::CHANNEL_CLOSE_OK) => {
+                    link.notify(ClientEvent::ChannelCloseOk {
+                        channel: *client_channel,
+                    });
+                    self.free_id(id);
+                }
+                Some(method::CHANNEL_CLOSE) if *closing => {
+                    self.send_upstream(method::channel_close_ok(id)).await;
+                }
+                Some(method::CHANNEL_CLOSE) => {
+                    let mut close = frame;
+                    close.set_channel(*client_channel);
+                    let event = ClientEvent::ChannelClosedByBroker {
+                        channel: *client_channel,
+                        upstream: UpstreamChannel { id, lease: *lease },
+                        close: close.into_bytes(),
+                    };
+                    if link.notify(event) {
+                        *slot = Slot::BrokerClosed { lease: *lease };
+                    } else {
+                        self.send_upstream(method::channel_close_ok(id)).await;
+                        self.free_id(id);
+                    }
+                }
+                _ if *closing => {}
+                _ => {
+                    frame::push_for_peer(frame, *client_channel, link.frame_max, &mut self.scratch);
+                    for piece in self.scratch.drain(..) {
+                        link.push(piece);
+                    }
+                }
+            },
+            Slot::Abandoned => match method_id {
+                Some(method::CHANNEL_CLOSE_OK) => self.free_id(id),
+                Some(method::CHANNEL_CLOSE) => {
+                    self.send_upstream(method::channel_close_ok(id)).await
+                }
+                _ => {}
+            },
+            Slot::BrokerClosed { .. } => {}
+            Slot::Free => {
+                tracing::debug!(
+                    upstream = self.inner.id,
+                    channel = id,
+                    "frame for a free channel dropped"
+                );
+            }
+        }
+        None
+    }
+
+    async fn on_connection_frame(&mut self, frame: Frame) -> Option<End> {
+        if frame.kind() == FRAME_HEARTBEAT || frame.kind() != FRAME_METHOD {
+            return None;
+        }
+        match frame.method_id() {
+            Some(method::CONNECTION_CLOSE) => {
+                let close = Close::decode(frame.method_args()).unwrap_or_else(|_| {
+                    reply::close(CONNECTION_FORCED, "broker closed the connection")
+                });
+                self.send_upstream(method::connection_close_ok()).await;
+                Some(End::Lost(close))
+            }
+            Some(method::CONNECTION_BLOCKED) => {
+                let blocked = frame.into_bytes();
+                tracing::warn!(upstream = self.inner.id, "broker blocked the connection");
+                self.broadcast_to_blocked_aware(&blocked);
+                self.blocked = Some(blocked);
+                None
+            }
+            Some(method::CONNECTION_UNBLOCKED) => {
+                tracing::info!(upstream = self.inner.id, "broker unblocked the connection");
+                self.broadcast_to_blocked_aware(&frame.into_bytes());
+                self.blocked = None;
+                None
+            }
+            other => {
+                tracing::debug!(upstream = self.inner.id, method = ?other, "ignored connection method from broker");
+                None
+            }
+        }
+    }
+
+    fn broadcast_to_blocked_aware(&self, frame: &Bytes) {
+        for link in self.clients.values().filter(|l| l.wants_blocked) {
+            link.push(frame.clone());
+        }
+    }
+}
