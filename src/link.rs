@@ -29,8 +29,9 @@ pub enum ClientEvent {
         upstream: UpstreamChannel,
         close: Bytes,
     },
-    /// The upstream connection is gone; the client must be closed with this.
-    UpstreamClosed(Close),
+    /// The upstream connection with this id is gone; its clients must be
+    /// closed with this.
+    UpstreamClosed { upstream: u64, close: Close },
     /// The client did not drain its write queue in time and frames for it had
     /// to be dropped: it must be disconnected.
     Overflowed,

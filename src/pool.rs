@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::auth::{Credentials, Fingerprint, Salt};
-use crate::upstream::{ConnectError, Upstream, UpstreamSettings};
+use crate::upstream::{ConnectError, PendingUpstream, Room, Upstream, UpstreamSettings};
 
 struct Pool {
     fingerprint: Fingerprint,
@@ -24,11 +24,11 @@ struct Pool {
 }
 
 impl Pool {
-    /// Pins the client to a live connection with room, dropping dead ones.
-    fn try_pin_any(&self) -> Option<Upstream> {
+    /// Pins the client to a live connection with `room`, dropping dead ones.
+    fn try_pin(&self, room: Room) -> Option<Upstream> {
         let mut upstreams = self.upstreams.lock().expect("pool lock");
         upstreams.retain(|u| !u.is_closed());
-        upstreams.iter().find(|u| u.try_pin()).cloned()
+        upstreams.iter().find(|u| u.try_pin(room)).cloned()
     }
 
     fn is_empty(&self) -> bool {
@@ -39,6 +39,17 @@ impl Pool {
 }
 
 type PoolKey = (String, String);
+
+/// The pool a client belongs to, kept by its session for `Pools::rebalance`.
+pub struct PoolRef(Arc<Pool>);
+
+/// The outcome of a successful login check.
+pub enum Admission {
+    /// A live pool was opened with these credentials.
+    Known,
+    /// The broker accepted them on this new connection, not yet bound to a vhost.
+    Fresh(PendingUpstream),
+}
 
 pub struct Pools {
     settings: UpstreamSettings,
@@ -57,37 +68,112 @@ impl Pools {
         }
     }
 
-    /// Finds or opens an upstream connection for these credentials and pins
-    /// the caller to it. The caller must `unpin` when it leaves.
+    /// Checks a client's credentials the way the broker would at
+    /// Start-Ok, before any vhost is known: good if a live pool was opened
+    /// with exactly them (for any vhost), otherwise the broker is asked with
+    /// a new connection, which the client's vhost will then use.
+    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Admission, ConnectError> {
+        let fingerprint = Fingerprint::of(&self.salt, &credentials.password);
+        let known = {
+            let pools = self.pools.lock().expect("pools lock");
+            pools
+                .iter()
+                .filter(|((_, user), _)| *user == credentials.user)
+                .flat_map(|(_, candidates)| candidates)
+                .any(|p| p.fingerprint.matches(&fingerprint) && !p.is_empty())
+        };
+        if known {
+            return Ok(Admission::Known);
+        }
+        Ok(Admission::Fresh(
+            Upstream::login(&self.settings, credentials).await?,
+        ))
+    }
+
+    /// Pins the client to an upstream connection for its vhost: the
+    /// connection its login opened, a pooled one with room, or a new one.
+    /// The caller must `unpin` when it leaves.
     pub async fn checkout(
         &self,
         credentials: &Credentials,
         vhost: &str,
-    ) -> Result<Upstream, ConnectError> {
+        admission: Admission,
+    ) -> Result<(Upstream, PoolRef), ConnectError> {
         let pool = self.pool_for(credentials, vhost);
-        if let Some(upstream) = pool.try_pin_any() {
-            return Ok(upstream);
-        }
-        let _opening = pool.opening.lock().await;
-        if let Some(upstream) = pool.try_pin_any() {
-            return Ok(upstream);
-        }
-        let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
-        match Upstream::connect(&self.settings, &pool.credentials, vhost, id).await {
+        let opened = match admission {
+            Admission::Fresh(pending) => {
+                let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
+                pending
+                    .open(&self.settings, &credentials.user, vhost, id)
+                    .await
+            }
+            Admission::Known => {
+                return self
+                    .pin_or_open(&pool, vhost, Room::Any)
+                    .await
+                    .map(|u| (u, PoolRef(pool)))
+            }
+        };
+        match opened {
             Ok(upstream) => {
-                let pinned = upstream.try_pin();
-                debug_assert!(pinned, "a new connection has room");
-                pool.upstreams
-                    .lock()
-                    .expect("pool lock")
-                    .push(upstream.clone());
-                Ok(upstream)
+                self.adopt(&pool, &upstream);
+                Ok((upstream, PoolRef(pool)))
             }
             Err(e) => {
                 self.remove_if_empty(credentials, vhost, &pool);
                 Err(e)
             }
         }
+    }
+
+    /// Offers a client that is about to open its first channel a quieter
+    /// connection than `current`, if `current` is crowded. The client pins
+    /// all its channels to one connection, so this is its last chance to move.
+    pub async fn rebalance(
+        &self,
+        pool: &PoolRef,
+        vhost: &str,
+        current: &Upstream,
+    ) -> Option<Upstream> {
+        if !current.is_crowded() {
+            return None;
+        }
+        match self.pin_or_open(&pool.0, vhost, Room::HalfFree).await {
+            Ok(upstream) => Some(upstream),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not open a quieter upstream connection");
+                None
+            }
+        }
+    }
+
+    async fn pin_or_open(
+        &self,
+        pool: &Arc<Pool>,
+        vhost: &str,
+        room: Room,
+    ) -> Result<Upstream, ConnectError> {
+        if let Some(upstream) = pool.try_pin(room) {
+            return Ok(upstream);
+        }
+        let _opening = pool.opening.lock().await;
+        if let Some(upstream) = pool.try_pin(room) {
+            return Ok(upstream);
+        }
+        let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
+        let upstream = Upstream::connect(&self.settings, &pool.credentials, vhost, id).await?;
+        self.adopt(pool, &upstream);
+        Ok(upstream)
+    }
+
+    /// Adds a new connection to `pool`, pinned by its first client.
+    fn adopt(&self, pool: &Pool, upstream: &Upstream) {
+        let pinned = upstream.try_pin(Room::Any);
+        debug_assert!(pinned, "a new connection has room");
+        pool.upstreams
+            .lock()
+            .expect("pool lock")
+            .push(upstream.clone());
     }
 
     fn pool_for(&self, credentials: &Credentials, vhost: &str) -> Arc<Pool> {

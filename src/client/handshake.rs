@@ -13,12 +13,10 @@ use crate::net::{ReadHalf, WriteHalf};
 use crate::reply::{self, COMMAND_INVALID, NOT_ALLOWED, SYNTAX_ERROR};
 use crate::wire::{table_get, FieldTable, FieldValue};
 
-/// What the client asked for, ready for authentication.
+/// Who the client says it is (Start-Ok), ready for authentication.
 #[derive(Debug)]
-pub struct Accepted {
+pub struct Hello {
     pub credentials: Credentials,
-    pub vhost: String,
-    pub tune: Tune,
     /// The client understands Connection.Blocked/Unblocked.
     pub wants_blocked: bool,
     /// The client wants a Connection.Close, not a dropped socket, when its
@@ -120,12 +118,11 @@ fn smaller_limit<T: Copy + Ord + Default>(ours: T, theirs: T) -> T {
     }
 }
 
-/// Runs the handshake until the client's Connection.Open.
-pub async fn accept(
+/// Reads the protocol header, offers the mechanisms and reads Start-Ok.
+pub async fn greet(
     reader: &mut FrameReader<ReadHalf>,
     writer: &mut WriteHalf,
-    offer: Tune,
-) -> Result<Accepted, HandshakeError> {
+) -> Result<Hello, HandshakeError> {
     let header = reader.read_preamble(PROTOCOL_HEADER.len()).await?;
     if &header[..] != PROTOCOL_HEADER {
         let _ = writer.write_all(PROTOCOL_HEADER).await;
@@ -147,6 +144,22 @@ pub async fn accept(
             };
             HandshakeError::Refused(reply::close(code, e))
         })?;
+    let properties = &start_ok.client_properties;
+    Ok(Hello {
+        credentials,
+        wants_blocked: capability(properties, "connection.blocked"),
+        wants_auth_failure_close: capability(properties, "authentication_failure_close"),
+        connection_name: text_property(properties, "connection_name"),
+    })
+}
+
+/// Tunes (offering `offer`) and reads Connection.Open: returns the
+/// negotiated values and the vhost.
+pub async fn tune_and_open(
+    reader: &mut FrameReader<ReadHalf>,
+    writer: &mut WriteHalf,
+    offer: Tune,
+) -> Result<(Tune, String), HandshakeError> {
     writer
         .write_all(&offer.encode(method::CONNECTION_TUNE))
         .await
@@ -174,15 +187,7 @@ pub async fn accept(
     let frame = expect(reader, method::CONNECTION_OPEN).await?;
     let vhost = method::decode_open_vhost(frame.method_args())
         .map_err(malformed(method::CONNECTION_OPEN))?;
-    let properties = &start_ok.client_properties;
-    Ok(Accepted {
-        credentials,
-        vhost,
-        tune,
-        wants_blocked: capability(properties, "connection.blocked"),
-        wants_auth_failure_close: capability(properties, "authentication_failure_close"),
-        connection_name: text_property(properties, "connection_name"),
-    })
+    Ok((tune, vhost))
 }
 
 #[cfg(test)]

@@ -16,13 +16,14 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::handshake::{self, Accepted, HandshakeError};
+use super::handshake::{self, HandshakeError, Hello};
 use super::Context;
 use crate::channel::{ChannelState, ContentAssembler, ContentVerdict, UpstreamChannel};
 use crate::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::method::{self, Close, Tune};
 use crate::net::{split_tcp, ReadHalf, WriteHalf};
+use crate::pool::PoolRef;
 use crate::reply::{
     self, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED,
     REPLY_SUCCESS,
@@ -32,6 +33,9 @@ use crate::writer::{self, Outbox};
 
 /// Frames queued for one client before it counts as too slow.
 const CLIENT_QUEUE: usize = 16384;
+/// frame_max offered to clients: RabbitMQ's default. Bodies are re-split
+/// when the upstream's frame_max is smaller.
+const OFFERED_FRAME_MAX: u32 = 131072;
 /// How long warren waits for a client's Close-Ok after closing it.
 const CLOSE_OK_WAIT: Duration = Duration::from_secs(3);
 
@@ -45,90 +49,78 @@ enum Exit {
     Gone(String),
 }
 
+/// A client past the handshake, pinned to an upstream connection.
+struct Admitted {
+    hello: Hello,
+    tune: Tune,
+    vhost: String,
+    upstream: Upstream,
+    pool: PoolRef,
+}
+
+/// How a handshake step failed.
+enum Refusal {
+    /// Tell the client this, then close.
+    Close(Close),
+    /// Nothing useful can be said: just drop the connection.
+    Drop,
+}
+
 /// Serves one accepted TCP connection until it ends.
 pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let id = ctx.next_client_id();
     let (read_half, mut write_half) = split_tcp(stream);
-    let config = &ctx.config;
-    let offer = Tune {
-        channel_max: config.channel_max.min(config.max_upstream_channels),
-        frame_max: 131072,
-        heartbeat: config.heartbeat,
-    };
-    let mut reader = FrameReader::new(read_half, offer.frame_max);
-    let accepted = match tokio::time::timeout(
-        config.client_handshake_timeout,
-        handshake::accept(&mut reader, &mut write_half, offer),
-    )
-    .await
-    {
-        Ok(Ok(accepted)) => accepted,
-        Ok(Err(HandshakeError::Refused(close))) => {
-            tracing::warn!(client = id, %peer, code = close.code, text = %close.text, "client handshake refused");
+    let mut reader = FrameReader::new(read_half, OFFERED_FRAME_MAX);
+    let admitted = match admit(id, peer, &mut reader, &mut write_half, &ctx).await {
+        Ok(admitted) => admitted,
+        Err(Refusal::Close(close)) => {
             close_during_handshake(&mut reader, &mut write_half, &close).await;
             return;
         }
-        Ok(Err(e)) => {
-            tracing::info!(client = id, %peer, error = %e, "client left during the handshake");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(client = id, %peer, timeout = ?config.client_handshake_timeout, "client handshake timed out");
-            return;
-        }
+        Err(Refusal::Drop) => return,
     };
-
-    let upstream = match ctx
-        .pools
-        .checkout(&accepted.credentials, &accepted.vhost)
-        .await
-    {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            refuse(id, peer, &accepted, e, &mut reader, &mut write_half).await;
-            return;
-        }
-    };
-    if write_half
-        .write_all(&method::connection_open_ok())
-        .await
-        .is_err()
-    {
-        upstream.unpin(id);
-        return;
-    }
+    let Admitted {
+        hello,
+        tune,
+        vhost,
+        upstream,
+        pool,
+    } = admitted;
+    let user = &hello.credentials.user;
     tracing::info!(
         client = id,
         %peer,
-        user = %accepted.credentials.user,
-        vhost = %accepted.vhost,
-        connection_name = accepted.connection_name.as_deref().unwrap_or(""),
+        %user,
+        %vhost,
+        connection_name = hello.connection_name.as_deref().unwrap_or(""),
         upstream = upstream.id(),
         "client connected"
     );
 
     let (outbox, queue) = mpsc::channel(CLIENT_QUEUE);
-    let heartbeat =
-        (accepted.tune.heartbeat > 0).then(|| Duration::from_secs(accepted.tune.heartbeat.into()));
+    let heartbeat = (tune.heartbeat > 0).then(|| Duration::from_secs(tune.heartbeat.into()));
     let writer_task = tokio::spawn(writer::run(write_half, queue, heartbeat.map(|hb| hb / 2)));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let link = Arc::new(ClientLink::new(
         id,
         outbox.clone(),
         events_tx,
-        accepted.tune.frame_max as usize,
-        accepted.wants_blocked,
+        tune.frame_max as usize,
+        hello.wants_blocked,
     ));
     upstream.attach(link.clone());
 
     let mut session = Session {
         id,
+        ctx: ctx.clone(),
+        pool,
+        vhost: vhost.clone(),
         upstream,
         upstream_alive: true,
         link,
         outbox,
         channels: HashMap::new(),
-        channel_max: accepted.tune.channel_max,
+        channel_max: tune.channel_max,
         scratch: Vec::new(),
     };
     let exit = session.run(&mut reader, &mut events, heartbeat, &ctx).await;
@@ -138,14 +130,7 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         Exit::Gone(why) => why.clone(),
     };
     session.finish(exit, &mut reader, &ctx).await;
-    tracing::info!(
-        client = id,
-        %peer,
-        user = %accepted.credentials.user,
-        vhost = %accepted.vhost,
-        reason,
-        "client disconnected"
-    );
+    tracing::info!(client = id, %peer, %user, %vhost, reason, "client disconnected");
     let Session {
         upstream,
         link,
@@ -163,36 +148,118 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
     }
 }
 
-/// Tells the client why it cannot get in: the broker's own refusal (403,
-/// 530, ...) or that the broker cannot be reached.
-async fn refuse(
+/// Runs the handshake in the broker's order: the login is checked (by the
+/// broker) right after Start-Ok, the vhost after Connection.Open, and
+/// Open-Ok is sent only once an upstream connection for this client exists.
+async fn admit(
     id: ClientId,
     peer: SocketAddr,
-    accepted: &Accepted,
-    error: ConnectError,
     reader: &mut FrameReader<ReadHalf>,
     writer: &mut WriteHalf,
-) {
-    let user = &accepted.credentials.user;
-    let vhost = &accepted.vhost;
-    let close = match error {
+    ctx: &Context,
+) -> Result<Admitted, Refusal> {
+    let config = &ctx.config;
+    let limit = config.client_handshake_timeout;
+    let hello = client_step(
+        id,
+        peer,
+        limit,
+        tokio::time::timeout(limit, handshake::greet(reader, writer)).await,
+    )?;
+    let user = &hello.credentials.user;
+    let admission = ctx
+        .pools
+        .authenticate(&hello.credentials)
+        .await
+        .map_err(|e| refusal(id, peer, &hello, None, e))?;
+
+    let offer = Tune {
+        channel_max: config.channel_max.min(config.max_upstream_channels),
+        frame_max: OFFERED_FRAME_MAX,
+        heartbeat: config.heartbeat,
+    };
+    let (tune, vhost) = client_step(
+        id,
+        peer,
+        limit,
+        tokio::time::timeout(limit, handshake::tune_and_open(reader, writer, offer)).await,
+    )?;
+    let (upstream, pool) = ctx
+        .pools
+        .checkout(&hello.credentials, &vhost, admission)
+        .await
+        .map_err(|e| refusal(id, peer, &hello, Some(&vhost), e))?;
+    if writer
+        .write_all(&method::connection_open_ok())
+        .await
+        .is_err()
+    {
+        upstream.unpin(id);
+        tracing::info!(client = id, %peer, %user, "client left before open-ok");
+        return Err(Refusal::Drop);
+    }
+    Ok(Admitted {
+        hello,
+        tune,
+        vhost,
+        upstream,
+        pool,
+    })
+}
+
+/// Turns a failed or timed-out client handshake step into a refusal.
+fn client_step<T>(
+    id: ClientId,
+    peer: SocketAddr,
+    limit: Duration,
+    result: Result<Result<T, HandshakeError>, tokio::time::error::Elapsed>,
+) -> Result<T, Refusal> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(HandshakeError::Refused(close))) => {
+            tracing::warn!(client = id, %peer, code = close.code, text = %close.text, "client handshake refused");
+            Err(Refusal::Close(close))
+        }
+        Ok(Err(e)) => {
+            tracing::info!(client = id, %peer, error = %e, "client left during the handshake");
+            Err(Refusal::Drop)
+        }
+        Err(_) => {
+            tracing::warn!(client = id, %peer, timeout = ?limit, "client handshake timed out");
+            Err(Refusal::Drop)
+        }
+    }
+}
+
+/// Turns an upstream failure during the handshake into what the client
+/// hears: the broker's own refusal (403, 530, ...), or 320 when the broker
+/// cannot be reached.
+fn refusal(
+    id: ClientId,
+    peer: SocketAddr,
+    hello: &Hello,
+    vhost: Option<&str>,
+    error: ConnectError,
+) -> Refusal {
+    let user = &hello.credentials.user;
+    let vhost = vhost.unwrap_or("");
+    match error {
         ConnectError::Refused(close) => {
             tracing::warn!(client = id, %peer, %user, %vhost, code = close.code, text = %close.text, "broker refused the client");
-            if close.code == 403 && !accepted.wants_auth_failure_close {
-                return;
+            if close.code == 403 && !hello.wants_auth_failure_close {
+                Refusal::Drop
+            } else {
+                Refusal::Close(close)
             }
-            close.caused_by(method::CONNECTION_OPEN)
         }
         other => {
             tracing::error!(client = id, %peer, %user, %vhost, error = %other, "no upstream connection for the client");
-            reply::close(
+            Refusal::Close(reply::close(
                 CONNECTION_FORCED,
                 format!("warren cannot reach the broker: {other}"),
-            )
-            .caused_by(method::CONNECTION_OPEN)
+            ))
         }
-    };
-    close_during_handshake(reader, writer, &close).await;
+    }
 }
 
 async fn close_during_handshake(
@@ -220,6 +287,9 @@ async fn wait_for_close_ok(reader: &mut FrameReader<ReadHalf>, limit: Duration) 
 
 struct Session {
     id: ClientId,
+    ctx: Arc<Context>,
+    pool: PoolRef,
+    vhost: String,
     upstream: Upstream,
     upstream_alive: bool,
     link: Arc<ClientLink>,
@@ -340,10 +410,11 @@ impl Session {
                 }
                 None
             }
-            ClientEvent::UpstreamClosed(close) => {
+            ClientEvent::UpstreamClosed { upstream, close } if upstream == self.upstream.id() => {
                 self.upstream_alive = false;
                 Some(Exit::Close(close))
             }
+            ClientEvent::UpstreamClosed { .. } => None,
             ClientEvent::Overflowed => Some(Exit::Gone(format!(
                 "client too slow: more than {CLIENT_QUEUE} frames waiting for it"
             ))),
@@ -472,6 +543,9 @@ impl Session {
                     .caused_by(method::CHANNEL_OPEN),
             ));
         }
+        if self.channels.is_empty() {
+            self.move_if_crowded().await;
+        }
         let Some(upstream) = self.upstream.open_channel(&self.link, channel).await else {
             if self.upstream.is_closed() {
                 return None; // The UpstreamClosed event explains it to the client.
@@ -493,6 +567,28 @@ impl Session {
         );
         self.send_upstream(frame, upstream.id).await;
         None
+    }
+
+    /// Before its first channel, the client may still move to a quieter
+    /// upstream connection (see `Pools::rebalance`).
+    async fn move_if_crowded(&mut self) {
+        let Some(quieter) = self
+            .ctx
+            .pools
+            .rebalance(&self.pool, &self.vhost, &self.upstream)
+            .await
+        else {
+            return;
+        };
+        tracing::debug!(
+            client = self.id,
+            from = self.upstream.id(),
+            to = quieter.id(),
+            "client moved to a quieter upstream"
+        );
+        self.upstream.unpin(self.id);
+        quieter.attach(self.link.clone());
+        self.upstream = quieter;
     }
 
     /// warren closes a channel on its own (e.g. an oversized message): the

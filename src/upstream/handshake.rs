@@ -86,17 +86,24 @@ async fn expect(
     }
 }
 
-/// Runs the handshake up to Connection.Open-Ok and hands back the socket
-/// halves ready for the data path.
-pub async fn open(
+/// A broker connection whose login was accepted (the broker sent Tune, we
+/// answered) and that waits for Connection.Open. The broker judges
+/// credentials before it knows the vhost, and so does warren's client
+/// handshake: this is what lets a refused password reach the client at the
+/// same step as it would directly.
+pub struct Authenticated {
+    reader: FrameReader<ReadHalf>,
+    writer: WriteHalf,
+    negotiated: Negotiated,
+}
+
+/// Runs the handshake up to Tune-Ok.
+pub async fn authenticate(
     (read_half, mut writer): (ReadHalf, WriteHalf),
     credentials: &Credentials,
-    vhost: &str,
     channel_limit: u16,
-) -> Result<(FrameReader<ReadHalf>, WriteHalf, Negotiated), ConnectError> {
+) -> Result<Authenticated, ConnectError> {
     let mut reader = FrameReader::new(read_half, 1 << 20);
-    let io = |e: std::io::Error| ConnectError::Unreachable(e.to_string());
-
     writer.write_all(PROTOCOL_HEADER).await.map_err(io)?;
 
     let start =
@@ -129,20 +136,42 @@ pub async fn open(
         frame_max: negotiated.frame_max,
         heartbeat: negotiated.heartbeat,
     };
-    let mut batch = tune_ok.encode(method::CONNECTION_TUNE_OK).to_vec();
-    batch.extend_from_slice(&method::connection_open(vhost));
-    writer.write_all(&batch).await.map_err(io)?;
+    writer
+        .write_all(&tune_ok.encode(method::CONNECTION_TUNE_OK))
+        .await
+        .map_err(io)?;
+    Ok(Authenticated {
+        reader,
+        writer,
+        negotiated,
+    })
+}
 
-    match expect(&mut reader, method::CONNECTION_OPEN_OK).await {
-        Ok(_) => {
-            reader.set_frame_max(negotiated.frame_max);
-            Ok((reader, writer, negotiated))
+fn io(e: std::io::Error) -> ConnectError {
+    ConnectError::Unreachable(e.to_string())
+}
+
+impl Authenticated {
+    /// Opens `vhost` and hands back the socket halves ready for the data path.
+    pub async fn open(
+        mut self,
+        vhost: &str,
+    ) -> Result<(FrameReader<ReadHalf>, WriteHalf, Negotiated), ConnectError> {
+        self.writer
+            .write_all(&method::connection_open(vhost))
+            .await
+            .map_err(io)?;
+        match expect(&mut self.reader, method::CONNECTION_OPEN_OK).await {
+            Ok(_) => {
+                self.reader.set_frame_max(self.negotiated.frame_max);
+                Ok((self.reader, self.writer, self.negotiated))
+            }
+            Err(refused @ ConnectError::Refused(_)) => {
+                // The broker waits for our Close-Ok before it drops the socket.
+                let _ = self.writer.write_all(&method::connection_close_ok()).await;
+                Err(refused)
+            }
+            Err(other) => Err(other),
         }
-        Err(refused @ ConnectError::Refused(_)) => {
-            // The broker waits for our Close-Ok before it drops the socket.
-            let _ = writer.write_all(&method::connection_close_ok()).await;
-            Err(refused)
-        }
-        Err(other) => Err(other),
     }
 }

@@ -19,12 +19,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use handshake::ConnectError;
+use handshake::Negotiated;
 
 use crate::auth::Credentials;
 use crate::channel::UpstreamChannel;
 use crate::config::UpstreamAddr;
+use crate::frame::FrameReader;
 use crate::link::{ClientId, ClientLink};
-use crate::net::split_tcp;
+use crate::net::{split_tcp, ReadHalf, WriteHalf};
 use crate::writer::{self, Outbox};
 
 /// Frames queued for one upstream socket before clients wait.
@@ -77,36 +79,86 @@ enum Command {
     Shutdown,
 }
 
+/// How much room a connection must have to take another client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// At least one free channel.
+    Any,
+    /// At least half of its channels free.
+    HalfFree,
+}
+
+impl Room {
+    fn fits(self, used: usize, capacity: usize) -> bool {
+        match self {
+            Room::Any => used < capacity,
+            Room::HalfFree => used * 2 < capacity,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Upstream(Arc<Inner>);
 
+/// A logged-in broker connection waiting for its vhost.
+pub struct PendingUpstream(handshake::Authenticated);
+
+impl PendingUpstream {
+    pub async fn open(
+        self,
+        settings: &UpstreamSettings,
+        user: &str,
+        vhost: &str,
+        id: u64,
+    ) -> Result<Upstream, ConnectError> {
+        let opened = tokio::time::timeout(settings.connect_timeout, self.0.open(vhost))
+            .await
+            .map_err(|_| ConnectError::Timeout)??;
+        Ok(Upstream::start(settings, opened, user, vhost, id))
+    }
+}
+
 impl Upstream {
-    /// Opens a connection with the client's credentials; the broker decides
-    /// whether they are good.
+    /// Connects and logs in with the client's credentials; the broker
+    /// decides whether they are good.
+    pub async fn login(
+        settings: &UpstreamSettings,
+        credentials: &Credentials,
+    ) -> Result<PendingUpstream, ConnectError> {
+        let addr = &settings.addr;
+        let connecting = async {
+            let stream = TcpStream::connect((addr.host.as_str(), addr.port))
+                .await
+                .map_err(|e| ConnectError::Unreachable(format!("{addr}: {e}")))?;
+            handshake::authenticate(split_tcp(stream), credentials, settings.channel_limit).await
+        };
+        let authenticated = tokio::time::timeout(settings.connect_timeout, connecting)
+            .await
+            .map_err(|_| ConnectError::Timeout)??;
+        Ok(PendingUpstream(authenticated))
+    }
+
+    /// `login` and `PendingUpstream::open` in one step.
     pub async fn connect(
         settings: &UpstreamSettings,
         credentials: &Credentials,
         vhost: &str,
         id: u64,
     ) -> Result<Upstream, ConnectError> {
-        let addr = &settings.addr;
-        let opening = async {
-            let stream = TcpStream::connect((addr.host.as_str(), addr.port))
-                .await
-                .map_err(|e| ConnectError::Unreachable(format!("{addr}: {e}")))?;
-            handshake::open(
-                split_tcp(stream),
-                credentials,
-                vhost,
-                settings.channel_limit,
-            )
+        Self::login(settings, credentials)
+            .await?
+            .open(settings, &credentials.user, vhost, id)
             .await
-        };
-        let (reader, write_half, negotiated) =
-            tokio::time::timeout(settings.connect_timeout, opening)
-                .await
-                .map_err(|_| ConnectError::Timeout)??;
+    }
 
+    fn start(
+        settings: &UpstreamSettings,
+        (reader, write_half, negotiated): (FrameReader<ReadHalf>, WriteHalf, Negotiated),
+        user: &str,
+        vhost: &str,
+        id: u64,
+    ) -> Upstream {
+        let addr = &settings.addr;
         let (frames, queue) = mpsc::channel(WRITE_QUEUE);
         let heartbeat = (negotiated.heartbeat > 0)
             .then(|| Duration::from_secs(negotiated.heartbeat.into()) / 2);
@@ -124,7 +176,7 @@ impl Upstream {
         tracing::info!(
             upstream = id,
             broker = %addr,
-            user = %credentials.user,
+            user,
             vhost,
             channel_max = negotiated.channel_max,
             frame_max = negotiated.frame_max,
@@ -140,7 +192,7 @@ impl Upstream {
             settings.clone(),
         );
         tokio::spawn(router.run());
-        Ok(Upstream(inner))
+        Upstream(inner)
     }
 
     pub fn id(&self) -> u64 {
@@ -156,15 +208,23 @@ impl Upstream {
     }
 
     /// Reserves a place for one more client if the connection is alive and
-    /// has a free channel for it (each pinned client is counted as needing
+    /// has room for it by `room` (each pinned client is counted as needing
     /// at least one channel).
-    pub fn try_pin(&self) -> bool {
+    pub fn try_pin(&self, room: Room) -> bool {
         let mut o = self.0.occupancy.lock().expect("occupancy lock");
-        if o.closed || o.channels + o.clients >= self.0.capacity {
+        if o.closed || !room.fits(o.channels + o.clients, self.0.capacity) {
             return false;
         }
         o.clients += 1;
         true
+    }
+
+    /// More than half of the channels are taken: a client about to open its
+    /// first channel is better served by a quieter connection, so clients
+    /// that open many channels do not crowd each other out.
+    pub fn is_crowded(&self) -> bool {
+        let o = self.0.occupancy.lock().expect("occupancy lock");
+        !Room::HalfFree.fits(o.channels + o.clients, self.0.capacity)
     }
 
     /// Registers a pinned client so it hears about blocking and failures.

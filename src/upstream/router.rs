@@ -113,7 +113,10 @@ impl Router {
             End::Lost(close) => {
                 tracing::warn!(upstream = id, code = close.code, text = %close.text, clients = self.clients.len(), "upstream connection lost");
                 for link in self.clients.values() {
-                    link.notify(ClientEvent::UpstreamClosed(close.clone()));
+                    link.notify(ClientEvent::UpstreamClosed {
+                        upstream: id,
+                        close: close.clone(),
+                    });
                 }
             }
         }
@@ -201,10 +204,10 @@ impl Router {
         };
         let _ = tokio::time::timeout(CLOSE_OK_WAIT, wait_close_ok).await;
         for link in self.clients.values() {
-            link.notify(ClientEvent::UpstreamClosed(reply::close(
-                CONNECTION_FORCED,
-                reason,
-            )));
+            link.notify(ClientEvent::UpstreamClosed {
+                upstream: self.inner.id,
+                close: reply::close(CONNECTION_FORCED, reason),
+            });
         }
     }
 

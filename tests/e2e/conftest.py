@@ -1,0 +1,184 @@
+"""Fixtures for warren's end-to-end tests: the test broker (started by
+scripts/test.sh, one per run), warren processes on free ports, and helpers to
+ask the broker what it sees."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WARREN = ROOT / "target" / "release" / "warren"
+BROKER_PORT = int(os.environ.get("WARREN_TEST_BROKER_PORT", "5772"))
+PYTHON = str(ROOT / ".cache" / "venv" / "bin" / "python")
+CLIENTS = ROOT / "tests" / "clients"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, what):
+    """Polls `predicate` (a state on another process that has no event to
+    await, such as the broker's connection list) until true or `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def amqp_url(port, user="guest", password="guest", vhost="/"):
+    from urllib.parse import quote
+    return f"amqp://{user}:{password}@127.0.0.1:{port}/{quote(vhost, safe='')}"
+
+
+def params(port, user="guest", password="guest", vhost="/", **kw):
+    kw.setdefault("heartbeat", 0)
+    kw.setdefault("connection_attempts", 1)
+    kw.setdefault("socket_timeout", 10)
+    return pika.ConnectionParameters("127.0.0.1", port, vhost, pika.PlainCredentials(user, password), **kw)
+
+
+def connect(port, **kw):
+    return pika.BlockingConnection(params(port, **kw))
+
+
+class Broker:
+    port = BROKER_PORT
+
+    def ctl(self, *args, check=True):
+        out = subprocess.run([str(ROOT / "scripts" / "broker.sh"), "ctl", str(self.port), *args],
+                             capture_output=True, text=True, timeout=60)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {args} failed: {out.stderr}")
+        return out.stdout
+
+    def connections(self):
+        """Connections the broker has, with user, vhost, channel count and whether warren opened them."""
+        rows = json.loads(self.ctl("list_connections", "user", "vhost", "channels", "client_properties",
+                                   "--formatter", "json", "-q") or "[]")
+        for row in rows:
+            props = {p[0]: p[2] for p in row["client_properties"]}
+            row["from_warren"] = props.get("product") == "warren"
+        return rows
+
+    def warren_connections(self, user=None, vhost=None):
+        return [c for c in self.connections()
+                if c["from_warren"] and (user is None or c["user"] == user)
+                and (vhost is None or c["vhost"] == vhost)]
+
+    def restart(self):
+        subprocess.run([str(ROOT / "scripts" / "broker.sh"), "restart", str(self.port)],
+                       check=True, timeout=180, env={**os.environ, "FAST_STOP": "1"})
+
+    def stop(self):
+        subprocess.run([str(ROOT / "scripts" / "broker.sh"), "stop", str(self.port)],
+                       check=True, timeout=120, env={**os.environ, "FAST_STOP": "1"})
+
+    def start(self):
+        subprocess.run([str(ROOT / "scripts" / "broker.sh"), "start", str(self.port)], check=True, timeout=180)
+
+
+@pytest.fixture(scope="session")
+def broker():
+    b = Broker()
+    try:
+        connect(b.port).close()
+    except Exception as e:  # noqa: BLE001
+        pytest.exit(f"no test broker on 127.0.0.1:{b.port} ({e}); run scripts/test.sh", returncode=2)
+    return b
+
+
+class Warren:
+    def __init__(self, args, upstream_port):
+        self.port = free_port()
+        self.log_path = Path(os.environ.get("WARREN_TEST_LOGS", "/tmp")) / f"warren-{self.port}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(WARREN), "-p", str(self.port), "--log-level", "debug", *args,
+             f"amqp://127.0.0.1:{upstream_port}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        wait_until(self._accepting, 10, "warren to listen")
+
+    def _accepting(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"warren exited with {self.proc.returncode}: {self.log_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    def url(self, **kw):
+        return amqp_url(self.port, **kw)
+
+    def connect(self, **kw):
+        return connect(self.port, **kw)
+
+    def log_text(self):
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def terminate(self, timeout=15):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+@pytest.fixture
+def warren_factory(broker):
+    started = []
+
+    def start(*args, upstream_port=None):
+        w = Warren(["--term-timeout", "0", *args], upstream_port or broker.port)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        code = w.terminate()
+        assert code == 0, f"warren exited with {code}; log:\n{w.log_text()[-3000:]}"
+
+
+@pytest.fixture
+def warren(warren_factory):
+    return warren_factory()
+
+
+@pytest.fixture
+def queue(broker):
+    """A fresh durable queue on "/" (deleted afterwards)."""
+    name = f"test.{uuid.uuid4().hex[:10]}"
+    with connect(broker.port) as conn:
+        conn.channel().queue_declare(name, durable=True)
+    yield name
+    try:
+        with connect(broker.port) as conn:
+            conn.channel().queue_delete(name)
+    except Exception:  # noqa: BLE001 - the broker may be down after a fault test
+        pass
+
+
+def drain(port, queue_name, limit=100000):
+    """All message bodies in a queue (acked), read directly from the broker."""
+    bodies = []
+    with connect(port) as conn:
+        ch = conn.channel()
+        for _ in range(limit):
+            method, _, body = ch.basic_get(queue_name, auto_ack=True)
+            if method is None:
+                break
+            bodies.append(body.decode())
+    return bodies

@@ -1,0 +1,59 @@
+"""Multiplexing many clients' channels over few upstream connections, and
+content that does not fit one frame."""
+import os
+import uuid
+
+from conftest import connect, drain
+
+
+def test_channels_fill_upstreams_up_to_the_limit_and_stay_with_their_client(broker, warren_factory):
+    w = warren_factory("--max-upstream-channels", "20")
+    clients = [w.connect(), w.connect()]
+    channels = [[c.channel() for _ in range(15)] for c in clients]
+    for chans in channels:
+        chans[-1].queue_declare("", exclusive=True)
+    upstreams = broker.warren_connections(user="guest")
+    # 15 + 15 channels do not fit in one upstream of 20: two upstreams, each
+    # with exactly one client's 15 channels (never 20 + 10).
+    assert sorted(c["channels"] for c in upstreams) == [15, 15], upstreams
+    for c in clients:
+        c.close()
+
+
+def test_client_channel_max_is_capped_by_the_upstream_limit(warren_factory):
+    w = warren_factory("--max-upstream-channels", "20")
+    with w.connect() as conn:
+        assert conn._impl.params.channel_max == 20
+
+
+def test_large_message_round_trips_to_a_small_frame_max_client(broker, warren, queue):
+    body = os.urandom(1024 * 1024)
+    with warren.connect(frame_max=4096) as small:
+        small.channel().basic_publish("", queue, body)
+    with warren.connect(frame_max=4096) as small:
+        method, _, got = small.channel().basic_get(queue, auto_ack=True)
+    assert got == body
+    with warren.connect() as big:
+        big.channel().basic_publish("", queue, body)
+    with warren.connect(frame_max=4096) as small:
+        ch = small.channel()
+        received = []
+        ch.basic_consume(queue, lambda c, m, p, b: received.append(b), auto_ack=True)
+        for _ in range(100):
+            if received:
+                break
+            small.process_data_events(time_limit=0.1)
+    assert received == [body]
+
+
+def test_many_clients_interleave_on_one_upstream(broker, warren, queue):
+    tag = uuid.uuid4().hex[:6]
+    conns = [warren.connect() for _ in range(10)]
+    chans = [c.channel() for c in conns]
+    for round_ in range(20):
+        for i, ch in enumerate(chans):
+            ch.basic_publish("", queue, f"{tag}:{i}:{round_}".encode())
+    for c in conns:
+        c.close()
+    assert sorted(drain(broker.port, queue)) == sorted(f"{tag}:{i}:{r}" for i in range(10) for r in range(20))
+    assert len(broker.warren_connections(user="guest")) == 1
