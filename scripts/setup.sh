@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite and scripts/run.sh need on a fresh Debian 12
 # machine (as root). Idempotent: a warm run takes about a second.
+#   scripts/setup.sh          everything
+#   scripts/setup.sh broker   only the broker (what scripts/run.sh needs)
 #   apt:  rabbitmq-server, php-cli, php-amqp (C extension), php-amqplib
 #   pip:  pika and pytest, in a virtualenv at .cache/venv
 #   npm:  amqplib, in tests/clients/node_modules (from the lockfile)
@@ -8,14 +10,21 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 t0=$SECONDS
 
+packages=(rabbitmq-server php-cli php-amqp php-amqplib python3-venv openssl iproute2)
+[[ ${1:-} == broker ]] && packages=(rabbitmq-server)
 need=()
-for p in rabbitmq-server php-cli php-amqp php-amqplib python3-venv openssl iproute2; do
+for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then
   echo "setup: apt-get install ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [[ ${1:-} == broker ]]; then
+  echo "setup: broker ready in $((SECONDS - t0))s"
+  exit 0
 fi
 
 VENV=$ROOT/.cache/venv

@@ -13,6 +13,7 @@ use clap::Parser;
 #[command(
     name = "warren",
     version,
+    args_override_self = true,
     about = "AMQP 0-9-1 proxy that pools upstream connections and channels",
     after_help = "Every option can also come from the INI file given with --config \
                   ([main] and [listen] sections, amqproxy's format). Precedence: \

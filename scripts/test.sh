@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine (as root):
+# installs what it needs, checks formatting and lints, builds, runs the Rust
+# unit tests, starts a throwaway RabbitMQ on loopback and runs the end-to-end
+# tests with real clients through warren. Stops only what it started.
+#
+#   scripts/test.sh [PYTEST_ARGS...]      e.g. scripts/test.sh -k heartbeat
+#
+# WARREN_TEST_BROKER_PORT picks the broker port (default: 5772, or the next
+# free one).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+scripts/setup.sh
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+PORT=${WARREN_TEST_BROKER_PORT:-}
+if [[ -z $PORT ]]; then
+  for candidate in 5772 5782 5792 5802 5812; do
+    if port_free "$candidate" && port_free $((candidate + 20000)) && port_free $((candidate + 30000)); then
+      PORT=$candidate
+      break
+    fi
+  done
+fi
+[[ -n $PORT ]] || { echo "test: no free broker port found" >&2; exit 1; }
+export WARREN_TEST_BROKER_PORT=$PORT
+
+echo "== format and lints"
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
+
+echo "== build"
+cargo build --release
+
+echo "== unit tests"
+cargo test --release
+
+echo "== broker on 127.0.0.1:$PORT"
+stop_broker() { FAST_STOP=1 scripts/broker.sh stop "$PORT" >/dev/null 2>&1 || true; }
+trap stop_broker EXIT
+scripts/broker.sh start "$PORT"
+
+echo "== end-to-end tests"
+export WARREN_TEST_LOGS=${WARREN_TEST_LOGS:-$ROOT/target/e2e-logs}
+mkdir -p "$WARREN_TEST_LOGS"
+cd tests/e2e
+"$ROOT/.cache/venv/bin/python" -m pytest -q -p no:cacheprovider "$@"

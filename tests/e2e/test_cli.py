@@ -1,0 +1,68 @@
+"""Command line and configuration errors are one clear line and a non-zero exit."""
+import os
+import subprocess
+
+import pytest
+
+from conftest import WARREN, free_port, wait_until, connect
+
+
+def run(*args, env=None):
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("AMQP_URL", "LISTEN_ADDRESS", "LISTEN_PORT", "HTTP_PORT", "LOG_LEVEL")}
+    return subprocess.run([str(WARREN), *args], capture_output=True, text=True, timeout=10,
+                          env={**clean, **(env or {})})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--no-such-flag", "amqp://x"], "--no-such-flag"),
+    (["http://broker"], "scheme 'http'"),
+    (["amqp://"], "no host"),
+    ([], "missing upstream"),
+    (["-p", "notaport", "amqp://x"], "--port"),
+    (["--log-level", "loud", "amqp://x"], "invalid log level 'loud'"),
+])
+def test_bad_input_is_one_line_naming_it(args, message):
+    out = run(*args)
+    assert out.returncode == 2
+    assert message in out.stderr, out.stderr
+
+
+def test_bad_config_file_names_the_line(tmp_path):
+    cfg = tmp_path / "warren.ini"
+    cfg.write_text("[main]\nupstream = amqp://127.0.0.1\n[listen]\nport = lots\n")
+    out = run("-c", str(cfg))
+    assert out.returncode == 2
+    assert "line 4" in out.stderr and "port" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_listen_port_taken_is_a_clear_error(broker):
+    out = run("-p", str(broker.port), f"amqp://127.0.0.1:{broker.port}")
+    assert out.returncode == 1
+    assert "cannot listen on 127.0.0.1" in out.stderr
+
+
+def test_environment_and_file_are_used_with_cli_precedence(broker, tmp_path):
+    file_port, env_port = free_port(), free_port()
+    cfg = tmp_path / "warren.ini"
+    cfg.write_text(f"[main]\nupstream = amqp://127.0.0.1:1\n[listen]\nport = {file_port}\n")
+    proc = subprocess.Popen([str(WARREN), "-c", str(cfg)],
+                            env={**os.environ, "AMQP_URL": f"amqp://127.0.0.1:{broker.port}",
+                                 "LISTEN_PORT": str(env_port)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # The environment beats the file for both the upstream and the port.
+        conn = wait_until(lambda: _try_connect(env_port), 10, "warren on the LISTEN_PORT port")
+        conn.channel()
+        conn.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+
+
+def _try_connect(port):
+    try:
+        return connect(port)
+    except Exception:  # noqa: BLE001
+        return None
