@@ -12,9 +12,11 @@
 //!                     └──warren refuses──▶ ClosedByProxy ──client CloseOk──▶ (gone)
 //! ```
 
+use std::collections::VecDeque;
+
 use crate::frame::{Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
-use crate::method::{self, Close};
-use crate::reply::{self, PRECONDITION_FAILED, UNEXPECTED_FRAME};
+use crate::method::{self, Close, Qos, QueueDeclare};
+use crate::reply::{self, NOT_IMPLEMENTED, PRECONDITION_FAILED, SYNTAX_ERROR, UNEXPECTED_FRAME};
 
 /// RabbitMQ's default `max_message_size` (128 MiB): larger publishes are
 /// refused with the same channel error the broker would give.
@@ -33,6 +35,7 @@ pub enum ChannelState {
     Open {
         upstream: UpstreamChannel,
         content: ContentAssembler,
+        usage: Usage,
     },
     /// The client's Close went upstream; waiting for the broker's CloseOk.
     ClosingByClient { upstream: UpstreamChannel },
@@ -41,6 +44,193 @@ pub enum ChannelState {
     ClosedByBroker,
     /// warren closed the channel on its own; waiting for the client's CloseOk.
     ClosedByProxy,
+}
+
+/// The state of a kept upstream channel that a next client inherits, and
+/// that warren hides from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inherited {
+    /// The broker's qos for the channel.
+    pub qos: Qos,
+    /// The channel is in confirm mode (sticky in AMQP).
+    pub confirm: bool,
+}
+
+/// What the session does with a client method on an open channel.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Forward,
+    /// Answer with Basic.Qos-Ok without asking the broker.
+    AnswerQosOk,
+    /// Enter confirm mode: tell the router, then forward.
+    ForwardSelect,
+    /// Tell the router the client now wants confirms, then answer locally
+    /// (`reply`) or not at all.
+    AdoptConfirms {
+        reply: bool,
+    },
+    /// Set the broker's qos to what the client believes it has (the reply
+    /// is hidden), then forward.
+    RestoreQosThenForward(Qos),
+    /// The client broke a rule RabbitMQ enforces at connection level.
+    ConnectionError(Close),
+}
+
+/// What a client did on its channel: decides whether the upstream channel
+/// can serve another client, and hides what the previous client left
+/// behind (qos, confirm mode) from this one.
+///
+/// A channel is reusable when it is indistinguishable from a fresh one:
+/// never had a consumer, never received a delivery (basic.get), never
+/// entered tx mode or paused flow. qos and confirm mode differ, but warren
+/// accounts for them: qos is answered locally when it matches and restored
+/// before it matters (a consume), confirm tags are rebased by the router.
+#[derive(Debug, Default)]
+pub struct Usage {
+    /// Why the channel cannot be reused, if it cannot.
+    dirty: Option<&'static str>,
+    /// What the broker has set for the channel.
+    qos_broker: Qos,
+    /// What this client asked for (the default until it sends Basic.Qos).
+    qos_client: Qos,
+    confirm_broker: bool,
+    confirm_client: bool,
+    /// Publishes this client made while the channel was in confirm mode:
+    /// they advance the broker's confirm sequence.
+    pub confirm_publishes: u64,
+    /// One entry per Queue.Declare awaiting its Declare-Ok: its name, if
+    /// exclusive (empty when the broker picks it).
+    declares: VecDeque<Option<String>>,
+    /// Exclusive queues this client declared (deleted when it leaves).
+    pub exclusive_queues: Vec<String>,
+}
+
+impl Usage {
+    pub fn new(inherited: Inherited) -> Self {
+        Usage {
+            qos_broker: inherited.qos,
+            confirm_broker: inherited.confirm,
+            ..Usage::default()
+        }
+    }
+
+    /// Why the channel cannot serve another client, or `None` if it can.
+    pub fn dirty(&self) -> Option<&'static str> {
+        self.dirty
+    }
+
+    /// What the next client inherits from this channel.
+    pub fn inherited(&self) -> Inherited {
+        Inherited {
+            qos: self.qos_broker,
+            confirm: self.confirm_broker,
+        }
+    }
+
+    pub fn on_method(&mut self, id: method::MethodId, args: &[u8]) -> Step {
+        let syntax = |what: &str| {
+            Step::ConnectionError(
+                reply::close(SYNTAX_ERROR, format!("malformed {what}")).caused_by(id),
+            )
+        };
+        match id {
+            method::BASIC_QOS => {
+                let Ok(qos) = Qos::decode(args) else {
+                    return syntax("basic.qos");
+                };
+                if qos.prefetch_size != 0 {
+                    return Step::ConnectionError(
+                        reply::close(
+                            NOT_IMPLEMENTED,
+                            format!("prefetch_size!=0 ({})", qos.prefetch_size),
+                        )
+                        .caused_by(id),
+                    );
+                }
+                self.qos_client = qos;
+                if qos == self.qos_broker {
+                    Step::AnswerQosOk
+                } else {
+                    self.qos_broker = qos;
+                    Step::Forward
+                }
+            }
+            method::BASIC_CONSUME => {
+                self.dirty = Some("had a consumer");
+                if self.qos_client != self.qos_broker {
+                    self.qos_broker = self.qos_client;
+                    Step::RestoreQosThenForward(self.qos_client)
+                } else {
+                    Step::Forward
+                }
+            }
+            method::BASIC_GET
+            | method::BASIC_ACK
+            | method::BASIC_NACK
+            | method::BASIC_REJECT
+            | method::BASIC_RECOVER
+            | method::BASIC_RECOVER_ASYNC => {
+                self.dirty = Some("received deliveries");
+                Step::Forward
+            }
+            method::TX_SELECT => {
+                self.dirty = Some("in tx mode");
+                Step::Forward
+            }
+            method::CHANNEL_FLOW => {
+                self.dirty = Some("used channel.flow");
+                Step::Forward
+            }
+            method::CONFIRM_SELECT => {
+                let Ok(nowait) = method::decode_confirm_nowait(args) else {
+                    return syntax("confirm.select");
+                };
+                self.confirm_client = true;
+                if self.confirm_broker {
+                    Step::AdoptConfirms { reply: !nowait }
+                } else {
+                    self.confirm_broker = true;
+                    Step::ForwardSelect
+                }
+            }
+            method::BASIC_PUBLISH => {
+                // A return for a mandatory publish can arrive after the
+                // client closed its channel; directly it would still see it.
+                if method::decode_publish_mandatory(args).unwrap_or(true) {
+                    self.dirty = Some("mandatory publish");
+                }
+                Step::Forward
+            }
+            method::QUEUE_DECLARE => {
+                let Ok(declare) = QueueDeclare::decode(args) else {
+                    return syntax("queue.declare");
+                };
+                let exclusive = (declare.exclusive && !declare.passive).then_some(declare.queue);
+                if !declare.nowait {
+                    self.declares.push_back(exclusive);
+                } else if let Some(name) = exclusive.filter(|n| !n.is_empty()) {
+                    self.exclusive_queues.push(name);
+                }
+                Step::Forward
+            }
+            _ => Step::Forward,
+        }
+    }
+
+    /// A publish went upstream whole.
+    pub fn on_publish_sent(&mut self) {
+        if self.confirm_broker {
+            self.confirm_publishes += 1;
+        }
+    }
+
+    /// A Queue.Declare-Ok for this channel reached the client: remember the
+    /// queue if its declare was exclusive.
+    pub fn on_declare_ok(&mut self, queue: String) {
+        if let Some(Some(_)) = self.declares.pop_front() {
+            self.exclusive_queues.push(queue);
+        }
+    }
 }
 
 /// What to do with a frame the client sent on an open channel.
@@ -259,6 +449,120 @@ mod tests {
             ContentVerdict::ChannelError(Close { code: 406, .. })
         ));
         assert!(a.is_idle());
+    }
+
+    fn qos_args(count: u16) -> Vec<u8> {
+        let mut args = 0u32.to_be_bytes().to_vec();
+        args.extend_from_slice(&count.to_be_bytes());
+        args.push(0);
+        args
+    }
+
+    #[test]
+    fn matching_qos_is_answered_locally_and_restored_before_a_consume() {
+        let inherited = Inherited {
+            qos: Qos {
+                prefetch_count: 3,
+                ..Qos::default()
+            },
+            confirm: false,
+        };
+        let mut usage = Usage::new(inherited);
+        assert_eq!(
+            usage.on_method(method::BASIC_QOS, &qos_args(3)),
+            Step::AnswerQosOk
+        );
+        assert_eq!(usage.dirty(), None);
+
+        let mut unaware = Usage::new(inherited);
+        assert_eq!(
+            unaware.on_method(method::BASIC_CONSUME, &[]),
+            Step::RestoreQosThenForward(Qos::default())
+        );
+        assert_eq!(unaware.dirty(), Some("had a consumer"));
+        assert_eq!(unaware.inherited().qos, Qos::default());
+    }
+
+    #[test]
+    fn prefetch_size_is_the_brokers_540() {
+        let mut args = 7u32.to_be_bytes().to_vec();
+        args.extend_from_slice(&[0, 0, 0]);
+        let Step::ConnectionError(close) = Usage::default().on_method(method::BASIC_QOS, &args)
+        else {
+            panic!("accepted prefetch_size 7");
+        };
+        assert_eq!(
+            (close.code, close.text.as_str()),
+            (540, "NOT_IMPLEMENTED - prefetch_size!=0 (7)")
+        );
+    }
+
+    #[test]
+    fn confirm_mode_is_adopted_and_publishes_counted() {
+        let publish = [0, 0, 0, 1, b'q', 0];
+        let mut first = Usage::default();
+        assert_eq!(
+            first.on_method(method::BASIC_PUBLISH, &publish),
+            Step::Forward
+        );
+        first.on_publish_sent();
+        assert_eq!(
+            first.on_method(method::CONFIRM_SELECT, &[0]),
+            Step::ForwardSelect
+        );
+        first.on_publish_sent();
+        assert_eq!(first.confirm_publishes, 1);
+
+        let mut next = Usage::new(first.inherited());
+        next.on_publish_sent();
+        assert_eq!(
+            next.on_method(method::CONFIRM_SELECT, &[1]),
+            Step::AdoptConfirms { reply: false }
+        );
+        next.on_publish_sent();
+        assert_eq!(
+            next.confirm_publishes, 2,
+            "the broker counts publishes made before select too"
+        );
+        assert_eq!(next.dirty(), None);
+    }
+
+    #[test]
+    fn deliveries_tx_and_flow_make_a_channel_dirty() {
+        let mandatory_publish = [0, 0, 0, 1, b'q', 1];
+        let mut usage = Usage::default();
+        usage.on_method(method::BASIC_PUBLISH, &mandatory_publish);
+        assert_eq!(usage.dirty(), Some("mandatory publish"));
+        for id in [
+            method::BASIC_GET,
+            method::BASIC_ACK,
+            method::TX_SELECT,
+            method::CHANNEL_FLOW,
+        ] {
+            let mut usage = Usage::default();
+            usage.on_method(id, &[0; 16]);
+            assert!(usage.dirty().is_some(), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn exclusive_queues_are_remembered_including_server_named_ones() {
+        use crate::wire::put_short_str;
+        let declare = |name: &str, bits: u8| {
+            let mut b = BytesMut::new();
+            b.put_u16(0);
+            put_short_str(&mut b, name);
+            b.put_u8(bits);
+            b.put_u32(0);
+            b.to_vec()
+        };
+        let mut usage = Usage::default();
+        usage.on_method(method::QUEUE_DECLARE, &declare("", 0b100));
+        usage.on_method(method::QUEUE_DECLARE, &declare("shared", 0b10));
+        usage.on_method(method::QUEUE_DECLARE, &declare("fire-and-forget", 0b10100));
+        usage.on_declare_ok("amq.gen-1".into());
+        usage.on_declare_ok("shared".into());
+        assert_eq!(usage.exclusive_queues, ["fire-and-forget", "amq.gen-1"]);
     }
 
     proptest! {

@@ -54,6 +54,18 @@ pub struct Cli {
     /// [default: 2047]
     #[arg(long, env = "CHANNEL_MAX", value_name = "N")]
     pub channel_max: Option<u16>,
+    /// Close every upstream channel when its client is done with it, instead
+    /// of keeping clean ones for the next client
+    #[arg(long, env = "NO_CHANNEL_REUSE")]
+    pub no_channel_reuse: bool,
+    /// Clean channels kept open per upstream connection for the next clients
+    /// [default: 64]
+    #[arg(long, env = "MAX_KEPT_CHANNELS", value_name = "N")]
+    pub max_kept_channels: Option<u16>,
+    /// Clean channels opened in advance on each upstream connection, so even
+    /// the first Channel.Open costs no round trip [default: 0]
+    #[arg(long, env = "PREWARM_CHANNELS", value_name = "N")]
+    pub prewarm_channels: Option<u16>,
     /// Heartbeat interval offered to clients, seconds; 0 disables [default: 60]
     #[arg(long, env = "HEARTBEAT", value_name = "SECONDS")]
     pub heartbeat: Option<u16>,
@@ -105,6 +117,10 @@ pub struct Config {
     pub max_upstream_channels: u16,
     pub channel_max: u16,
     pub heartbeat: u16,
+    /// Keep clean upstream channels for the next client.
+    pub channel_reuse: bool,
+    pub max_kept_channels: u16,
+    pub prewarm_channels: u16,
     /// `None` waits for clients without limit.
     pub term_timeout: Option<Duration>,
     pub term_client_close_timeout: Duration,
@@ -134,6 +150,9 @@ struct FileValues {
     max_upstream_channels: Option<u16>,
     channel_max: Option<u16>,
     heartbeat: Option<u16>,
+    channel_reuse: Option<bool>,
+    max_kept_channels: Option<u16>,
+    prewarm_channels: Option<u16>,
     term_timeout: Option<i64>,
     term_client_close_timeout: Option<u64>,
     log_level: Option<String>,
@@ -187,6 +206,12 @@ impl Config {
             max_upstream_channels,
             channel_max: cli.channel_max.or(file.channel_max).unwrap_or(2047),
             heartbeat: cli.heartbeat.or(file.heartbeat).unwrap_or(60),
+            channel_reuse: !cli.no_channel_reuse && file.channel_reuse.unwrap_or(true),
+            max_kept_channels: cli
+                .max_kept_channels
+                .or(file.max_kept_channels)
+                .unwrap_or(64),
+            prewarm_channels: cli.prewarm_channels.or(file.prewarm_channels).unwrap_or(0),
             term_timeout: u64::try_from(term_timeout).ok().map(Duration::from_secs),
             term_client_close_timeout: Duration::from_secs(
                 cli.term_client_close_timeout
@@ -284,6 +309,23 @@ fn parse_ini(text: &str) -> Result<FileValues, ConfigError> {
             }
             ("main", "channel_max") => values.channel_max = Some(ranged(1, 65535)? as u16),
             ("main", "heartbeat") => values.heartbeat = Some(ranged(0, 65535)? as u16),
+            ("main", "channel_reuse") => {
+                values.channel_reuse = Some(match value {
+                    "true" | "yes" | "on" | "1" => true,
+                    "false" | "no" | "off" | "0" => false,
+                    _ => {
+                        return Err(err(format!(
+                            "line {line_no}: [main] channel_reuse = '{value}' is not true or false"
+                        )))
+                    }
+                })
+            }
+            ("main", "max_kept_channels") => {
+                values.max_kept_channels = Some(ranged(0, 65535)? as u16)
+            }
+            ("main", "prewarm_channels") => {
+                values.prewarm_channels = Some(ranged(0, 65535)? as u16)
+            }
             ("main", "term_timeout") => values.term_timeout = Some(ranged(-1, i64::MAX)?),
             ("main", "term_client_close_timeout") => {
                 values.term_client_close_timeout = Some(ranged(0, i64::MAX)? as u64)

@@ -89,12 +89,30 @@ impl Frame {
             .then(|| u64::from_be_bytes(p[4..12].try_into().expect("8 bytes")))
     }
 
+    /// The delivery tag of Basic.Ack, Nack or Reject (their first argument).
+    pub fn ack_tag(&self) -> Option<u64> {
+        let args = self.method_args();
+        (args.len() >= 8).then(|| u64::from_be_bytes(args[..8].try_into().expect("8 bytes")))
+    }
+
+    /// Rewrites the delivery tag of Basic.Ack, Nack or Reject in place.
+    pub fn set_ack_tag(&mut self, tag: u64) {
+        let at = HEADER_LEN + 4;
+        self.bytes[at..at + 8].copy_from_slice(&tag.to_be_bytes());
+    }
+
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+
+    /// The frame addressed to `channel`, as bytes.
+    pub fn into_bytes_for(mut self, channel: u16) -> Bytes {
+        self.set_channel(channel);
+        self.into_bytes()
     }
 
     pub fn into_bytes(self) -> Bytes {

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod channel;
 pub mod client;
 pub mod config;
+pub mod confirms;
 pub mod frame;
 pub mod link;
 pub mod listener;

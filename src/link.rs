@@ -29,6 +29,9 @@ pub enum ClientEvent {
         upstream: UpstreamChannel,
         close: Bytes,
     },
+    /// A Queue.Declare-Ok went to the client on this channel (the session
+    /// remembers exclusive queues to delete them when the client leaves).
+    DeclareOk { channel: u16, queue: String },
     /// The upstream connection with this id is gone; its clients must be
     /// closed with this.
     UpstreamClosed { upstream: u64, close: Close },

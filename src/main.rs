@@ -44,6 +44,12 @@ async fn run(config: Config) -> ExitCode {
         connect_timeout: config.upstream_connect_timeout,
         channel_limit: config.max_upstream_channels,
         idle_timeout: config.idle_connection_timeout,
+        kept_channels: if config.channel_reuse {
+            config.max_kept_channels.into()
+        } else {
+            0
+        },
+        prewarm_channels: config.prewarm_channels.into(),
     };
     let ctx = Arc::new(Context::new(config, Pools::new(settings)));
     let listener = match listener::bind(&ctx).await {

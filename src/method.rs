@@ -21,13 +21,33 @@ pub const CONNECTION_BLOCKED: MethodId = (10, 60);
 pub const CONNECTION_UNBLOCKED: MethodId = (10, 61);
 
 pub const CHANNEL_OPEN: MethodId = (20, 10);
+pub const CHANNEL_OPEN_OK: MethodId = (20, 11);
+pub const CHANNEL_FLOW: MethodId = (20, 20);
+pub const CHANNEL_FLOW_OK: MethodId = (20, 21);
 pub const CHANNEL_CLOSE: MethodId = (20, 40);
 pub const CHANNEL_CLOSE_OK: MethodId = (20, 41);
 
+pub const QUEUE_DECLARE: MethodId = (50, 10);
+pub const QUEUE_DECLARE_OK: MethodId = (50, 11);
+
+pub const BASIC_QOS: MethodId = (60, 10);
+pub const BASIC_QOS_OK: MethodId = (60, 11);
+pub const BASIC_CONSUME: MethodId = (60, 20);
 pub const BASIC_PUBLISH: MethodId = (60, 40);
 pub const BASIC_RETURN: MethodId = (60, 50);
 pub const BASIC_DELIVER: MethodId = (60, 60);
+pub const BASIC_GET: MethodId = (60, 70);
 pub const BASIC_GET_OK: MethodId = (60, 71);
+pub const BASIC_ACK: MethodId = (60, 80);
+pub const BASIC_REJECT: MethodId = (60, 90);
+pub const BASIC_RECOVER_ASYNC: MethodId = (60, 100);
+pub const BASIC_RECOVER: MethodId = (60, 110);
+pub const BASIC_NACK: MethodId = (60, 120);
+
+pub const CONFIRM_SELECT: MethodId = (85, 10);
+pub const CONFIRM_SELECT_OK: MethodId = (85, 11);
+
+pub const TX_SELECT: MethodId = (90, 10);
 
 /// Methods followed by a content header and body frames.
 pub fn carries_content(id: MethodId) -> bool {
@@ -50,6 +70,12 @@ pub fn name(id: MethodId) -> String {
         CONNECTION_CLOSE => "connection.close",
         CONNECTION_CLOSE_OK => "connection.close-ok",
         CHANNEL_OPEN => "channel.open",
+        CHANNEL_OPEN_OK => "channel.open-ok",
+        BASIC_QOS => "basic.qos",
+        BASIC_CONSUME => "basic.consume",
+        BASIC_GET => "basic.get",
+        CONFIRM_SELECT => "confirm.select",
+        QUEUE_DECLARE => "queue.declare",
         CHANNEL_CLOSE => "channel.close",
         CHANNEL_CLOSE_OK => "channel.close-ok",
         BASIC_PUBLISH => "basic.publish",
@@ -134,6 +160,114 @@ pub fn connection_close_ok() -> Bytes {
 
 pub fn channel_close_ok(channel: u16) -> Bytes {
     method(channel, CHANNEL_CLOSE_OK, |_| {})
+}
+
+pub fn channel_open(channel: u16) -> Bytes {
+    method(channel, CHANNEL_OPEN, |b| put_short_str(b, ""))
+}
+
+pub fn channel_open_ok(channel: u16) -> Bytes {
+    method(channel, CHANNEL_OPEN_OK, |b| put_long_bytes(b, b""))
+}
+
+pub fn channel_flow(channel: u16, active: bool) -> Bytes {
+    method(channel, CHANNEL_FLOW, |b| b.put_u8(active as u8))
+}
+
+pub fn basic_qos_ok(channel: u16) -> Bytes {
+    method(channel, BASIC_QOS_OK, |_| {})
+}
+
+pub fn confirm_select_ok(channel: u16) -> Bytes {
+    method(channel, CONFIRM_SELECT_OK, |_| {})
+}
+
+/// Queue.Delete without waiting for the reply.
+pub fn queue_delete_nowait(channel: u16, queue: &str) -> Bytes {
+    method(channel, (50, 40), |b| {
+        b.put_u16(0);
+        put_short_str(b, queue);
+        b.put_u8(0b100);
+    })
+}
+
+/// Basic.Qos arguments: the channel state warren must reproduce for
+/// each client of a reused channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Qos {
+    pub prefetch_size: u32,
+    pub prefetch_count: u16,
+    pub global: bool,
+}
+
+impl Qos {
+    pub fn decode(args: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(args);
+        Ok(Qos {
+            prefetch_size: d.u32()?,
+            prefetch_count: d.u16()?,
+            global: d.u8()? & 1 == 1,
+        })
+    }
+
+    pub fn frame(&self, channel: u16) -> Bytes {
+        method(channel, BASIC_QOS, |b| {
+            b.put_u32(self.prefetch_size);
+            b.put_u16(self.prefetch_count);
+            b.put_u8(self.global as u8);
+        })
+    }
+}
+
+/// Basic.Get's no-ack flag.
+pub fn decode_get_no_ack(args: &[u8]) -> Result<bool, DecodeError> {
+    let mut d = Decoder::new(args);
+    d.u16()?;
+    d.short_bytes()?;
+    Ok(d.u8()? & 1 == 1)
+}
+
+/// Basic.Publish's mandatory (or immediate) flag: the broker may return it.
+pub fn decode_publish_mandatory(args: &[u8]) -> Result<bool, DecodeError> {
+    let mut d = Decoder::new(args);
+    d.u16()?;
+    d.short_bytes()?;
+    d.short_bytes()?;
+    Ok(d.u8()? & 0b11 != 0)
+}
+
+/// Confirm.Select's no-wait flag.
+pub fn decode_confirm_nowait(args: &[u8]) -> Result<bool, DecodeError> {
+    Ok(Decoder::new(args).u8()? & 1 == 1)
+}
+
+/// The parts of Queue.Declare that decide the queue's lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDeclare {
+    pub queue: String,
+    pub passive: bool,
+    pub exclusive: bool,
+    pub nowait: bool,
+}
+
+impl QueueDeclare {
+    pub fn decode(args: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(args);
+        d.u16()?;
+        let queue = d.short_str()?;
+        let bits = d.u8()?;
+        Ok(QueueDeclare {
+            queue,
+            passive: bits & 0b1 != 0,
+            exclusive: bits & 0b100 != 0,
+            nowait: bits & 0b10000 != 0,
+        })
+    }
+}
+
+/// The queue name in Queue.Declare-Ok (server-named queues get theirs here).
+pub fn decode_declare_ok_queue(args: &[u8]) -> Result<String, DecodeError> {
+    Decoder::new(args).short_str()
 }
 
 /// Arguments of Connection.Close and Channel.Close: a reply code and text,

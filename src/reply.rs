@@ -13,6 +13,7 @@ pub const COMMAND_INVALID: u16 = 503;
 pub const CHANNEL_ERROR: u16 = 504;
 pub const UNEXPECTED_FRAME: u16 = 505;
 pub const NOT_ALLOWED: u16 = 530;
+pub const NOT_IMPLEMENTED: u16 = 540;
 pub const INTERNAL_ERROR: u16 = 541;
 
 pub fn code_name(code: u16) -> &'static str {
@@ -30,7 +31,7 @@ pub fn code_name(code: u16) -> &'static str {
         UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
         506 => "RESOURCE_ERROR",
         NOT_ALLOWED => "NOT_ALLOWED",
-        540 => "NOT_IMPLEMENTED",
+        NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
         INTERNAL_ERROR => "INTERNAL_ERROR",
         _ => "ERROR",
     }

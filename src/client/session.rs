@@ -18,11 +18,13 @@ use tokio::sync::mpsc;
 
 use super::handshake::{self, HandshakeError, Hello};
 use super::Context;
-use crate::channel::{ChannelState, ContentAssembler, ContentVerdict, UpstreamChannel};
+use crate::channel::{
+    ChannelState, ContentAssembler, ContentVerdict, Step, UpstreamChannel, Usage,
+};
 use crate::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::method::{self, Close, Tune};
-use crate::net::{split_tcp, ReadHalf, WriteHalf};
+use crate::net::{split_client_tcp, ReadHalf, WriteHalf};
 use crate::pool::PoolRef;
 use crate::reply::{
     self, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED,
@@ -69,7 +71,7 @@ enum Refusal {
 /// Serves one accepted TCP connection until it ends.
 pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let id = ctx.next_client_id();
-    let (read_half, mut write_half) = split_tcp(stream);
+    let (read_half, mut write_half) = split_client_tcp(stream);
     let mut reader = FrameReader::new(read_half, OFFERED_FRAME_MAX);
     let admitted = match admit(id, peer, &mut reader, &mut write_half, &ctx).await {
         Ok(admitted) => admitted,
@@ -121,6 +123,7 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         outbox,
         channels: HashMap::new(),
         channel_max: tune.channel_max,
+        exclusive_queues: Vec::new(),
         scratch: Vec::new(),
     };
     let exit = session.run(&mut reader, &mut events, heartbeat, &ctx).await;
@@ -296,6 +299,8 @@ struct Session {
     outbox: Outbox,
     channels: HashMap<u16, ChannelState>,
     channel_max: u16,
+    /// Exclusive queues of channels already closed, deleted when the client leaves.
+    exclusive_queues: Vec<String>,
     scratch: Vec<Bytes>,
 }
 
@@ -361,21 +366,101 @@ impl Session {
         }
     }
 
+    /// Gives every upstream channel back: clean ones are kept for the next
+    /// client, the others closed (the broker requeues their unacknowledged
+    /// deliveries). Exclusive queues the client declared are deleted first,
+    /// as the broker would when its connection closed.
     async fn release_channels(&mut self) {
         if !self.upstream_alive {
             self.channels.clear();
             return;
         }
+        self.delete_exclusive_queues().await;
         for (_, state) in std::mem::take(&mut self.channels) {
             match state {
-                ChannelState::Open { upstream, .. } => {
-                    self.upstream.abandon(upstream);
-                    let close = Close::new(REPLY_SUCCESS, "client connection closed");
-                    self.upstream.send(close.channel_frame(upstream.id)).await;
+                ChannelState::Open {
+                    upstream, usage, ..
+                } => {
+                    self.give_back(upstream, usage, "client connection closed")
+                        .await;
                 }
                 ChannelState::ClosingByClient { upstream } => self.upstream.abandon(upstream),
                 ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => {}
             }
+        }
+    }
+
+    /// Keeps a clean upstream channel for reuse, or closes it.
+    async fn give_back(&mut self, upstream: UpstreamChannel, usage: Usage, reason: &str) {
+        if self.try_keep(upstream, &usage) {
+            return;
+        }
+        self.upstream.abandon(upstream);
+        let close = Close::new(REPLY_SUCCESS, reason);
+        self.upstream.send(close.channel_frame(upstream.id)).await;
+    }
+
+    /// Hands a clean channel back for reuse; false if it must be closed.
+    fn try_keep(&self, upstream: UpstreamChannel, usage: &Usage) -> bool {
+        let why_not = match usage.dirty() {
+            None if self.ctx.config.channel_reuse => {
+                self.upstream
+                    .keep(upstream, usage.inherited(), usage.confirm_publishes);
+                return true;
+            }
+            None => "reuse is off",
+            Some(dirty) => dirty,
+        };
+        tracing::debug!(
+            client = self.id,
+            upstream_channel = upstream.id,
+            why_not,
+            "upstream channel not reused"
+        );
+        false
+    }
+
+    async fn delete_exclusive_queues(&mut self) {
+        for state in self.channels.values_mut() {
+            if let ChannelState::Open { usage, .. } = state {
+                self.exclusive_queues.append(&mut usage.exclusive_queues);
+            }
+        }
+        if self.exclusive_queues.is_empty() {
+            return;
+        }
+        let open = self.channels.values().find_map(|state| match state {
+            ChannelState::Open { upstream, .. } => Some(*upstream),
+            _ => None,
+        });
+        let (upstream, borrowed) = match open {
+            Some(upstream) => (upstream, None),
+            None => {
+                let Some(grant) = self.upstream.open_channel(&self.link, 0).await else {
+                    return;
+                };
+                if grant.inherited.is_none() {
+                    self.upstream
+                        .hide_reply(grant.channel, method::CHANNEL_OPEN_OK);
+                    self.upstream
+                        .send(method::channel_open(grant.channel.id))
+                        .await;
+                }
+                (
+                    grant.channel,
+                    Some(Usage::new(grant.inherited.unwrap_or_default())),
+                )
+            }
+        };
+        for queue in std::mem::take(&mut self.exclusive_queues) {
+            tracing::debug!(client = self.id, %queue, "deleting the client's exclusive queue");
+            self.upstream
+                .send(method::queue_delete_nowait(upstream.id, &queue))
+                .await;
+        }
+        if let Some(usage) = borrowed {
+            self.give_back(upstream, usage, "exclusive queues deleted")
+                .await;
         }
     }
 
@@ -405,8 +490,14 @@ impl Session {
                 self.upstream.release(upstream);
                 if matches!(self.channels.get(&channel), Some(ChannelState::Open { upstream: u, .. }) if *u == upstream)
                 {
-                    self.channels.insert(channel, ChannelState::ClosedByBroker);
+                    self.retire(channel, ChannelState::ClosedByBroker);
                     let _ = self.outbox.send(close).await;
+                }
+                None
+            }
+            ClientEvent::DeclareOk { channel, queue } => {
+                if let Some(ChannelState::Open { usage, .. }) = self.channels.get_mut(&channel) {
+                    usage.on_declare_ok(queue);
                 }
                 None
             }
@@ -443,36 +534,41 @@ impl Session {
             ));
         };
         match state {
-            ChannelState::Open { upstream, content } => {
+            ChannelState::Open {
+                upstream,
+                content,
+                usage,
+            } => {
                 let upstream = *upstream;
-                match method_id {
+                let step = match method_id {
                     Some(method::CHANNEL_CLOSE) if content.is_idle() => {
-                        self.upstream.closing(upstream);
-                        self.channels
-                            .insert(channel, ChannelState::ClosingByClient { upstream });
-                        self.send_upstream(frame, upstream.id).await;
-                        None
+                        return self.client_closes_channel(channel, frame).await;
                     }
-                    Some(method::CHANNEL_CLOSE_OK) => None,
-                    _ => match content.accept(frame) {
-                        ContentVerdict::Forward(frame) => {
-                            self.send_upstream(frame, upstream.id).await;
-                            None
+                    Some(method::CHANNEL_CLOSE_OK) => return None,
+                    Some(id) if content.is_idle() => usage.on_method(id, frame.method_args()),
+                    _ => Step::Forward,
+                };
+                match step {
+                    Step::Forward => {}
+                    Step::AnswerQosOk => {
+                        let _ = self.outbox.send(method::basic_qos_ok(channel)).await;
+                        return None;
+                    }
+                    Step::ForwardSelect => self.upstream.want_confirms(upstream),
+                    Step::AdoptConfirms { reply } => {
+                        self.upstream.want_confirms(upstream);
+                        if reply {
+                            let _ = self.outbox.send(method::confirm_select_ok(channel)).await;
                         }
-                        ContentVerdict::Held => None,
-                        ContentVerdict::Complete(frames) => {
-                            for frame in frames {
-                                self.send_upstream(frame, upstream.id).await;
-                            }
-                            None
-                        }
-                        ContentVerdict::ChannelError(close) => {
-                            self.close_channel(channel, upstream, close).await;
-                            None
-                        }
-                        ContentVerdict::ConnectionError(close) => Some(Exit::Close(close)),
-                    },
+                        return None;
+                    }
+                    Step::RestoreQosThenForward(qos) => {
+                        self.upstream.hide_reply(upstream, method::BASIC_QOS_OK);
+                        self.upstream.send(qos.frame(upstream.id)).await;
+                    }
+                    Step::ConnectionError(close) => return Some(Exit::Close(close)),
                 }
+                self.forward_content(channel, upstream, frame).await
             }
             // The spec: after Close, everything but Close and Close-Ok is discarded.
             ChannelState::ClosingByClient { .. } => None,
@@ -491,6 +587,64 @@ impl Session {
                 }
                 None
             }
+        }
+    }
+
+    /// Forwards a frame of an open channel, holding publishes until whole.
+    async fn forward_content(
+        &mut self,
+        channel: u16,
+        upstream: UpstreamChannel,
+        frame: Frame,
+    ) -> Option<Exit> {
+        let Some(ChannelState::Open { content, usage, .. }) = self.channels.get_mut(&channel)
+        else {
+            return None;
+        };
+        match content.accept(frame) {
+            ContentVerdict::Forward(frame) => self.send_upstream(frame, upstream.id).await,
+            ContentVerdict::Held => {}
+            ContentVerdict::Complete(frames) => {
+                usage.on_publish_sent();
+                for frame in frames {
+                    self.send_upstream(frame, upstream.id).await;
+                }
+            }
+            ContentVerdict::ChannelError(close) => {
+                self.close_channel(channel, upstream, close).await
+            }
+            ContentVerdict::ConnectionError(close) => return Some(Exit::Close(close)),
+        }
+        None
+    }
+
+    /// The client closes a channel: a clean one is kept for the next client
+    /// and its Close-Ok answered at once; any other is closed upstream and
+    /// the broker's Close-Ok relayed.
+    async fn client_closes_channel(&mut self, channel: u16, frame: Frame) -> Option<Exit> {
+        let Some(ChannelState::Open {
+            upstream, usage, ..
+        }) = self.channels.remove(&channel)
+        else {
+            return None;
+        };
+        let mut usage = usage;
+        self.exclusive_queues.append(&mut usage.exclusive_queues);
+        if self.try_keep(upstream, &usage) {
+            let _ = self.outbox.send(method::channel_close_ok(channel)).await;
+        } else {
+            self.upstream.closing(upstream);
+            self.channels
+                .insert(channel, ChannelState::ClosingByClient { upstream });
+            self.send_upstream(frame, upstream.id).await;
+        }
+        None
+    }
+
+    /// Replaces an open channel's state, keeping what must outlive it.
+    fn retire(&mut self, channel: u16, next: ChannelState) {
+        if let Some(ChannelState::Open { mut usage, .. }) = self.channels.insert(channel, next) {
+            self.exclusive_queues.append(&mut usage.exclusive_queues);
         }
     }
 
@@ -546,7 +700,7 @@ impl Session {
         if self.channels.is_empty() {
             self.move_if_crowded().await;
         }
-        let Some(upstream) = self.upstream.open_channel(&self.link, channel).await else {
+        let Some(grant) = self.upstream.open_channel(&self.link, channel).await else {
             if self.upstream.is_closed() {
                 return None; // The UpstreamClosed event explains it to the client.
             }
@@ -561,11 +715,17 @@ impl Session {
         self.channels.insert(
             channel,
             ChannelState::Open {
-                upstream,
+                upstream: grant.channel,
                 content: ContentAssembler::default(),
+                usage: Usage::new(grant.inherited.unwrap_or_default()),
             },
         );
-        self.send_upstream(frame, upstream.id).await;
+        match grant.inherited {
+            Some(_) => {
+                let _ = self.outbox.send(method::channel_open_ok(channel)).await;
+            }
+            None => self.send_upstream(frame, grant.channel.id).await,
+        }
         None
     }
 
@@ -599,7 +759,7 @@ impl Session {
         self.upstream
             .send(Close::new(REPLY_SUCCESS, "channel closed by warren").channel_frame(upstream.id))
             .await;
-        self.channels.insert(channel, ChannelState::ClosedByProxy);
+        self.retire(channel, ChannelState::ClosedByProxy);
         let _ = self.outbox.send(close.channel_frame(channel)).await;
     }
 

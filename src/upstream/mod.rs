@@ -22,10 +22,11 @@ pub use handshake::ConnectError;
 use handshake::Negotiated;
 
 use crate::auth::Credentials;
-use crate::channel::UpstreamChannel;
+use crate::channel::{Inherited, UpstreamChannel};
 use crate::config::UpstreamAddr;
 use crate::frame::FrameReader;
 use crate::link::{ClientId, ClientLink};
+use crate::method::MethodId;
 use crate::net::{split_tcp, ReadHalf, WriteHalf};
 use crate::writer::{self, Outbox};
 
@@ -40,6 +41,20 @@ pub struct UpstreamSettings {
     /// `--max-upstream-channels`; the broker's channel_max also applies.
     pub channel_limit: u16,
     pub idle_timeout: Duration,
+    /// Clean channels kept open for the next client; 0 turns reuse off.
+    pub kept_channels: usize,
+    /// Clean channels opened in advance on each connection.
+    pub prewarm_channels: usize,
+}
+
+/// An upstream channel handed to a client.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant {
+    pub channel: UpstreamChannel,
+    /// `Some` when the channel is already open (a kept one): the client's
+    /// Channel.Open is answered locally. `None` for a new id: the client's
+    /// Channel.Open goes to the broker.
+    pub inherited: Option<Inherited>,
 }
 
 /// Who uses an upstream connection, read by the pool when it picks one.
@@ -68,7 +83,7 @@ enum Command {
     OpenChannel {
         link: Arc<ClientLink>,
         client_channel: u16,
-        reply: oneshot::Sender<UpstreamChannel>,
+        reply: oneshot::Sender<Grant>,
     },
     /// The client's Channel.Close is about to go upstream.
     Closing(UpstreamChannel),
@@ -76,6 +91,17 @@ enum Command {
     Abandon(UpstreamChannel),
     /// A broker-closed channel was acknowledged upstream; the id is free.
     Release(UpstreamChannel),
+    /// The client is done with a clean channel: keep it for the next one.
+    Keep {
+        channel: UpstreamChannel,
+        inherited: Inherited,
+        confirm_publishes: u64,
+    },
+    /// The next reply of this kind on the channel answers a method warren
+    /// sent on its own: do not forward it.
+    Hide(UpstreamChannel, MethodId),
+    /// The client asked for publisher confirms: forward acks to it.
+    WantConfirms(UpstreamChannel),
     Shutdown,
 }
 
@@ -241,11 +267,7 @@ impl Upstream {
 
     /// Reserves an upstream channel id routed to `client_channel` of `link`.
     /// `None` when the connection has no free id or is gone.
-    pub async fn open_channel(
-        &self,
-        link: &Arc<ClientLink>,
-        client_channel: u16,
-    ) -> Option<UpstreamChannel> {
+    pub async fn open_channel(&self, link: &Arc<ClientLink>, client_channel: u16) -> Option<Grant> {
         let (reply, answer) = oneshot::channel();
         self.0
             .commands
@@ -271,6 +293,25 @@ impl Upstream {
     /// Call after sending Channel.Close-Ok upstream for a broker-closed channel.
     pub fn release(&self, channel: UpstreamChannel) {
         let _ = self.0.commands.send(Command::Release(channel));
+    }
+
+    /// Gives a clean channel back for the next client.
+    pub fn keep(&self, channel: UpstreamChannel, inherited: Inherited, confirm_publishes: u64) {
+        let _ = self.0.commands.send(Command::Keep {
+            channel,
+            inherited,
+            confirm_publishes,
+        });
+    }
+
+    /// Call before sending a method whose reply the client must not see.
+    pub fn hide_reply(&self, channel: UpstreamChannel, reply: MethodId) {
+        let _ = self.0.commands.send(Command::Hide(channel, reply));
+    }
+
+    /// Call before the client's publishes that it wants confirmed.
+    pub fn want_confirms(&self, channel: UpstreamChannel) {
+        let _ = self.0.commands.send(Command::WantConfirms(channel));
     }
 
     /// Queues one frame for the broker; waits while the queue is full. A

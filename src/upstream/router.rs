@@ -8,21 +8,30 @@
 //! An upstream channel id is free again only once the broker has confirmed
 //! the channel closed (its Close-Ok, or our Close-Ok to its Close): reusing
 //! an id earlier makes RabbitMQ kill the whole connection with 504.
+//!
+//! A clean channel whose client is done is not closed but kept for the next
+//! client. Before it is handed out again the router sends a fence
+//! (Channel.Flow active=true, which no reusable channel uses) and drops every
+//! frame until the fence's reply: the broker answers a channel's methods in
+//! order, so late returns and replies meant for the previous client all
+//! arrive, and are dropped, before it. Confirm tags are rebased per client
+//! ([`crate::confirms`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::handshake::Negotiated;
-use super::{Command, Inner, UpstreamSettings};
-use crate::channel::UpstreamChannel;
+use super::{Command, Grant, Inner, UpstreamSettings};
+use crate::channel::{Inherited, UpstreamChannel};
+use crate::confirms::ConfirmTags;
 use crate::frame::{self, Frame, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
-use crate::method::{self, Close};
+use crate::method::{self, Close, MethodId};
 use crate::net::ReadHalf;
 use crate::reply::{self, CONNECTION_FORCED, REPLY_SUCCESS};
 
@@ -40,6 +49,9 @@ enum Slot {
         lease: u64,
         /// The client's Channel.Close went upstream.
         closing: bool,
+        confirms: ConfirmTags,
+        /// Replies to methods warren sent on its own, in order.
+        hidden: VecDeque<MethodId>,
     },
     /// Its client left and a Channel.Close went upstream.
     Abandoned,
@@ -47,6 +59,19 @@ enum Slot {
     BrokerClosed {
         lease: u64,
     },
+    /// Kept for reuse; waiting for the fence's reply, dropping what comes
+    /// before it.
+    Draining(Kept),
+    /// Clean, open and unused: the next client's Channel.Open costs nothing.
+    Kept(Kept),
+}
+
+/// What a kept channel carries over to its next client.
+#[derive(Debug, Clone, Copy, Default)]
+struct Kept {
+    inherited: Inherited,
+    /// Publishes the broker numbered on this channel in confirm mode.
+    confirm_sequence: u64,
 }
 
 /// Why the loop ended.
@@ -65,6 +90,13 @@ pub(super) struct Router {
     slots: Vec<Slot>,
     /// Free ids, lowest on top.
     free: Vec<u16>,
+    /// Kept channels ready for a client, most recently kept on top.
+    kept: Vec<u16>,
+    /// Kept plus draining channels.
+    parked: usize,
+    /// Frames dropped because their client had left (late returns, acks,
+    /// replies): counted, never shown to the next client.
+    stale_dropped: u64,
     next_lease: u64,
     clients: HashMap<ClientId, Arc<ClientLink>>,
     /// The broker's Connection.Blocked frame while it is in force.
@@ -91,6 +123,9 @@ impl Router {
             writer_task,
             slots: (0..=capacity).map(|_| Slot::Free).collect(),
             free: (1..=capacity).rev().collect(),
+            kept: Vec::new(),
+            parked: 0,
+            stale_dropped: 0,
             next_lease: 1,
             clients: HashMap::new(),
             blocked: None,
@@ -108,7 +143,12 @@ impl Router {
         match end {
             End::Graceful(reason) => {
                 self.close_cleanly(reason).await;
-                tracing::info!(upstream = id, reason, "upstream connection closed");
+                tracing::info!(
+                    upstream = id,
+                    reason,
+                    stale_frames_dropped = self.stale_dropped,
+                    "upstream connection closed"
+                );
             }
             End::Lost(close) => {
                 tracing::warn!(upstream = id, code = close.code, text = %close.text, clients = self.clients.len(), "upstream connection lost");
@@ -125,6 +165,7 @@ impl Router {
     }
 
     async fn serve(&mut self) -> End {
+        self.prewarm().await;
         let mut tick = tokio::time::interval(TICK);
         let mut last_read = Instant::now();
         let mut idle_since: Option<Instant> = None;
@@ -133,7 +174,7 @@ impl Router {
                 biased;
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown) | None => return End::Graceful("warren is shutting down"),
-                    Some(command) => self.on_command(command),
+                    Some(command) => self.on_command(command).await,
                 },
                 read = self.reader.read_frame() => match read {
                     Ok(frame) => {
@@ -215,7 +256,7 @@ impl Router {
         let _ = self.inner.frames.send(frame).await;
     }
 
-    fn on_command(&mut self, command: Command) {
+    async fn on_command(&mut self, command: Command) {
         match command {
             Command::Attach(link) => {
                 if link.wants_blocked {
@@ -232,38 +273,14 @@ impl Router {
                 link,
                 client_channel,
                 reply,
-            } => {
-                let Some(id) = self.free.pop() else {
-                    return;
-                };
-                let lease = self.next_lease;
-                self.next_lease += 1;
-                if reply.send(UpstreamChannel { id, lease }).is_err() {
-                    self.free.push(id);
-                    return;
-                }
-                self.slots[id as usize] = Slot::Open {
-                    link,
-                    client_channel,
-                    lease,
-                    closing: false,
-                };
-                self.inner
-                    .occupancy
-                    .lock()
-                    .expect("occupancy lock")
-                    .channels += 1;
-            }
+            } => self.grant(link, client_channel, reply).await,
             Command::Closing(ch) => {
-                if let Slot::Open { lease, closing, .. } = &mut self.slots[ch.id as usize] {
-                    if *lease == ch.lease {
-                        *closing = true;
-                    }
+                if let Some(Slot::Open { closing, .. }) = self.leased(ch) {
+                    *closing = true;
                 }
             }
             Command::Abandon(ch) => {
-                if matches!(self.slots[ch.id as usize], Slot::Open { lease, .. } if lease == ch.lease)
-                {
+                if self.leased(ch).is_some() {
                     self.slots[ch.id as usize] = Slot::Abandoned;
                 }
             }
@@ -273,7 +290,126 @@ impl Router {
                     self.free_id(ch.id);
                 }
             }
+            Command::Keep {
+                channel,
+                inherited,
+                confirm_publishes,
+            } => {
+                let Some(Slot::Open { confirms, .. }) = self.leased(channel) else {
+                    return;
+                };
+                let kept = Kept {
+                    inherited,
+                    confirm_sequence: confirms.base + confirm_publishes,
+                };
+                self.park(channel.id, kept, false).await;
+            }
+            Command::Hide(ch, reply) => {
+                if let Some(Slot::Open { hidden, .. }) = self.leased(ch) {
+                    hidden.push_back(reply);
+                }
+            }
+            Command::WantConfirms(ch) => {
+                if let Some(Slot::Open { confirms, .. }) = self.leased(ch) {
+                    confirms.wanted = true;
+                }
+            }
             Command::Shutdown => unreachable!("handled by the loop"),
+        }
+    }
+
+    /// The open slot for this lease of the channel, if it still is one.
+    fn leased(&mut self, ch: UpstreamChannel) -> Option<&mut Slot> {
+        let slot = self.slots.get_mut(ch.id as usize)?;
+        matches!(slot, Slot::Open { lease, .. } if *lease == ch.lease).then_some(slot)
+    }
+
+    /// Hands a kept channel (or a new id) to a client channel.
+    async fn grant(
+        &mut self,
+        link: Arc<ClientLink>,
+        client_channel: u16,
+        reply: oneshot::Sender<Grant>,
+    ) {
+        let (id, kept) = match self.kept.pop() {
+            Some(id) => match std::mem::replace(&mut self.slots[id as usize], Slot::Free) {
+                Slot::Kept(kept) => {
+                    self.parked -= 1;
+                    (id, Some(kept))
+                }
+                other => unreachable!("kept list holds a {other:?} slot"),
+            },
+            None => match self.free.pop() {
+                Some(id) => (id, None),
+                None => return,
+            },
+        };
+        let lease = self.next_lease;
+        self.next_lease += 1;
+        let channel = UpstreamChannel { id, lease };
+        let inherited = kept.map(|k| k.inherited);
+        if reply.send(Grant { channel, inherited }).is_err() {
+            match kept {
+                Some(kept) => {
+                    self.slots[id as usize] = Slot::Kept(kept);
+                    self.kept.push(id);
+                    self.parked += 1;
+                }
+                None => self.free.push(id),
+            }
+            return;
+        }
+        self.slots[id as usize] = Slot::Open {
+            link,
+            client_channel,
+            lease,
+            closing: false,
+            confirms: ConfirmTags {
+                base: kept.map_or(0, |k| k.confirm_sequence),
+                wanted: false,
+            },
+            hidden: VecDeque::new(),
+        };
+        self.inner
+            .occupancy
+            .lock()
+            .expect("occupancy lock")
+            .channels += 1;
+        self.prewarm().await;
+    }
+
+    /// Parks a clean channel for reuse behind a fence, or closes it when
+    /// enough are parked. `opening` means the channel is not open upstream
+    /// yet (pre-warming): its Channel.Open goes first.
+    async fn park(&mut self, id: u16, kept: Kept, opening: bool) {
+        if self.parked >= self.settings.kept_channels {
+            self.slots[id as usize] = Slot::Abandoned;
+            let close = Close::new(REPLY_SUCCESS, "channel not needed");
+            self.send_upstream(close.channel_frame(id)).await;
+            return;
+        }
+        if !opening {
+            let mut o = self.inner.occupancy.lock().expect("occupancy lock");
+            o.channels = o.channels.saturating_sub(1);
+        }
+        self.slots[id as usize] = Slot::Draining(kept);
+        self.parked += 1;
+        if opening {
+            self.send_upstream(method::channel_open(id)).await;
+        }
+        self.send_upstream(method::channel_flow(id, true)).await;
+    }
+
+    /// Opens clean channels until `--prewarm-channels` are parked.
+    async fn prewarm(&mut self) {
+        while self.parked
+            < self
+                .settings
+                .prewarm_channels
+                .min(self.settings.kept_channels)
+        {
+            let Some(id) = self.free.pop() else { return };
+            self.park(id, Kept::default(), true).await;
         }
     }
 
@@ -282,6 +418,14 @@ impl Router {
         self.free.push(id);
         let mut o = self.inner.occupancy.lock().expect("occupancy lock");
         o.channels = o.channels.saturating_sub(1);
+    }
+
+    /// Frees a parked (kept or draining) channel the broker closed.
+    fn unpark(&mut self, id: u16) {
+        self.kept.retain(|k| *k != id);
+        self.parked -= 1;
+        self.slots[id as usize] = Slot::Free;
+        self.free.push(id);
     }
 
     /// Routes one broker frame. Returns why the connection must end, if so.
@@ -305,6 +449,8 @@ impl Router {
                 client_channel,
                 lease,
                 closing,
+                confirms,
+                hidden,
             } => match method_id {
                 Some(method::CHANNEL_CLOSE_OK) => {
                     link.notify(ClientEvent::ChannelCloseOk {
@@ -331,6 +477,30 @@ impl Router {
                     }
                 }
                 _ if *closing => {}
+                Some(reply) if hidden.front() == Some(&reply) => {
+                    hidden.pop_front();
+                }
+                Some(method::BASIC_ACK | method::BASIC_NACK) => {
+                    let mut ack = frame;
+                    match ack.ack_tag().and_then(|tag| confirms.to_client(tag)) {
+                        Some(tag) => {
+                            if confirms.base > 0 {
+                                ack.set_ack_tag(tag);
+                            }
+                            link.push(ack.into_bytes_for(*client_channel));
+                        }
+                        None => self.stale_dropped += 1,
+                    }
+                }
+                Some(method::QUEUE_DECLARE_OK) => {
+                    if let Ok(queue) = method::decode_declare_ok_queue(frame.method_args()) {
+                        link.notify(ClientEvent::DeclareOk {
+                            channel: *client_channel,
+                            queue,
+                        });
+                    }
+                    link.push(frame.into_bytes_for(*client_channel));
+                }
                 _ => {
                     frame::push_for_peer(frame, *client_channel, link.frame_max, &mut self.scratch);
                     for piece in self.scratch.drain(..) {
@@ -346,6 +516,26 @@ impl Router {
                 _ => {}
             },
             Slot::BrokerClosed { .. } => {}
+            Slot::Draining(kept) => match method_id {
+                Some(method::CHANNEL_FLOW_OK) => {
+                    let kept = *kept;
+                    *slot = Slot::Kept(kept);
+                    self.kept.push(id);
+                }
+                Some(method::CHANNEL_CLOSE) => {
+                    self.send_upstream(method::channel_close_ok(id)).await;
+                    self.unpark(id);
+                }
+                Some(method::CHANNEL_OPEN_OK) => {}
+                _ => self.stale_dropped += 1,
+            },
+            Slot::Kept(_) => match method_id {
+                Some(method::CHANNEL_CLOSE) => {
+                    self.send_upstream(method::channel_close_ok(id)).await;
+                    self.unpark(id);
+                }
+                _ => self.stale_dropped += 1,
+            },
             Slot::Free => {
                 tracing::debug!(
                     upstream = self.inner.id,
