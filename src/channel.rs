@@ -13,6 +13,8 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use crate::frame::{Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use crate::method::{self, Close, Qos, QueueDeclare};
@@ -36,6 +38,9 @@ pub enum ChannelState {
         upstream: UpstreamChannel,
         content: ContentAssembler,
         usage: Usage,
+        /// Replies the broker sent the client on this channel (shared with
+        /// the upstream router, which counts them).
+        replies_seen: Arc<AtomicU64>,
     },
     /// The client's Close went upstream; waiting for the broker's CloseOk.
     ClosingByClient { upstream: UpstreamChannel },
@@ -95,6 +100,8 @@ pub struct Usage {
     qos_client: Qos,
     confirm_broker: bool,
     confirm_client: bool,
+    /// Requests sent upstream that the broker will answer.
+    replies_owed: u64,
     /// Publishes this client made while the channel was in confirm mode:
     /// they advance the broker's confirm sequence.
     pub confirm_publishes: u64,
@@ -115,8 +122,14 @@ impl Usage {
     }
 
     /// Why the channel cannot serve another client, or `None` if it can.
-    pub fn dirty(&self) -> Option<&'static str> {
-        self.dirty
+    /// `replies_seen` is how many replies the broker sent the client on it:
+    /// with one still on its way, the client must get it before its
+    /// Close-Ok, as it would directly, so the close goes to the broker.
+    pub fn dirty(&self, replies_seen: u64) -> Option<&'static str> {
+        match self.dirty {
+            None if replies_seen < self.replies_owed => Some("a reply is still on its way"),
+            dirty => dirty,
+        }
     }
 
     /// What the next client inherits from this channel.
@@ -128,6 +141,18 @@ impl Usage {
     }
 
     pub fn on_method(&mut self, id: method::MethodId, args: &[u8]) -> Step {
+        let step = self.step_for(id, args);
+        if matches!(
+            step,
+            Step::Forward | Step::ForwardSelect | Step::RestoreQosThenForward(_)
+        ) && method::reply_expected(id, args)
+        {
+            self.replies_owed += 1;
+        }
+        step
+    }
+
+    fn step_for(&mut self, id: method::MethodId, args: &[u8]) -> Step {
         let syntax = |what: &str| {
             Step::ConnectionError(
                 reply::close(SYNTAX_ERROR, format!("malformed {what}")).caused_by(id),
@@ -472,14 +497,14 @@ mod tests {
             usage.on_method(method::BASIC_QOS, &qos_args(3)),
             Step::AnswerQosOk
         );
-        assert_eq!(usage.dirty(), None);
+        assert_eq!(usage.dirty(0), None);
 
         let mut unaware = Usage::new(inherited);
         assert_eq!(
             unaware.on_method(method::BASIC_CONSUME, &[]),
             Step::RestoreQosThenForward(Qos::default())
         );
-        assert_eq!(unaware.dirty(), Some("had a consumer"));
+        assert_eq!(unaware.dirty(0), Some("had a consumer"));
         assert_eq!(unaware.inherited().qos, Qos::default());
     }
 
@@ -524,7 +549,7 @@ mod tests {
             next.confirm_publishes, 2,
             "the broker counts publishes made before select too"
         );
-        assert_eq!(next.dirty(), None);
+        assert_eq!(next.dirty(0), None);
     }
 
     #[test]
@@ -532,7 +557,7 @@ mod tests {
         let mandatory_publish = [0, 0, 0, 1, b'q', 1];
         let mut usage = Usage::default();
         usage.on_method(method::BASIC_PUBLISH, &mandatory_publish);
-        assert_eq!(usage.dirty(), Some("mandatory publish"));
+        assert_eq!(usage.dirty(0), Some("mandatory publish"));
         for id in [
             method::BASIC_GET,
             method::BASIC_ACK,
@@ -541,7 +566,7 @@ mod tests {
         ] {
             let mut usage = Usage::default();
             usage.on_method(id, &[0; 16]);
-            assert!(usage.dirty().is_some(), "{id:?}");
+            assert!(usage.dirty(0).is_some(), "{id:?}");
         }
     }
 
@@ -563,6 +588,8 @@ mod tests {
         usage.on_declare_ok("amq.gen-1".into());
         usage.on_declare_ok("shared".into());
         assert_eq!(usage.exclusive_queues, ["fire-and-forget", "amq.gen-1"]);
+        assert_eq!(usage.dirty(1), Some("a reply is still on its way"));
+        assert_eq!(usage.dirty(2), None);
     }
 
     proptest! {

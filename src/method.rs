@@ -227,6 +227,50 @@ pub fn decode_get_no_ack(args: &[u8]) -> Result<bool, DecodeError> {
     Ok(d.u8()? & 1 == 1)
 }
 
+/// Whether the broker will answer this client request on its channel
+/// (exchange.*, queue.*, basic.qos, confirm.select without no-wait). When
+/// the arguments cannot be read it says yes: a reply counted but never seen
+/// only keeps a channel from being reused.
+pub fn reply_expected(id: MethodId, args: &[u8]) -> bool {
+    let (strings, nowait_bit) = match id {
+        (40, 10) => (2, 4),
+        (40, 20) => (1, 1),
+        (40, 30) | (40, 40) | (50, 20) => (3, 0),
+        (50, 10) => (1, 4),
+        (50, 30) => (1, 0),
+        (50, 40) => (1, 2),
+        (50, 50) | BASIC_QOS => return true,
+        CONFIRM_SELECT => return args.first().is_none_or(|bits| bits & 1 == 0),
+        _ => return false,
+    };
+    let mut d = Decoder::new(args);
+    let nowait = (|| {
+        d.u16()?;
+        for _ in 0..strings {
+            d.short_bytes()?;
+        }
+        Ok::<_, DecodeError>(d.u8()? & (1 << nowait_bit) != 0)
+    })();
+    !nowait.unwrap_or(false)
+}
+
+/// The broker's answers to the requests of [`reply_expected`].
+pub fn is_reply(id: MethodId) -> bool {
+    matches!(
+        id,
+        (40, 11)
+            | (40, 21)
+            | (40, 31)
+            | (40, 51)
+            | (50, 11)
+            | (50, 21)
+            | (50, 31)
+            | (50, 41)
+            | (50, 51)
+    ) || id == BASIC_QOS_OK
+        || id == CONFIRM_SELECT_OK
+}
+
 /// Basic.Publish's mandatory (or immediate) flag: the broker may return it.
 pub fn decode_publish_mandatory(args: &[u8]) -> Result<bool, DecodeError> {
     let mut d = Decoder::new(args);
@@ -374,6 +418,27 @@ mod tests {
             .read_frame()
             .await
             .unwrap()
+    }
+
+    #[test]
+    fn replies_are_expected_unless_nowait() {
+        let declare = |bits: u8| {
+            let mut b = bytes::BytesMut::new();
+            b.put_u16(0);
+            put_short_str(&mut b, "q");
+            b.put_u8(bits);
+            b.to_vec()
+        };
+        assert!(reply_expected(QUEUE_DECLARE, &declare(0b0010)));
+        assert!(!reply_expected(QUEUE_DECLARE, &declare(0b1_0000)));
+        assert!(
+            reply_expected(QUEUE_DECLARE, &[]),
+            "unreadable: assume a reply"
+        );
+        assert!(reply_expected(CONFIRM_SELECT, &[0]));
+        assert!(!reply_expected(CONFIRM_SELECT, &[1]));
+        assert!(!reply_expected(BASIC_PUBLISH, &[]));
+        assert!(is_reply(QUEUE_DECLARE_OK) && is_reply(BASIC_QOS_OK) && !is_reply(BASIC_DELIVER));
     }
 
     #[tokio::test]

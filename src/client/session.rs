@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -379,9 +380,13 @@ impl Session {
         for (_, state) in std::mem::take(&mut self.channels) {
             match state {
                 ChannelState::Open {
-                    upstream, usage, ..
+                    upstream,
+                    usage,
+                    replies_seen,
+                    ..
                 } => {
-                    self.give_back(upstream, usage, "client connection closed")
+                    let replies = replies_seen.load(Ordering::Acquire);
+                    self.give_back(upstream, usage, replies, "client connection closed")
                         .await;
                 }
                 ChannelState::ClosingByClient { upstream } => self.upstream.abandon(upstream),
@@ -391,8 +396,14 @@ impl Session {
     }
 
     /// Keeps a clean upstream channel for reuse, or closes it.
-    async fn give_back(&mut self, upstream: UpstreamChannel, usage: Usage, reason: &str) {
-        if self.try_keep(upstream, &usage) {
+    async fn give_back(
+        &mut self,
+        upstream: UpstreamChannel,
+        usage: Usage,
+        replies_seen: u64,
+        reason: &str,
+    ) {
+        if self.try_keep(upstream, &usage, replies_seen) {
             return;
         }
         self.upstream.abandon(upstream);
@@ -401,8 +412,8 @@ impl Session {
     }
 
     /// Hands a clean channel back for reuse; false if it must be closed.
-    fn try_keep(&self, upstream: UpstreamChannel, usage: &Usage) -> bool {
-        let why_not = match usage.dirty() {
+    fn try_keep(&self, upstream: UpstreamChannel, usage: &Usage, replies_seen: u64) -> bool {
+        let why_not = match usage.dirty(replies_seen) {
             None if self.ctx.config.channel_reuse => {
                 self.upstream
                     .keep(upstream, usage.inherited(), usage.confirm_publishes);
@@ -459,7 +470,7 @@ impl Session {
                 .await;
         }
         if let Some(usage) = borrowed {
-            self.give_back(upstream, usage, "exclusive queues deleted")
+            self.give_back(upstream, usage, 0, "exclusive queues deleted")
                 .await;
         }
     }
@@ -538,6 +549,7 @@ impl Session {
                 upstream,
                 content,
                 usage,
+                ..
             } => {
                 let upstream = *upstream;
                 let step = match method_id {
@@ -623,14 +635,16 @@ impl Session {
     /// the broker's Close-Ok relayed.
     async fn client_closes_channel(&mut self, channel: u16, frame: Frame) -> Option<Exit> {
         let Some(ChannelState::Open {
-            upstream, usage, ..
+            upstream,
+            mut usage,
+            replies_seen,
+            ..
         }) = self.channels.remove(&channel)
         else {
             return None;
         };
-        let mut usage = usage;
         self.exclusive_queues.append(&mut usage.exclusive_queues);
-        if self.try_keep(upstream, &usage) {
+        if self.try_keep(upstream, &usage, replies_seen.load(Ordering::Acquire)) {
             let _ = self.outbox.send(method::channel_close_ok(channel)).await;
         } else {
             self.upstream.closing(upstream);
@@ -718,6 +732,7 @@ impl Session {
                 upstream: grant.channel,
                 content: ContentAssembler::default(),
                 usage: Usage::new(grant.inherited.unwrap_or_default()),
+                replies_seen: grant.replies,
             },
         );
         match grant.inherited {

@@ -10,6 +10,7 @@
 mod handshake;
 mod router;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,13 +49,16 @@ pub struct UpstreamSettings {
 }
 
 /// An upstream channel handed to a client.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Grant {
     pub channel: UpstreamChannel,
     /// `Some` when the channel is already open (a kept one): the client's
     /// Channel.Open is answered locally. `None` for a new id: the client's
     /// Channel.Open goes to the broker.
     pub inherited: Option<Inherited>,
+    /// Replies the broker sent on the channel to this client so far
+    /// (counted by the router, read by the session when the client closes).
+    pub replies: Arc<AtomicU64>,
 }
 
 /// Who uses an upstream connection, read by the pool when it picks one.

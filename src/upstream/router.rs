@@ -18,6 +18,7 @@
 //! ([`crate::confirms`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,8 @@ enum Slot {
         confirms: ConfirmTags,
         /// Replies to methods warren sent on its own, in order.
         hidden: VecDeque<MethodId>,
+        /// Replies forwarded to the client (see `Grant::replies`).
+        replies: Arc<AtomicU64>,
     },
     /// Its client left and a Channel.Close went upstream.
     Abandoned,
@@ -348,7 +351,13 @@ impl Router {
         self.next_lease += 1;
         let channel = UpstreamChannel { id, lease };
         let inherited = kept.map(|k| k.inherited);
-        if reply.send(Grant { channel, inherited }).is_err() {
+        let replies = Arc::new(AtomicU64::new(0));
+        let grant = Grant {
+            channel,
+            inherited,
+            replies: replies.clone(),
+        };
+        if reply.send(grant).is_err() {
             match kept {
                 Some(kept) => {
                     self.slots[id as usize] = Slot::Kept(kept);
@@ -369,6 +378,7 @@ impl Router {
                 wanted: false,
             },
             hidden: VecDeque::new(),
+            replies,
         };
         self.inner
             .occupancy
@@ -451,6 +461,7 @@ impl Router {
                 closing,
                 confirms,
                 hidden,
+                replies,
             } => match method_id {
                 Some(method::CHANNEL_CLOSE_OK) => {
                     link.notify(ClientEvent::ChannelCloseOk {
@@ -476,7 +487,6 @@ impl Router {
                         self.free_id(id);
                     }
                 }
-                _ if *closing => {}
                 Some(reply) if hidden.front() == Some(&reply) => {
                     hidden.pop_front();
                 }
@@ -493,6 +503,7 @@ impl Router {
                     }
                 }
                 Some(method::QUEUE_DECLARE_OK) => {
+                    replies.fetch_add(1, Ordering::Release);
                     if let Ok(queue) = method::decode_declare_ok_queue(frame.method_args()) {
                         link.notify(ClientEvent::DeclareOk {
                             channel: *client_channel,
@@ -502,6 +513,9 @@ impl Router {
                     link.push(frame.into_bytes_for(*client_channel));
                 }
                 _ => {
+                    if method_id.is_some_and(method::is_reply) {
+                        replies.fetch_add(1, Ordering::Release);
+                    }
                     frame::push_for_peer(frame, *client_channel, link.frame_max, &mut self.scratch);
                     for piece in self.scratch.drain(..) {
                         link.push(piece);

@@ -79,6 +79,15 @@ class Broker:
                 if c["from_warren"] and (user is None or c["user"] == user)
                 and (vhost is None or c["vhost"] == vhost)]
 
+    def warren_channel_count(self):
+        """Channels open on warren's upstream connections."""
+        return sum(c["channels"] for c in self.warren_connections())
+
+    def queue_names(self, vhost="/"):
+        return set(self.ctl("list_queues", "-p", vhost, "name", "--formatter", "json", "-q") and
+                   [q["name"] for q in json.loads(self.ctl("list_queues", "-p", vhost, "name",
+                                                           "--formatter", "json", "-q"))])
+
     def restart(self):
         subprocess.run([str(ROOT / "scripts" / "broker.sh"), "restart", str(self.port)],
                        check=True, timeout=180, env={**os.environ, "FAST_STOP": "1"})

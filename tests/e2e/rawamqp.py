@@ -123,3 +123,63 @@ class RawClient:
 
     def close(self):
         self.sock.close()
+
+
+def publish_frames(channel, routing_key, body, exchange="", mandatory=False):
+    """Basic.Publish + content header + one body frame."""
+    return (method(channel, 60, 40, struct.pack("!H", 0) + shortstr(exchange) + shortstr(routing_key)
+                   + struct.pack("!B", 1 if mandatory else 0))
+            + frame(FRAME_HEADER, channel, struct.pack("!HHQH", 60, 0, len(body), 0))
+            + frame(FRAME_BODY, channel, body))
+
+
+def queue_declare(channel, name, passive=False, exclusive=False):
+    bits = (1 if passive else 0) | (4 if exclusive else 0)
+    return method(channel, 50, 10, struct.pack("!H", 0) + shortstr(name) + struct.pack("!B", bits)
+                  + struct.pack("!I", 0))
+
+
+def ack_of(f):
+    """(delivery_tag, multiple) of a Basic.Ack frame."""
+    tag, bits = struct.unpack("!QB", f.payload[4:13])
+    return tag, bool(bits & 1)
+
+
+class Channel:
+    """Helpers for one channel of a RawClient."""
+
+    def __init__(self, client, number):
+        self.client, self.number = client, number
+
+    def open(self):
+        self.client.send(method(self.number, 20, 10, shortstr("")))
+        reply = self.client.read_method()
+        assert reply.method == (20, 11), reply
+        return self
+
+    def confirm_select(self):
+        self.client.send(method(self.number, 85, 10, b"\x00"))
+        reply = self.client.read_method()
+        assert reply.method == (85, 11), reply
+
+    def publish(self, routing_key, body, **kw):
+        self.client.send(publish_frames(self.number, routing_key, body, **kw))
+
+    def declare_passive(self, name):
+        """Sends a passive Queue.Declare and returns every frame up to and
+        including its reply."""
+        self.client.send(queue_declare(self.number, name, passive=True))
+        seen = []
+        while True:
+            f = self.client.read_method()
+            seen.append(f)
+            if f.method in ((50, 11), (20, 40)):
+                return seen
+
+    def close(self):
+        self.client.send(method(self.number, 20, 40, struct.pack("!H", 200) + shortstr("bye")
+                                + struct.pack("!HH", 0, 0)))
+        while True:
+            f = self.client.read_method()
+            if f.method == (20, 41):
+                return
