@@ -98,6 +98,7 @@ pub struct Usage {
     qos_broker: Qos,
     /// What this client asked for (the default until it sends Basic.Qos).
     qos_client: Qos,
+    has_consumer: bool,
     confirm_broker: bool,
     confirm_client: bool,
     /// Requests sent upstream that the broker will answer.
@@ -173,7 +174,11 @@ impl Usage {
                     );
                 }
                 self.qos_client = qos;
-                if qos == self.qos_broker {
+                // qos only matters to consumers: before the first one it is
+                // answered here and applied right before that consume. With
+                // a consumer in place a change must reach the broker now
+                // (a global prefetch applies to existing consumers too).
+                if !self.has_consumer || qos == self.qos_broker {
                     Step::AnswerQosOk
                 } else {
                     self.qos_broker = qos;
@@ -181,6 +186,7 @@ impl Usage {
                 }
             }
             method::BASIC_CONSUME => {
+                self.has_consumer = true;
                 self.dirty = Some("had a consumer");
                 if self.qos_client != self.qos_broker {
                     self.qos_broker = self.qos_client;
@@ -481,6 +487,32 @@ mod tests {
         args.extend_from_slice(&count.to_be_bytes());
         args.push(0);
         args
+    }
+
+    #[test]
+    fn qos_is_answered_locally_until_a_consumer_exists() {
+        let mut usage = Usage::default();
+        assert_eq!(
+            usage.on_method(method::BASIC_QOS, &qos_args(3)),
+            Step::AnswerQosOk
+        );
+        let three = Qos {
+            prefetch_count: 3,
+            ..Qos::default()
+        };
+        assert_eq!(
+            usage.on_method(method::BASIC_CONSUME, &[]),
+            Step::RestoreQosThenForward(three)
+        );
+        assert_eq!(
+            usage.on_method(method::BASIC_QOS, &qos_args(5)),
+            Step::Forward
+        );
+        assert_eq!(
+            usage.on_method(method::BASIC_QOS, &qos_args(5)),
+            Step::AnswerQosOk
+        );
+        assert_eq!(usage.inherited().qos.prefetch_count, 5);
     }
 
     #[test]

@@ -452,8 +452,6 @@ impl Session {
                 };
                 if grant.inherited.is_none() {
                     self.upstream
-                        .hide_reply(grant.channel, method::CHANNEL_OPEN_OK);
-                    self.upstream
                         .send(method::channel_open(grant.channel.id))
                         .await;
                 }
@@ -735,12 +733,13 @@ impl Session {
                 replies_seen: grant.replies,
             },
         );
-        match grant.inherited {
-            Some(_) => {
-                let _ = self.outbox.send(method::channel_open_ok(channel)).await;
-            }
-            None => self.send_upstream(frame, grant.channel.id).await,
+        // Open-Ok right away, for a kept channel and a new one alike: a
+        // Channel.Open on a free id of a healthy connection cannot fail at
+        // channel level, and the client's next frames follow it upstream.
+        if grant.inherited.is_none() {
+            self.send_upstream(frame, grant.channel.id).await;
         }
+        let _ = self.outbox.send(method::channel_open_ok(channel)).await;
         None
     }
 

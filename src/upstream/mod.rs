@@ -52,9 +52,9 @@ pub struct UpstreamSettings {
 #[derive(Debug, Clone)]
 pub struct Grant {
     pub channel: UpstreamChannel,
-    /// `Some` when the channel is already open (a kept one): the client's
-    /// Channel.Open is answered locally. `None` for a new id: the client's
-    /// Channel.Open goes to the broker.
+    /// `Some` when the channel is already open (a kept one). `None` for a
+    /// new id: the caller sends Channel.Open upstream, and the router hides
+    /// the broker's Open-Ok (the client was answered without waiting).
     pub inherited: Option<Inherited>,
     /// Replies the broker sent on the channel to this client so far
     /// (counted by the router, read by the session when the client closes).

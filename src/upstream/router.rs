@@ -377,7 +377,12 @@ impl Router {
                 base: kept.map_or(0, |k| k.confirm_sequence),
                 wanted: false,
             },
-            hidden: VecDeque::new(),
+            // A new channel's Channel.Open is pipelined: the client already
+            // got its Open-Ok from warren.
+            hidden: match kept {
+                Some(_) => VecDeque::new(),
+                None => VecDeque::from([method::CHANNEL_OPEN_OK]),
+            },
             replies,
         };
         self.inner
