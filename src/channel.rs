@@ -69,11 +69,17 @@ pub enum Step {
     AnswerQosOk,
     /// Enter confirm mode: tell the router, then forward.
     ForwardSelect,
-    /// Tell the router the client now wants confirms, then answer locally
-    /// (`reply`) or not at all.
+    /// Tell the router the client now wants confirms (after
+    /// `published_before` publishes the broker numbered on its behalf), then
+    /// answer locally (`reply`) or not at all.
     AdoptConfirms {
         reply: bool,
+        published_before: u64,
     },
+    /// Tx.Select on a kept channel in confirm mode would fail (RabbitMQ
+    /// refuses to switch from confirm to tx mode), where a fresh channel
+    /// would accept it: move the client to a new upstream channel first.
+    SwitchToFreshChannel,
     /// Set the broker's qos to what the client believes it has (the reply
     /// is hidden), then forward.
     RestoreQosThenForward(Qos),
@@ -99,6 +105,8 @@ pub struct Usage {
     /// What this client asked for (the default until it sends Basic.Qos).
     qos_client: Qos,
     has_consumer: bool,
+    /// Something of this client's went upstream on the channel.
+    forwarded: bool,
     confirm_broker: bool,
     confirm_client: bool,
     /// Requests sent upstream that the broker will answer.
@@ -110,7 +118,7 @@ pub struct Usage {
     /// exclusive (empty when the broker picks it).
     declares: VecDeque<Option<String>>,
     /// Exclusive queues this client declared (deleted when it leaves).
-    pub exclusive_queues: Vec<String>,
+    exclusive_queues: Vec<String>,
 }
 
 impl Usage {
@@ -146,9 +154,11 @@ impl Usage {
         if matches!(
             step,
             Step::Forward | Step::ForwardSelect | Step::RestoreQosThenForward(_)
-        ) && method::reply_expected(id, args)
-        {
-            self.replies_owed += 1;
+        ) {
+            self.forwarded = true;
+            if method::reply_expected(id, args) {
+                self.replies_owed += 1;
+            }
         }
         step
     }
@@ -204,6 +214,9 @@ impl Usage {
                 self.dirty = Some("received deliveries");
                 Step::Forward
             }
+            method::TX_SELECT if self.confirm_broker && !self.confirm_client && !self.forwarded => {
+                Step::SwitchToFreshChannel
+            }
             method::TX_SELECT => {
                 self.dirty = Some("in tx mode");
                 Step::Forward
@@ -218,7 +231,10 @@ impl Usage {
                 };
                 self.confirm_client = true;
                 if self.confirm_broker {
-                    Step::AdoptConfirms { reply: !nowait }
+                    Step::AdoptConfirms {
+                        reply: !nowait,
+                        published_before: self.confirm_publishes,
+                    }
                 } else {
                     self.confirm_broker = true;
                     Step::ForwardSelect
@@ -246,6 +262,19 @@ impl Usage {
             }
             _ => Step::Forward,
         }
+    }
+
+    /// The exclusive queues declared on this channel, including named ones
+    /// whose Declare-Ok has not arrived yet (the client may leave first).
+    pub fn take_exclusive_queues(&mut self) -> Vec<String> {
+        let pending = self
+            .declares
+            .drain(..)
+            .flatten()
+            .filter(|name| !name.is_empty());
+        let mut queues = std::mem::take(&mut self.exclusive_queues);
+        queues.extend(pending);
+        queues
     }
 
     /// A publish went upstream whole.
@@ -574,7 +603,10 @@ mod tests {
         next.on_publish_sent();
         assert_eq!(
             next.on_method(method::CONFIRM_SELECT, &[1]),
-            Step::AdoptConfirms { reply: false }
+            Step::AdoptConfirms {
+                reply: false,
+                published_before: 1
+            }
         );
         next.on_publish_sent();
         assert_eq!(
@@ -582,6 +614,25 @@ mod tests {
             "the broker counts publishes made before select too"
         );
         assert_eq!(next.dirty(0), None);
+    }
+
+    #[test]
+    fn tx_on_an_inherited_confirm_channel_asks_for_a_fresh_one() {
+        let confirm = Inherited {
+            confirm: true,
+            ..Inherited::default()
+        };
+        assert_eq!(
+            Usage::new(confirm).on_method(method::TX_SELECT, &[]),
+            Step::SwitchToFreshChannel
+        );
+        let mut busy = Usage::new(confirm);
+        busy.on_method(method::QUEUE_DECLARE, &[0, 0, 1, b'q', 0]);
+        assert_eq!(
+            busy.on_method(method::TX_SELECT, &[]),
+            Step::Forward,
+            "too late to move"
+        );
     }
 
     #[test]
@@ -619,9 +670,13 @@ mod tests {
         usage.on_method(method::QUEUE_DECLARE, &declare("fire-and-forget", 0b10100));
         usage.on_declare_ok("amq.gen-1".into());
         usage.on_declare_ok("shared".into());
-        assert_eq!(usage.exclusive_queues, ["fire-and-forget", "amq.gen-1"]);
         assert_eq!(usage.dirty(1), Some("a reply is still on its way"));
         assert_eq!(usage.dirty(2), None);
+        usage.on_method(method::QUEUE_DECLARE, &declare("pending", 0b100));
+        assert_eq!(
+            usage.take_exclusive_queues(),
+            ["fire-and-forget", "amq.gen-1", "pending"]
+        );
     }
 
     proptest! {

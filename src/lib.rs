@@ -18,6 +18,7 @@ pub mod link;
 pub mod listener;
 pub mod method;
 pub mod net;
+pub mod outbox;
 pub mod pool;
 pub mod reply;
 pub mod upstream;

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::channel::UpstreamChannel;
 use crate::method::Close;
-use crate::writer::Outbox;
+use crate::outbox::{Outbox, TrySendError};
 
 pub type ClientId = u64;
 
@@ -79,7 +79,7 @@ impl ClientLink {
         if self.overflowed.load(Ordering::Relaxed) {
             return;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.frames.try_send(frame) {
+        if let Err(TrySendError::Full) = self.frames.try_send(frame) {
             self.overflowed.store(true, Ordering::Relaxed);
             let _ = self.events.send(ClientEvent::Overflowed);
         }

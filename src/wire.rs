@@ -38,14 +38,29 @@ pub fn table_get<'a>(table: &'a FieldTable, key: &str) -> Option<&'a FieldValue>
     table.iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
+/// How deeply tables and arrays may nest. Real client properties nest two
+/// levels; the limit keeps a hostile Start-Ok from exhausting the stack.
+const MAX_NESTING: u8 = 16;
+
 /// A cursor over method arguments.
 pub struct Decoder<'a> {
     buf: &'a [u8],
+    depth: u8,
 }
 
 impl<'a> Decoder<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Decoder { buf }
+        Decoder { buf, depth: 0 }
+    }
+
+    fn nested(&self, buf: &'a [u8]) -> Result<Self, DecodeError> {
+        if self.depth >= MAX_NESTING {
+            return Err(DecodeError("tables nested too deeply"));
+        }
+        Ok(Decoder {
+            buf,
+            depth: self.depth + 1,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -93,7 +108,16 @@ impl<'a> Decoder<'a> {
 
     pub fn table(&mut self) -> Result<FieldTable, DecodeError> {
         let raw = self.long_bytes()?;
-        decode_table_entries(raw)
+        self.nested(raw)?.entries()
+    }
+
+    fn entries(&mut self) -> Result<FieldTable, DecodeError> {
+        let mut table = Vec::new();
+        while !self.is_empty() {
+            let key = self.short_str()?;
+            table.push((key, self.value()?));
+        }
+        Ok(table)
     }
 
     fn value(&mut self) -> Result<FieldValue, DecodeError> {
@@ -112,7 +136,8 @@ impl<'a> Decoder<'a> {
             b'S' => FieldValue::LongStr(self.long_bytes()?.to_vec()),
             b'x' => FieldValue::Bytes(self.long_bytes()?.to_vec()),
             b'A' => {
-                let mut inner = Decoder::new(self.long_bytes()?);
+                let raw = self.long_bytes()?;
+                let mut inner = self.nested(raw)?;
                 let mut items = Vec::new();
                 while !inner.is_empty() {
                     items.push(inner.value()?);
@@ -130,13 +155,7 @@ impl<'a> Decoder<'a> {
 /// Decodes the entries of a table whose 4-byte length prefix is already
 /// stripped (the AMQPLAIN response has this shape).
 pub fn decode_table_entries(raw: &[u8]) -> Result<FieldTable, DecodeError> {
-    let mut d = Decoder::new(raw);
-    let mut table = Vec::new();
-    while !d.is_empty() {
-        let key = d.short_str()?;
-        table.push((key, d.value()?));
-    }
-    Ok(table)
+    Decoder::new(raw).entries()
 }
 
 pub fn put_short_str(buf: &mut BytesMut, s: &str) {
@@ -273,6 +292,24 @@ mod tests {
         let mut d = Decoder::new(&buf);
         assert_eq!(d.table().unwrap(), table);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let levels = 1_000;
+        let mut inner = Vec::new();
+        for _ in 0..levels {
+            let mut outer = vec![b'A'];
+            outer.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+            outer.extend_from_slice(&inner);
+            inner = outer;
+        }
+        let mut entry = vec![1, b'k'];
+        entry.extend_from_slice(&inner);
+        assert_eq!(
+            decode_table_entries(&entry),
+            Err(DecodeError("tables nested too deeply"))
+        );
     }
 
     #[test]

@@ -12,12 +12,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use crate::frame;
-
-/// Frames queued for one socket.
-pub type Outbox = mpsc::Sender<Bytes>;
+use crate::outbox::Inbox;
 
 /// Frames taken off the queue per write; bounds the iovec count.
 const BATCH: usize = 256;
@@ -27,7 +24,7 @@ const BATCH: usize = 256;
 /// write side sends a heartbeat frame; `None` disables them.
 pub async fn run<W: AsyncWrite + Unpin>(
     mut sink: W,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: Inbox,
     heartbeat: Option<Duration>,
 ) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH);
@@ -38,7 +35,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     n = queue.recv_many(&mut batch, BATCH) => n,
                     _ = tokio::time::sleep(interval) => {
                         batch.push(frame::heartbeat());
-                        1
+                        write_all(&mut sink, &mut batch).await?;
+                        continue;
                     }
                 }
             }
@@ -48,7 +46,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
             let _ = sink.shutdown().await;
             return Ok(());
         }
+        let credit = queue.credit_of(&batch);
         write_all(&mut sink, &mut batch).await?;
+        queue.release(credit);
     }
 }
 
@@ -85,7 +85,7 @@ mod tests {
     #[tokio::test]
     async fn writes_everything_in_order_through_a_tiny_pipe() {
         let (sink, mut source) = tokio::io::duplex(7);
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = crate::outbox::outbox(1024);
         let task = tokio::spawn(run(sink, rx, None));
         let expected: Vec<u8> = (0..100u8).collect();
         for chunk in expected.chunks(9) {
@@ -101,7 +101,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_write_side_sends_heartbeats() {
         let (sink, mut source) = tokio::io::duplex(64);
-        let (tx, rx) = mpsc::channel(1);
+        let (tx, rx) = crate::outbox::outbox(1);
         let task = tokio::spawn(run(sink, rx, Some(Duration::from_secs(5))));
         let mut got = [0u8; 8];
         source.read_exact(&mut got).await.unwrap();

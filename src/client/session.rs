@@ -20,22 +20,22 @@ use tokio::sync::mpsc;
 use super::handshake::{self, HandshakeError, Hello};
 use super::Context;
 use crate::channel::{
-    ChannelState, ContentAssembler, ContentVerdict, Step, UpstreamChannel, Usage,
+    ChannelState, ContentAssembler, ContentVerdict, Inherited, Step, UpstreamChannel, Usage,
 };
 use crate::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::method::{self, Close, Tune};
 use crate::net::{split_client_tcp, ReadHalf, WriteHalf};
+use crate::outbox::{outbox, Outbox};
 use crate::pool::PoolRef;
 use crate::reply::{
     self, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED,
-    REPLY_SUCCESS,
 };
 use crate::upstream::{ConnectError, Upstream};
-use crate::writer::{self, Outbox};
+use crate::writer;
 
-/// Frames queued for one client before it counts as too slow.
-const CLIENT_QUEUE: usize = 16384;
+/// Bytes queued for one client before it counts as too slow.
+const CLIENT_QUEUE_BYTES: usize = 16 << 20;
 /// frame_max offered to clients: RabbitMQ's default. Bodies are re-split
 /// when the upstream's frame_max is smaller.
 const OFFERED_FRAME_MAX: u32 = 131072;
@@ -100,7 +100,7 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         "client connected"
     );
 
-    let (outbox, queue) = mpsc::channel(CLIENT_QUEUE);
+    let (outbox, queue) = outbox(CLIENT_QUEUE_BYTES);
     let heartbeat = (tune.heartbeat > 0).then(|| Duration::from_secs(tune.heartbeat.into()));
     let writer_task = tokio::spawn(writer::run(write_half, queue, heartbeat.map(|hb| hb / 2)));
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -125,6 +125,7 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         channels: HashMap::new(),
         channel_max: tune.channel_max,
         exclusive_queues: Vec::new(),
+        opened_a_channel: false,
         scratch: Vec::new(),
     };
     let exit = session.run(&mut reader, &mut events, heartbeat, &ctx).await;
@@ -302,6 +303,9 @@ struct Session {
     channel_max: u16,
     /// Exclusive queues of channels already closed, deleted when the client leaves.
     exclusive_queues: Vec<String>,
+    /// Once it has, the client stays on its upstream connection: it may own
+    /// exclusive queues or consumers there even with no channel open.
+    opened_a_channel: bool,
     scratch: Vec<Bytes>,
 }
 
@@ -386,8 +390,7 @@ impl Session {
                     ..
                 } => {
                     let replies = replies_seen.load(Ordering::Acquire);
-                    self.give_back(upstream, usage, replies, "client connection closed")
-                        .await;
+                    self.give_back(upstream, usage, replies);
                 }
                 ChannelState::ClosingByClient { upstream } => self.upstream.abandon(upstream),
                 ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => {}
@@ -396,19 +399,10 @@ impl Session {
     }
 
     /// Keeps a clean upstream channel for reuse, or closes it.
-    async fn give_back(
-        &mut self,
-        upstream: UpstreamChannel,
-        usage: Usage,
-        replies_seen: u64,
-        reason: &str,
-    ) {
-        if self.try_keep(upstream, &usage, replies_seen) {
-            return;
+    fn give_back(&mut self, upstream: UpstreamChannel, usage: Usage, replies_seen: u64) {
+        if !self.try_keep(upstream, &usage, replies_seen) {
+            self.upstream.abandon(upstream);
         }
-        self.upstream.abandon(upstream);
-        let close = Close::new(REPLY_SUCCESS, reason);
-        self.upstream.send(close.channel_frame(upstream.id)).await;
     }
 
     /// Hands a clean channel back for reuse; false if it must be closed.
@@ -434,7 +428,7 @@ impl Session {
     async fn delete_exclusive_queues(&mut self) {
         for state in self.channels.values_mut() {
             if let ChannelState::Open { usage, .. } = state {
-                self.exclusive_queues.append(&mut usage.exclusive_queues);
+                self.exclusive_queues.extend(usage.take_exclusive_queues());
             }
         }
         if self.exclusive_queues.is_empty() {
@@ -447,7 +441,7 @@ impl Session {
         let (upstream, borrowed) = match open {
             Some(upstream) => (upstream, None),
             None => {
-                let Some(grant) = self.upstream.open_channel(&self.link, 0).await else {
+                let Some(grant) = self.upstream.open_channel(&self.link, 0, false).await else {
                     return;
                 };
                 if grant.inherited.is_none() {
@@ -468,8 +462,7 @@ impl Session {
                 .await;
         }
         if let Some(usage) = borrowed {
-            self.give_back(upstream, usage, 0, "exclusive queues deleted")
-                .await;
+            self.give_back(upstream, usage, 0);
         }
     }
 
@@ -490,6 +483,16 @@ impl Session {
                 upstream,
                 close,
             } => {
+                let ours = match self.channels.get(&channel) {
+                    Some(ChannelState::Open { upstream: u, .. }) => *u == upstream,
+                    Some(ChannelState::ClosingByClient { upstream: u }) => *u == upstream,
+                    _ => false,
+                };
+                if !ours {
+                    // Already given back (kept or abandoned): the router
+                    // acknowledged the broker's Close itself.
+                    return None;
+                }
                 // Acknowledge first, release second: the id must not be
                 // handed out before our Close-Ok is queued ahead of any
                 // Channel.Open that could reuse it.
@@ -497,8 +500,12 @@ impl Session {
                     .send(method::channel_close_ok(upstream.id))
                     .await;
                 self.upstream.release(upstream);
-                if matches!(self.channels.get(&channel), Some(ChannelState::Open { upstream: u, .. }) if *u == upstream)
-                {
+                if let Some(ChannelState::ClosingByClient { .. }) = self.channels.get(&channel) {
+                    // The client's Close crossed the broker's: the channel
+                    // is closed either way, and the client gets its Close-Ok.
+                    self.channels.remove(&channel);
+                    let _ = self.outbox.send(method::channel_close_ok(channel)).await;
+                } else {
                     self.retire(channel, ChannelState::ClosedByBroker);
                     let _ = self.outbox.send(close).await;
                 }
@@ -516,7 +523,8 @@ impl Session {
             }
             ClientEvent::UpstreamClosed { .. } => None,
             ClientEvent::Overflowed => Some(Exit::Gone(format!(
-                "client too slow: more than {CLIENT_QUEUE} frames waiting for it"
+                "client too slow: more than {} MiB waiting for it",
+                CLIENT_QUEUE_BYTES >> 20
             ))),
         }
     }
@@ -552,7 +560,7 @@ impl Session {
                 let upstream = *upstream;
                 let step = match method_id {
                     Some(method::CHANNEL_CLOSE) if content.is_idle() => {
-                        return self.client_closes_channel(channel, frame).await;
+                        return self.client_closes_channel(channel).await;
                     }
                     Some(method::CHANNEL_CLOSE_OK) => return None,
                     Some(id) if content.is_idle() => usage.on_method(id, frame.method_args()),
@@ -564,9 +572,15 @@ impl Session {
                         let _ = self.outbox.send(method::basic_qos_ok(channel)).await;
                         return None;
                     }
-                    Step::ForwardSelect => self.upstream.want_confirms(upstream),
-                    Step::AdoptConfirms { reply } => {
-                        self.upstream.want_confirms(upstream);
+                    Step::ForwardSelect => self.upstream.want_confirms(upstream, 0),
+                    Step::SwitchToFreshChannel => {
+                        return self.switch_to_fresh_channel(channel, frame).await;
+                    }
+                    Step::AdoptConfirms {
+                        reply,
+                        published_before,
+                    } => {
+                        self.upstream.want_confirms(upstream, published_before);
                         if reply {
                             let _ = self.outbox.send(method::confirm_select_ok(channel)).await;
                         }
@@ -600,6 +614,42 @@ impl Session {
         }
     }
 
+    /// Moves a client channel that has sent nothing upstream yet to a new
+    /// upstream channel (the old one is clean and kept), then forwards the
+    /// frame that asked for it there.
+    async fn switch_to_fresh_channel(&mut self, channel: u16, frame: Frame) -> Option<Exit> {
+        let Some(ChannelState::Open {
+            upstream,
+            usage,
+            replies_seen,
+            ..
+        }) = self.channels.remove(&channel)
+        else {
+            return None;
+        };
+        self.give_back(upstream, usage, replies_seen.load(Ordering::Acquire));
+        let Some(grant) = self.upstream.open_channel(&self.link, channel, true).await else {
+            return Some(self.no_free_channel());
+        };
+        self.upstream
+            .send(method::channel_open(grant.channel.id))
+            .await;
+        let mut usage = Usage::new(Inherited::default());
+        if let Some(id) = frame.method_id() {
+            usage.on_method(id, frame.method_args());
+        }
+        self.channels.insert(
+            channel,
+            ChannelState::Open {
+                upstream: grant.channel,
+                content: ContentAssembler::default(),
+                usage,
+                replies_seen: grant.replies,
+            },
+        );
+        self.forward_content(channel, grant.channel, frame).await
+    }
+
     /// Forwards a frame of an open channel, holding publishes until whole.
     async fn forward_content(
         &mut self,
@@ -631,7 +681,7 @@ impl Session {
     /// The client closes a channel: a clean one is kept for the next client
     /// and its Close-Ok answered at once; any other is closed upstream and
     /// the broker's Close-Ok relayed.
-    async fn client_closes_channel(&mut self, channel: u16, frame: Frame) -> Option<Exit> {
+    async fn client_closes_channel(&mut self, channel: u16) -> Option<Exit> {
         let Some(ChannelState::Open {
             upstream,
             mut usage,
@@ -641,14 +691,13 @@ impl Session {
         else {
             return None;
         };
-        self.exclusive_queues.append(&mut usage.exclusive_queues);
+        self.exclusive_queues.extend(usage.take_exclusive_queues());
         if self.try_keep(upstream, &usage, replies_seen.load(Ordering::Acquire)) {
             let _ = self.outbox.send(method::channel_close_ok(channel)).await;
         } else {
             self.upstream.closing(upstream);
             self.channels
                 .insert(channel, ChannelState::ClosingByClient { upstream });
-            self.send_upstream(frame, upstream.id).await;
         }
         None
     }
@@ -656,7 +705,7 @@ impl Session {
     /// Replaces an open channel's state, keeping what must outlive it.
     fn retire(&mut self, channel: u16, next: ChannelState) {
         if let Some(ChannelState::Open { mut usage, .. }) = self.channels.insert(channel, next) {
-            self.exclusive_queues.append(&mut usage.exclusive_queues);
+            self.exclusive_queues.extend(usage.take_exclusive_queues());
         }
     }
 
@@ -709,20 +758,12 @@ impl Session {
                     .caused_by(method::CHANNEL_OPEN),
             ));
         }
-        if self.channels.is_empty() {
+        if !self.opened_a_channel {
             self.move_if_crowded().await;
+            self.opened_a_channel = true;
         }
-        let Some(grant) = self.upstream.open_channel(&self.link, channel).await else {
-            if self.upstream.is_closed() {
-                return None; // The UpstreamClosed event explains it to the client.
-            }
-            return Some(Exit::Close(
-                reply::close(
-                    NOT_ALLOWED,
-                    "the upstream connection has no free channel (max-upstream-channels)",
-                )
-                .caused_by(method::CHANNEL_OPEN),
-            ));
+        let Some(grant) = self.upstream.open_channel(&self.link, channel, false).await else {
+            return Some(self.no_free_channel());
         };
         self.channels.insert(
             channel,
@@ -741,6 +782,24 @@ impl Session {
         }
         let _ = self.outbox.send(method::channel_open_ok(channel)).await;
         None
+    }
+
+    /// Why a channel could not be had: the upstream connection is gone, or
+    /// full.
+    fn no_free_channel(&self) -> Exit {
+        if self.upstream.is_closed() {
+            return Exit::Close(reply::close(
+                CONNECTION_FORCED,
+                "the upstream connection to the broker was lost",
+            ));
+        }
+        Exit::Close(
+            reply::close(
+                NOT_ALLOWED,
+                "the upstream connection has no free channel (max-upstream-channels)",
+            )
+            .caused_by(method::CHANNEL_OPEN),
+        )
     }
 
     /// Before its first channel, the client may still move to a quieter
@@ -770,9 +829,6 @@ impl Session {
     async fn close_channel(&mut self, channel: u16, upstream: UpstreamChannel, close: Close) {
         tracing::warn!(client = self.id, channel, code = close.code, text = %close.text, "closing client channel");
         self.upstream.abandon(upstream);
-        self.upstream
-            .send(Close::new(REPLY_SUCCESS, "channel closed by warren").channel_frame(upstream.id))
-            .await;
         self.retire(channel, ChannelState::ClosedByProxy);
         let _ = self.outbox.send(close.channel_frame(channel)).await;
     }

@@ -26,13 +26,15 @@ use crate::auth::Credentials;
 use crate::channel::{Inherited, UpstreamChannel};
 use crate::config::UpstreamAddr;
 use crate::frame::FrameReader;
-use crate::link::{ClientId, ClientLink};
+use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::method::MethodId;
 use crate::net::{split_tcp, ReadHalf, WriteHalf};
-use crate::writer::{self, Outbox};
+use crate::outbox::{outbox, Outbox};
+use crate::reply::{self, CONNECTION_FORCED};
+use crate::writer;
 
-/// Frames queued for one upstream socket before clients wait.
-const WRITE_QUEUE: usize = 8192;
+/// Bytes queued for one upstream socket before clients wait.
+const WRITE_QUEUE_BYTES: usize = 4 << 20;
 
 /// How upstream connections are opened and kept.
 #[derive(Debug, Clone)]
@@ -87,11 +89,15 @@ enum Command {
     OpenChannel {
         link: Arc<ClientLink>,
         client_channel: u16,
+        /// A new id even when kept channels are available.
+        fresh: bool,
         reply: oneshot::Sender<Grant>,
     },
-    /// The client's Channel.Close is about to go upstream.
+    /// The client closes the channel: the router sends Channel.Close and
+    /// relays the broker's Close-Ok as an event.
     Closing(UpstreamChannel),
-    /// The client left; a Channel.Close is about to go upstream.
+    /// The client is done with a channel that cannot be reused: the router
+    /// closes it and frees the id on the broker's Close-Ok.
     Abandon(UpstreamChannel),
     /// A broker-closed channel was acknowledged upstream; the id is free.
     Release(UpstreamChannel),
@@ -104,8 +110,12 @@ enum Command {
     /// The next reply of this kind on the channel answers a method warren
     /// sent on its own: do not forward it.
     Hide(UpstreamChannel, MethodId),
-    /// The client asked for publisher confirms: forward acks to it.
-    WantConfirms(UpstreamChannel),
+    /// The client asked for publisher confirms after `published_before`
+    /// publishes the broker numbered: forward acks for later ones to it.
+    WantConfirms {
+        channel: UpstreamChannel,
+        published_before: u64,
+    },
     Shutdown,
 }
 
@@ -189,7 +199,7 @@ impl Upstream {
         id: u64,
     ) -> Upstream {
         let addr = &settings.addr;
-        let (frames, queue) = mpsc::channel(WRITE_QUEUE);
+        let (frames, queue) = outbox(WRITE_QUEUE_BYTES);
         let heartbeat = (negotiated.heartbeat > 0)
             .then(|| Duration::from_secs(negotiated.heartbeat.into()) / 2);
         let writer_task = tokio::spawn(writer::run(write_half, queue, heartbeat));
@@ -259,7 +269,17 @@ impl Upstream {
 
     /// Registers a pinned client so it hears about blocking and failures.
     pub fn attach(&self, link: Arc<ClientLink>) {
-        let _ = self.0.commands.send(Command::Attach(link));
+        if let Err(refused) = self.0.commands.send(Command::Attach(link)) {
+            if let Command::Attach(link) = refused.0 {
+                link.notify(ClientEvent::UpstreamClosed {
+                    upstream: self.0.id,
+                    close: reply::close(
+                        CONNECTION_FORCED,
+                        "the upstream connection to the broker was lost",
+                    ),
+                });
+            }
+        }
     }
 
     /// Undoes `try_pin` and `attach`.
@@ -271,25 +291,33 @@ impl Upstream {
 
     /// Reserves an upstream channel id routed to `client_channel` of `link`.
     /// `None` when the connection has no free id or is gone.
-    pub async fn open_channel(&self, link: &Arc<ClientLink>, client_channel: u16) -> Option<Grant> {
+    pub async fn open_channel(
+        &self,
+        link: &Arc<ClientLink>,
+        client_channel: u16,
+        fresh: bool,
+    ) -> Option<Grant> {
         let (reply, answer) = oneshot::channel();
         self.0
             .commands
             .send(Command::OpenChannel {
                 link: link.clone(),
                 client_channel,
+                fresh,
                 reply,
             })
             .ok()?;
         answer.await.ok()
     }
 
-    /// Call before sending the client's Channel.Close upstream.
+    /// The client closes this channel; its Close-Ok comes back as
+    /// `ClientEvent::ChannelCloseOk`. The router writes the Close itself, in
+    /// order with its own frames, so a Close crossing the broker's is safe.
     pub fn closing(&self, channel: UpstreamChannel) {
         let _ = self.0.commands.send(Command::Closing(channel));
     }
 
-    /// Call before sending Channel.Close upstream for a client that left.
+    /// Closes a channel nobody will use again (the router writes the Close).
     pub fn abandon(&self, channel: UpstreamChannel) {
         let _ = self.0.commands.send(Command::Abandon(channel));
     }
@@ -314,8 +342,11 @@ impl Upstream {
     }
 
     /// Call before the client's publishes that it wants confirmed.
-    pub fn want_confirms(&self, channel: UpstreamChannel) {
-        let _ = self.0.commands.send(Command::WantConfirms(channel));
+    pub fn want_confirms(&self, channel: UpstreamChannel, published_before: u64) {
+        let _ = self.0.commands.send(Command::WantConfirms {
+            channel,
+            published_before,
+        });
     }
 
     /// Queues one frame for the broker; waits while the queue is full. A

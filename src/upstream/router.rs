@@ -51,6 +51,8 @@ enum Slot {
         /// The client's Channel.Close went upstream.
         closing: bool,
         confirms: ConfirmTags,
+        /// Publishes the broker had numbered when this client got the channel.
+        numbered_at_grant: u64,
         /// Replies to methods warren sent on its own, in order.
         hidden: VecDeque<MethodId>,
         /// Replies forwarded to the client (see `Grant::replies`).
@@ -143,7 +145,7 @@ impl Router {
         let end = self.serve().await;
         let id = self.inner.id;
         self.inner.occupancy.lock().expect("occupancy lock").closed = true;
-        match end {
+        let close = match end {
             End::Graceful(reason) => {
                 self.close_cleanly(reason).await;
                 tracing::info!(
@@ -152,23 +154,33 @@ impl Router {
                     stale_frames_dropped = self.stale_dropped,
                     "upstream connection closed"
                 );
+                reply::close(CONNECTION_FORCED, reason)
             }
             End::Lost(close) => {
                 tracing::warn!(upstream = id, code = close.code, text = %close.text, clients = self.clients.len(), "upstream connection lost");
-                for link in self.clients.values() {
-                    link.notify(ClientEvent::UpstreamClosed {
-                        upstream: id,
-                        close: close.clone(),
-                    });
-                }
+                close
             }
+        };
+        // Clients that attached while the connection was ending hear it too;
+        // after `close`, `Upstream::attach` tells late ones itself.
+        self.commands.close();
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Attach(link) = command {
+                self.clients.insert(link.id, link);
+            }
+        }
+        for link in self.clients.values() {
+            link.notify(ClientEvent::UpstreamClosed {
+                upstream: id,
+                close: close.clone(),
+            });
         }
         self.writer_task.abort();
         self.inner.ended.cancel();
     }
 
     async fn serve(&mut self) -> End {
-        self.prewarm().await;
+        self.prewarm();
         let mut tick = tokio::time::interval(TICK);
         let mut last_read = Instant::now();
         let mut idle_since: Option<Instant> = None;
@@ -177,12 +189,12 @@ impl Router {
                 biased;
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown) | None => return End::Graceful("warren is shutting down"),
-                    Some(command) => self.on_command(command).await,
+                    Some(command) => self.on_command(command),
                 },
                 read = self.reader.read_frame() => match read {
                     Ok(frame) => {
                         last_read = Instant::now();
-                        if let Some(end) = self.on_frame(frame).await {
+                        if let Some(end) = self.on_frame(frame) {
                             return end;
                         }
                     }
@@ -238,7 +250,7 @@ impl Router {
 
     async fn close_cleanly(&mut self, reason: &str) {
         let close = Close::new(REPLY_SUCCESS, reason);
-        self.send_upstream(close.connection_frame()).await;
+        self.send_upstream(close.connection_frame());
         let wait_close_ok = async {
             while let Ok(frame) = self.reader.read_frame().await {
                 if frame.method_id() == Some(method::CONNECTION_CLOSE_OK) {
@@ -247,19 +259,14 @@ impl Router {
             }
         };
         let _ = tokio::time::timeout(CLOSE_OK_WAIT, wait_close_ok).await;
-        for link in self.clients.values() {
-            link.notify(ClientEvent::UpstreamClosed {
-                upstream: self.inner.id,
-                close: reply::close(CONNECTION_FORCED, reason),
-            });
-        }
     }
 
-    async fn send_upstream(&self, frame: Bytes) {
-        let _ = self.inner.frames.send(frame).await;
+    fn send_upstream(&self, frame: Bytes) {
+        // Never waits: the router serves every client of the connection.
+        let _ = self.inner.frames.send_now(frame);
     }
 
-    async fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, command: Command) {
         match command {
             Command::Attach(link) => {
                 if link.wants_blocked {
@@ -275,18 +282,31 @@ impl Router {
             Command::OpenChannel {
                 link,
                 client_channel,
+                fresh,
                 reply,
-            } => self.grant(link, client_channel, reply).await,
+            } => self.grant(link, client_channel, fresh, reply),
             Command::Closing(ch) => {
                 if let Some(Slot::Open { closing, .. }) = self.leased(ch) {
-                    *closing = true;
+                    if !*closing {
+                        *closing = true;
+                        self.send_close(ch.id, "closed by the client");
+                    }
                 }
+                // On a BrokerClosed slot the session resolves the crossing
+                // when it reads the broker's Close, and releases the id.
             }
-            Command::Abandon(ch) => {
-                if self.leased(ch).is_some() {
+            Command::Abandon(ch) => match self.slots[ch.id as usize] {
+                Slot::Open { lease, closing, .. } if lease == ch.lease => {
                     self.slots[ch.id as usize] = Slot::Abandoned;
+                    if !closing {
+                        self.send_close(ch.id, "client gone");
+                    }
                 }
-            }
+                Slot::BrokerClosed { lease } if lease == ch.lease => {
+                    self.acknowledge_broker_close(ch.id)
+                }
+                _ => {}
+            },
             Command::Release(ch) => {
                 if matches!(self.slots[ch.id as usize], Slot::BrokerClosed { lease } if lease == ch.lease)
                 {
@@ -297,24 +317,46 @@ impl Router {
                 channel,
                 inherited,
                 confirm_publishes,
-            } => {
-                let Some(Slot::Open { confirms, .. }) = self.leased(channel) else {
-                    return;
-                };
-                let kept = Kept {
-                    inherited,
-                    confirm_sequence: confirms.base + confirm_publishes,
-                };
-                self.park(channel.id, kept, false).await;
-            }
+            } => match &self.slots[channel.id as usize] {
+                Slot::Open {
+                    lease,
+                    closing: false,
+                    numbered_at_grant,
+                    ..
+                } if *lease == channel.lease => {
+                    let kept = Kept {
+                        inherited,
+                        confirm_sequence: numbered_at_grant + confirm_publishes,
+                    };
+                    self.park(channel.id, kept, false);
+                }
+                Slot::BrokerClosed { lease } if *lease == channel.lease => {
+                    self.acknowledge_broker_close(channel.id)
+                }
+                _ => {}
+            },
             Command::Hide(ch, reply) => {
                 if let Some(Slot::Open { hidden, .. }) = self.leased(ch) {
                     hidden.push_back(reply);
                 }
             }
-            Command::WantConfirms(ch) => {
-                if let Some(Slot::Open { confirms, .. }) = self.leased(ch) {
-                    confirms.wanted = true;
+            Command::WantConfirms {
+                channel,
+                published_before,
+            } => {
+                if let Some(Slot::Open {
+                    confirms,
+                    numbered_at_grant,
+                    ..
+                }) = self.leased(channel)
+                {
+                    // The client's publishes before its Confirm.Select were
+                    // numbered too (confirm mode is sticky); its own tags
+                    // start after them.
+                    *confirms = ConfirmTags {
+                        base: *numbered_at_grant + published_before,
+                        wanted: true,
+                    };
                 }
             }
             Command::Shutdown => unreachable!("handled by the loop"),
@@ -328,13 +370,15 @@ impl Router {
     }
 
     /// Hands a kept channel (or a new id) to a client channel.
-    async fn grant(
+    fn grant(
         &mut self,
         link: Arc<ClientLink>,
         client_channel: u16,
+        fresh: bool,
         reply: oneshot::Sender<Grant>,
     ) {
-        let (id, kept) = match self.kept.pop() {
+        let reusable = if fresh { None } else { self.kept.pop() };
+        let (id, kept) = match reusable {
             Some(id) => match std::mem::replace(&mut self.slots[id as usize], Slot::Free) {
                 Slot::Kept(kept) => {
                     self.parked -= 1;
@@ -377,6 +421,7 @@ impl Router {
                 base: kept.map_or(0, |k| k.confirm_sequence),
                 wanted: false,
             },
+            numbered_at_grant: kept.map_or(0, |k| k.confirm_sequence),
             // A new channel's Channel.Open is pipelined: the client already
             // got its Open-Ok from warren.
             hidden: match kept {
@@ -390,17 +435,16 @@ impl Router {
             .lock()
             .expect("occupancy lock")
             .channels += 1;
-        self.prewarm().await;
+        self.prewarm();
     }
 
     /// Parks a clean channel for reuse behind a fence, or closes it when
     /// enough are parked. `opening` means the channel is not open upstream
     /// yet (pre-warming): its Channel.Open goes first.
-    async fn park(&mut self, id: u16, kept: Kept, opening: bool) {
+    fn park(&mut self, id: u16, kept: Kept, opening: bool) {
         if self.parked >= self.settings.kept_channels {
             self.slots[id as usize] = Slot::Abandoned;
-            let close = Close::new(REPLY_SUCCESS, "channel not needed");
-            self.send_upstream(close.channel_frame(id)).await;
+            self.send_close(id, "channel not needed");
             return;
         }
         if !opening {
@@ -410,13 +454,27 @@ impl Router {
         self.slots[id as usize] = Slot::Draining(kept);
         self.parked += 1;
         if opening {
-            self.send_upstream(method::channel_open(id)).await;
+            self.send_upstream(method::channel_open(id));
         }
-        self.send_upstream(method::channel_flow(id, true)).await;
+        self.send_upstream(method::channel_flow(id, true));
+    }
+
+    fn send_close(&self, id: u16, reason: &str) {
+        let close = Close::new(REPLY_SUCCESS, reason);
+        self.send_upstream(close.channel_frame(id));
+    }
+
+    /// The broker closed a channel whose client let go of it before reading
+    /// the Close: answer for the client and free the id. The session sent
+    /// all its frames for the channel before the command that led here, so
+    /// this Close-Ok follows them upstream.
+    fn acknowledge_broker_close(&mut self, id: u16) {
+        self.send_upstream(method::channel_close_ok(id));
+        self.free_id(id);
     }
 
     /// Opens clean channels until `--prewarm-channels` are parked.
-    async fn prewarm(&mut self) {
+    fn prewarm(&mut self) {
         while self.parked
             < self
                 .settings
@@ -424,7 +482,7 @@ impl Router {
                 .min(self.settings.kept_channels)
         {
             let Some(id) = self.free.pop() else { return };
-            self.park(id, Kept::default(), true).await;
+            self.park(id, Kept::default(), true);
         }
     }
 
@@ -444,10 +502,10 @@ impl Router {
     }
 
     /// Routes one broker frame. Returns why the connection must end, if so.
-    async fn on_frame(&mut self, frame: Frame) -> Option<End> {
+    fn on_frame(&mut self, frame: Frame) -> Option<End> {
         let id = frame.channel();
         if id == 0 {
-            return self.on_connection_frame(frame).await;
+            return self.on_connection_frame(frame);
         }
         let Some(slot) = self.slots.get_mut(id as usize) else {
             tracing::warn!(
@@ -467,15 +525,23 @@ impl Router {
                 confirms,
                 hidden,
                 replies,
+                ..
             } => match method_id {
-                Some(method::CHANNEL_CLOSE_OK) => {
+                Some(method::CHANNEL_CLOSE_OK) if *closing => {
                     link.notify(ClientEvent::ChannelCloseOk {
                         channel: *client_channel,
                     });
                     self.free_id(id);
                 }
+                Some(method::CHANNEL_CLOSE_OK) => {
+                    tracing::debug!(
+                        upstream = self.inner.id,
+                        channel = id,
+                        "unexpected channel.close-ok dropped"
+                    );
+                }
                 Some(method::CHANNEL_CLOSE) if *closing => {
-                    self.send_upstream(method::channel_close_ok(id)).await;
+                    self.send_upstream(method::channel_close_ok(id));
                 }
                 Some(method::CHANNEL_CLOSE) => {
                     let mut close = frame;
@@ -488,7 +554,7 @@ impl Router {
                     if link.notify(event) {
                         *slot = Slot::BrokerClosed { lease: *lease };
                     } else {
-                        self.send_upstream(method::channel_close_ok(id)).await;
+                        self.send_upstream(method::channel_close_ok(id));
                         self.free_id(id);
                     }
                 }
@@ -529,9 +595,7 @@ impl Router {
             },
             Slot::Abandoned => match method_id {
                 Some(method::CHANNEL_CLOSE_OK) => self.free_id(id),
-                Some(method::CHANNEL_CLOSE) => {
-                    self.send_upstream(method::channel_close_ok(id)).await
-                }
+                Some(method::CHANNEL_CLOSE) => self.send_upstream(method::channel_close_ok(id)),
                 _ => {}
             },
             Slot::BrokerClosed { .. } => {}
@@ -542,7 +606,7 @@ impl Router {
                     self.kept.push(id);
                 }
                 Some(method::CHANNEL_CLOSE) => {
-                    self.send_upstream(method::channel_close_ok(id)).await;
+                    self.send_upstream(method::channel_close_ok(id));
                     self.unpark(id);
                 }
                 Some(method::CHANNEL_OPEN_OK) => {}
@@ -550,7 +614,7 @@ impl Router {
             },
             Slot::Kept(_) => match method_id {
                 Some(method::CHANNEL_CLOSE) => {
-                    self.send_upstream(method::channel_close_ok(id)).await;
+                    self.send_upstream(method::channel_close_ok(id));
                     self.unpark(id);
                 }
                 _ => self.stale_dropped += 1,
@@ -566,7 +630,7 @@ impl Router {
         None
     }
 
-    async fn on_connection_frame(&mut self, frame: Frame) -> Option<End> {
+    fn on_connection_frame(&mut self, frame: Frame) -> Option<End> {
         if frame.kind() == FRAME_HEARTBEAT || frame.kind() != FRAME_METHOD {
             return None;
         }
@@ -575,7 +639,7 @@ impl Router {
                 let close = Close::decode(frame.method_args()).unwrap_or_else(|_| {
                     reply::close(CONNECTION_FORCED, "broker closed the connection")
                 });
-                self.send_upstream(method::connection_close_ok()).await;
+                self.send_upstream(method::connection_close_ok());
                 Some(End::Lost(close))
             }
             Some(method::CONNECTION_BLOCKED) => {

@@ -192,3 +192,55 @@ def test_prewarmed_channels_are_open_before_any_channel_is_asked_for(broker, war
     w = warren_factory("--prewarm-channels", "3")
     with w.connect():
         wait_until(lambda: broker.warren_channel_count() == 3, 10, "three pre-warmed channels")
+
+
+def test_confirms_asked_for_after_publishing_on_a_kept_confirm_channel(broker, warren, queue):
+    first = raw_session(warren)
+    ch = Channel(first, 1).open()
+    ch.confirm_select()
+    ch.publish(queue, b"first")
+    assert first.read_method().method == (60, 80)
+    ch.close()
+    first.close()
+
+    second = raw_session(warren)
+    ch = Channel(second, 1).open()
+    ch.publish(queue, b"before select")
+    ch.publish(queue, b"before select")
+    ch.confirm_select()
+    ch.publish(queue, b"after select")
+    # On a fresh channel the only confirmed publish is tag 1: the broker's
+    # acks for the two earlier publishes must not show up as tags 1 and 2.
+    f = second.read_method()
+    assert f.method == (60, 80), f
+    assert ack_of(f)[0] == 1
+    frames = ch.declare_passive(queue)
+    assert [x.method for x in frames] == [(50, 11)], frames
+    assert broker.warren_channel_count() == 1
+    second.close()
+
+
+def test_tx_works_on_a_channel_that_was_kept_in_confirm_mode(broker, warren, queue):
+    with warren.connect() as first:
+        ch = first.channel()
+        ch.confirm_delivery()
+        ch.basic_publish("", queue, b"confirmed")
+        ch.close()
+    with warren.connect() as second:
+        ch = second.channel()
+        ch.tx_select()  # RabbitMQ refuses tx on a confirm-mode channel with 406
+        ch.basic_publish("", queue, b"in tx")
+        ch.tx_commit()
+    assert sorted(drain(broker.port, queue)) == ["confirmed", "in tx"]
+
+
+def test_exclusive_queue_declared_by_a_client_that_left_before_the_reply(broker, warren):
+    from rawamqp import queue_declare
+    name = f"excl.pending.{uuid.uuid4().hex[:8]}"
+    raw = raw_session(warren)
+    Channel(raw, 1).open()
+    raw.send(queue_declare(1, name, exclusive=True))
+    raw.close()
+    # The client never saw the Declare-Ok; warren still deletes the queue.
+    wait_until(lambda: f"queue={name}" in warren.log_text(), 10, "warren to delete the queue")
+    wait_until(lambda: name not in broker.queue_names(), 10, "the exclusive queue to be gone")

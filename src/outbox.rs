@@ -1,0 +1,187 @@
+//! A socket's write queue: unbounded underneath, bounded in bytes by credit.
+//!
+//! Producers that may wait (a session pushing its client's frames upstream)
+//! wait for credit, which is backpressure. Producers that must never wait
+//! (the upstream router, which serves every client of a connection) either
+//! take credit if there is some and report a full queue otherwise
+//! (`try_send`: a slow client is then disconnected), or go into overdraft
+//! (`send_now`: the router's own control frames, which must keep their place
+//! in the one FIFO order the broker sees). The writer gives credit back as
+//! bytes reach the socket.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Semaphore};
+
+#[derive(Debug)]
+struct Credit {
+    available: Semaphore,
+    /// Bytes queued without credit, to be paid back before credit returns.
+    overdraft: AtomicUsize,
+    limit: usize,
+}
+
+impl Credit {
+    /// Credit a frame needs. A frame larger than the whole limit takes it all
+    /// rather than waiting forever.
+    fn cost(&self, frame: &Bytes) -> usize {
+        frame.len().min(self.limit)
+    }
+}
+
+/// The queue is gone: the socket's writer has stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError {
+    Full,
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    queue: mpsc::UnboundedSender<Bytes>,
+    credit: Arc<Credit>,
+}
+
+/// The writer's end.
+#[derive(Debug)]
+pub struct Inbox {
+    queue: mpsc::UnboundedReceiver<Bytes>,
+    credit: Arc<Credit>,
+}
+
+/// A queue that holds at most `limit` bytes from producers that respect it.
+pub fn outbox(limit: usize) -> (Outbox, Inbox) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let credit = Arc::new(Credit {
+        available: Semaphore::new(limit),
+        overdraft: AtomicUsize::new(0),
+        limit,
+    });
+    (
+        Outbox {
+            queue: tx,
+            credit: credit.clone(),
+        },
+        Inbox { queue: rx, credit },
+    )
+}
+
+impl Outbox {
+    /// Queues a frame, waiting for credit.
+    pub async fn send(&self, frame: Bytes) -> Result<(), Closed> {
+        let cost = self.credit.cost(&frame) as u32;
+        match self.credit.available.acquire_many(cost).await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err(Closed),
+        }
+        self.queue.send(frame).map_err(|_| Closed)
+    }
+
+    /// Queues a frame if there is credit for it, without waiting.
+    pub fn try_send(&self, frame: Bytes) -> Result<(), TrySendError> {
+        let cost = self.credit.cost(&frame) as u32;
+        match self.credit.available.try_acquire_many(cost) {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(TrySendError::Full),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(TrySendError::Closed),
+        }
+        self.queue.send(frame).map_err(|_| TrySendError::Closed)
+    }
+
+    /// Queues a frame now, in overdraft if there is no credit.
+    pub fn send_now(&self, frame: Bytes) -> Result<(), Closed> {
+        let cost = self.credit.cost(&frame);
+        match self.credit.available.try_acquire_many(cost as u32) {
+            Ok(permit) => permit.forget(),
+            Err(_) => {
+                self.credit.overdraft.fetch_add(cost, Ordering::Relaxed);
+            }
+        }
+        self.queue.send(frame).map_err(|_| Closed)
+    }
+}
+
+impl Inbox {
+    /// Takes up to `limit` queued frames; 0 when every producer is gone.
+    pub async fn recv_many(&mut self, batch: &mut Vec<Bytes>, limit: usize) -> usize {
+        self.queue.recv_many(batch, limit).await
+    }
+
+    /// The credit taken by these frames (call before writing them: writing
+    /// consumes the buffers).
+    pub fn credit_of(&self, frames: &[Bytes]) -> usize {
+        frames.iter().map(|f| self.credit.cost(f)).sum()
+    }
+
+    /// Gives back the credit of frames that reached the socket, after
+    /// paying off any overdraft.
+    pub fn release(&self, credit: usize) {
+        let owed = self
+            .credit
+            .overdraft
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |owed| {
+                Some(owed - owed.min(credit))
+            })
+            .unwrap_or(0);
+        let returned = credit - owed.min(credit);
+        if returned > 0 {
+            self.credit.available.add_permits(returned);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn credit_bounds_the_queue_and_returns_when_written() {
+        let (outbox, mut inbox) = outbox(10);
+        outbox.send(Bytes::from_static(b"123456")).await.unwrap();
+        assert_eq!(
+            outbox.try_send(Bytes::from_static(b"12345")),
+            Err(TrySendError::Full)
+        );
+        let mut batch = Vec::new();
+        assert_eq!(inbox.recv_many(&mut batch, 8).await, 1);
+        inbox.release(inbox.credit_of(&batch));
+        assert_eq!(outbox.try_send(Bytes::from_static(b"12345")), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn overdraft_is_paid_back_before_credit_returns() {
+        let (outbox, mut inbox) = outbox(10);
+        outbox
+            .send(Bytes::from_static(b"1234567890"))
+            .await
+            .unwrap();
+        outbox.send_now(Bytes::from_static(b"abcd")).unwrap();
+        let mut batch = Vec::new();
+        inbox.recv_many(&mut batch, 8).await;
+        inbox.release(inbox.credit_of(&batch));
+        // 14 bytes written, 4 of them on overdraft: 10 bytes of credit back.
+        assert_eq!(outbox.try_send(Bytes::from_static(b"1234567890")), Ok(()));
+        assert_eq!(
+            outbox.try_send(Bytes::from_static(b"x")),
+            Err(TrySendError::Full)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_limit_still_goes() {
+        let (outbox, mut inbox) = outbox(4);
+        outbox
+            .send(Bytes::from_static(b"far too long"))
+            .await
+            .unwrap();
+        let mut batch = Vec::new();
+        inbox.recv_many(&mut batch, 8).await;
+        inbox.release(inbox.credit_of(&batch));
+        assert_eq!(outbox.try_send(Bytes::from_static(b"1234")), Ok(()));
+    }
+}
