@@ -227,6 +227,36 @@ pub fn decode_get_no_ack(args: &[u8]) -> Result<bool, DecodeError> {
     Ok(d.u8()? & 1 == 1)
 }
 
+/// Whether a client may send this method on a non-zero channel: what it
+/// may not would be a connection-level error at the broker and take every
+/// other client of the shared connection down with it, so warren answers it
+/// for that client alone. `None`: the method id does not exist.
+pub fn client_may_send(id: MethodId) -> Option<bool> {
+    let allowed = matches!(
+        id,
+        (20, 10 | 20 | 21 | 40 | 41)
+            | (40, 10 | 20 | 30 | 40)
+            | (50, 10 | 20 | 30 | 40 | 50)
+            | (60, 10 | 20 | 30 | 31 | 40 | 70 | 80 | 90 | 100 | 110 | 120)
+            | (85, 10)
+            | (90, 10 | 20 | 30)
+    );
+    let exists = allowed
+        || matches!(
+            id,
+            (
+                10,
+                10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71
+            ) | (20, 11)
+                | (40, 11 | 21 | 31 | 51)
+                | (50, 11 | 21 | 31 | 41 | 51)
+                | (60, 11 | 21 | 50 | 60 | 71 | 72 | 111)
+                | (85, 11)
+                | (90, 11 | 21 | 31)
+        );
+    exists.then_some(allowed)
+}
+
 /// Whether the broker will answer this client request on its channel
 /// (exchange.*, queue.*, basic.qos, confirm.select without no-wait). When
 /// the arguments cannot be read it says yes: a reply counted but never seen
@@ -418,6 +448,14 @@ mod tests {
             .read_frame()
             .await
             .unwrap()
+    }
+
+    #[test]
+    fn server_methods_and_unknown_ids_are_not_for_clients() {
+        assert_eq!(client_may_send(BASIC_PUBLISH), Some(true));
+        assert_eq!(client_may_send(BASIC_DELIVER), Some(false));
+        assert_eq!(client_may_send(CONNECTION_CLOSE), Some(false));
+        assert_eq!(client_may_send((60, 200)), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! connection that the broker accepted with exactly its credentials.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::auth::{Credentials, Fingerprint, Salt};
@@ -56,6 +56,9 @@ pub struct Pools {
     salt: Salt,
     pools: Mutex<HashMap<PoolKey, Vec<Arc<Pool>>>>,
     next_upstream_id: AtomicU64,
+    /// The broker's frame_max as last negotiated (RabbitMQ's default until
+    /// a connection says otherwise).
+    broker_frame_max: AtomicU32,
 }
 
 impl Pools {
@@ -65,7 +68,14 @@ impl Pools {
             salt: Salt::random(),
             pools: Mutex::new(HashMap::new()),
             next_upstream_id: AtomicU64::new(1),
+            broker_frame_max: AtomicU32::new(131072),
         }
+    }
+
+    /// The largest frame the broker accepts, so clients are never offered
+    /// more than what can be forwarded unsplit.
+    pub fn broker_frame_max(&self) -> u32 {
+        self.broker_frame_max.load(Ordering::Relaxed)
     }
 
     /// Checks a client's credentials the way the broker would at

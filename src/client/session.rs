@@ -30,14 +30,16 @@ use crate::outbox::{outbox, Outbox};
 use crate::pool::PoolRef;
 use crate::reply::{
     self, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED,
+    NOT_IMPLEMENTED,
 };
 use crate::upstream::{ConnectError, Upstream};
 use crate::writer;
 
 /// Bytes queued for one client before it counts as too slow.
 const CLIENT_QUEUE_BYTES: usize = 16 << 20;
-/// frame_max offered to clients: RabbitMQ's default. Bodies are re-split
-/// when the upstream's frame_max is smaller.
+/// The largest frame_max offered to clients: RabbitMQ's default. The
+/// broker's own, if smaller, is offered instead, so every client frame can
+/// be forwarded as it is (bodies for the client are split to its size).
 const OFFERED_FRAME_MAX: u32 = 131072;
 /// How long warren waits for a client's Close-Ok after closing it.
 const CLOSE_OK_WAIT: Duration = Duration::from_secs(3);
@@ -180,7 +182,7 @@ async fn admit(
 
     let offer = Tune {
         channel_max: config.channel_max.min(config.max_upstream_channels),
-        frame_max: OFFERED_FRAME_MAX,
+        frame_max: OFFERED_FRAME_MAX.min(ctx.pools.broker_frame_max()),
         heartbeat: config.heartbeat,
     };
     let (tune, vhost) = client_step(
@@ -543,6 +545,22 @@ impl Session {
         let method_id = frame.method_id();
         if method_id == Some(method::CHANNEL_OPEN) {
             return self.open_channel(channel, frame).await;
+        }
+        if let Some(id) = method_id {
+            match method::client_may_send(id) {
+                Some(true) => {}
+                Some(false) => {
+                    return Some(Exit::Close(
+                        reply::close(COMMAND_INVALID, "unimplemented method").caused_by(id),
+                    ))
+                }
+                None => {
+                    return Some(Exit::Close(
+                        reply::close(NOT_IMPLEMENTED, format!("unknown method {}.{}", id.0, id.1))
+                            .caused_by(id),
+                    ))
+                }
+            }
         }
         let Some(state) = self.channels.get_mut(&channel) else {
             return Some(Exit::Close(

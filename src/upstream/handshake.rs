@@ -152,6 +152,10 @@ fn io(e: std::io::Error) -> ConnectError {
 }
 
 impl Authenticated {
+    pub fn frame_max(&self) -> u32 {
+        self.negotiated.frame_max
+    }
+
     /// Opens `vhost` and hands back the socket halves ready for the data path.
     pub async fn open(
         mut self,

@@ -144,6 +144,10 @@ pub struct Upstream(Arc<Inner>);
 pub struct PendingUpstream(handshake::Authenticated);
 
 impl PendingUpstream {
+    pub fn frame_max(&self) -> u32 {
+        self.0.frame_max()
+    }
+
     pub async fn open(
         self,
         settings: &UpstreamSettings,

@@ -39,3 +39,31 @@ def test_frames_on_an_unopened_channel_are_504_for_that_client_only(warren):
     assert reply.close_reply() == (504, "CHANNEL_ERROR - expected 'channel.open'")
     ch.queue_declare("", exclusive=True)
     bystander.close()
+
+
+def test_server_only_methods_close_the_sender_alone(warren):
+    """basic.deliver from a client is a connection error at the broker; on a
+    shared upstream it would take every neighbour down."""
+    bystander = warren.connect()
+    ch = bystander.channel()
+    raw = RawClient(warren.port)
+    raw.open()
+    raw.send(method(1, 20, 10, shortstr("")))
+    assert raw.read_method().method == (20, 11)
+    raw.send(method(1, 60, 60, shortstr("ctag") + struct.pack("!QB", 1, 0) + shortstr("") + shortstr("q")))
+    reply = raw.read_method()
+    assert reply.method == (10, 50)
+    assert reply.close_reply() == (503, "COMMAND_INVALID - unimplemented method")
+    ch.queue_declare("", exclusive=True)
+    assert bystander.is_open
+    bystander.close()
+
+
+def test_unknown_method_ids_are_540(warren):
+    raw = RawClient(warren.port)
+    raw.open()
+    raw.send(method(1, 20, 10, shortstr("")))
+    assert raw.read_method().method == (20, 11)
+    raw.send(method(1, 60, 250))
+    reply = raw.read_method()
+    assert reply.close_reply() == (540, "NOT_IMPLEMENTED - unknown method 60.250")
