@@ -14,6 +14,18 @@ def raw_session(warren):
     return raw
 
 
+def leave_a_kept_confirm_channel(warren, queue):
+    """A client publishes once with confirms and closes its channel cleanly:
+    the upstream channel is kept, in confirm mode, with one publish numbered."""
+    first = raw_session(warren)
+    ch = Channel(first, 1).open()
+    ch.confirm_select()
+    ch.publish(queue, b"first")
+    assert first.read_method().method == (60, 80)
+    ch.close()
+    first.close()
+
+
 def test_sequential_cycles_keep_one_upstream_channel(broker, warren, queue):
     tag = uuid.uuid4().hex[:8]
     out = subprocess.run([PYTHON, str(CLIENTS / "publish_cycles.py"), warren.url(), "1000", queue, tag],
@@ -57,13 +69,7 @@ def test_confirm_tags_start_at_one_for_every_client(broker, warren, queue):
 
 
 def test_client_without_confirms_never_sees_acks(broker, warren, queue):
-    first = raw_session(warren)
-    ch = Channel(first, 1).open()
-    ch.confirm_select()
-    ch.publish(queue, b"confirmed")
-    assert first.read_method().method == (60, 80)
-    ch.close()
-    first.close()
+    leave_a_kept_confirm_channel(warren, queue)
 
     second = raw_session(warren)
     ch = Channel(second, 1).open()
@@ -195,13 +201,7 @@ def test_prewarmed_channels_are_open_before_any_channel_is_asked_for(broker, war
 
 
 def test_confirms_asked_for_after_publishing_on_a_kept_confirm_channel(broker, warren, queue):
-    first = raw_session(warren)
-    ch = Channel(first, 1).open()
-    ch.confirm_select()
-    ch.publish(queue, b"first")
-    assert first.read_method().method == (60, 80)
-    ch.close()
-    first.close()
+    leave_a_kept_confirm_channel(warren, queue)
 
     second = raw_session(warren)
     ch = Channel(second, 1).open()
