@@ -40,6 +40,18 @@ pub enum ClientEvent {
     Overflowed,
 }
 
+/// Notifications a client must have asked for in its Start-Ok
+/// capabilities: the broker sends them to warren's upstream connection
+/// (which asks for all), warren passes them on only to clients that asked,
+/// as the broker itself would.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Connection.Blocked/Unblocked.
+    pub blocked: bool,
+    /// Basic.Cancel from the broker when a queue with consumers goes away.
+    pub cancel_notify: bool,
+}
+
 /// The client end that an upstream connection holds on to.
 #[derive(Debug)]
 pub struct ClientLink {
@@ -48,8 +60,8 @@ pub struct ClientLink {
     pub events: mpsc::UnboundedSender<ClientEvent>,
     /// The client's negotiated frame_max: larger bodies are split for it.
     pub frame_max: usize,
-    /// The client advertised the connection.blocked capability.
-    pub wants_blocked: bool,
+    /// What the client said it understands in Start-Ok.
+    pub capabilities: Capabilities,
     overflowed: AtomicBool,
 }
 
@@ -59,14 +71,14 @@ impl ClientLink {
         frames: Outbox,
         events: mpsc::UnboundedSender<ClientEvent>,
         frame_max: usize,
-        wants_blocked: bool,
+        capabilities: Capabilities,
     ) -> Self {
         ClientLink {
             id,
             frames,
             events,
             frame_max,
-            wants_blocked,
+            capabilities,
             overflowed: AtomicBool::new(false),
         }
     }

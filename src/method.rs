@@ -33,6 +33,7 @@ pub const QUEUE_DECLARE_OK: MethodId = (50, 11);
 pub const BASIC_QOS: MethodId = (60, 10);
 pub const BASIC_QOS_OK: MethodId = (60, 11);
 pub const BASIC_CONSUME: MethodId = (60, 20);
+pub const BASIC_CANCEL: MethodId = (60, 30);
 pub const BASIC_PUBLISH: MethodId = (60, 40);
 pub const BASIC_RETURN: MethodId = (60, 50);
 pub const BASIC_DELIVER: MethodId = (60, 60);

@@ -8,6 +8,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::auth::{AuthError, Credentials, MECHANISMS};
 use crate::frame::{Frame, FrameError, FrameReader, MIN_FRAME_MAX, PROTOCOL_HEADER};
+use crate::link::Capabilities;
 use crate::method::{self, Close, MethodId, StartOk, Tune};
 use crate::net::{ReadHalf, WriteHalf};
 use crate::reply::{self, COMMAND_INVALID, NOT_ALLOWED, SYNTAX_ERROR};
@@ -17,8 +18,7 @@ use crate::wire::{table_get, FieldTable, FieldValue};
 #[derive(Debug)]
 pub struct Hello {
     pub credentials: Credentials,
-    /// The client understands Connection.Blocked/Unblocked.
-    pub wants_blocked: bool,
+    pub capabilities: Capabilities,
     /// The client wants a Connection.Close, not a dropped socket, when its
     /// login is refused.
     pub wants_auth_failure_close: bool,
@@ -107,15 +107,37 @@ fn malformed(what: MethodId) -> impl Fn(crate::wire::DecodeError) -> HandshakeEr
     }
 }
 
-/// Negotiates one tuning value: 0 means "no limit" for both sides.
-fn smaller_limit<T: Copy + Ord + Default>(ours: T, theirs: T) -> T {
-    if theirs == T::default() {
-        ours
-    } else if ours == T::default() {
-        theirs
-    } else {
-        ours.min(theirs)
+/// The heartbeat interval: 0 from either side means none was proposed
+/// there, so the other side's value holds; otherwise the smaller wins.
+fn smaller_limit(ours: u16, theirs: u16) -> u16 {
+    match (ours, theirs) {
+        (0, t) => t,
+        (o, 0) => o,
+        (o, t) => o.min(t),
     }
+}
+
+/// Checks a client's Tune-Ok value as RabbitMQ does, with its wording: at
+/// least `min`, and no more than what was offered (0, "no limit", is more
+/// than any limit).
+fn check_tuned(field: &str, min: u32, offered: u32, asked: u32) -> Result<(), HandshakeError> {
+    let (direction, bound, value) = if asked != 0 && asked < min {
+        ("lower than the minimum", min, asked)
+    } else if offered != 0 && (asked == 0 || asked > offered) {
+        ("higher than the maximum", offered, asked)
+    } else {
+        return Ok(());
+    };
+    let no_limit = if value == 0 { " (no limit)" } else { "" };
+    Err(HandshakeError::Refused(
+        reply::close(
+            NOT_ALLOWED,
+            format!(
+                "negotiated {field} = {value}{no_limit} is {direction} allowed value ({bound})"
+            ),
+        )
+        .caused_by(method::CONNECTION_TUNE),
+    ))
 }
 
 /// Reads the protocol header, offers the mechanisms and reads Start-Ok.
@@ -147,7 +169,10 @@ pub async fn greet(
     let properties = &start_ok.client_properties;
     Ok(Hello {
         credentials,
-        wants_blocked: capability(properties, "connection.blocked"),
+        capabilities: Capabilities {
+            blocked: capability(properties, "connection.blocked"),
+            cancel_notify: capability(properties, "consumer_cancel_notify"),
+        },
         wants_auth_failure_close: capability(properties, "authentication_failure_close"),
         connection_name: text_property(properties, "connection_name"),
     })
@@ -167,21 +192,22 @@ pub async fn tune_and_open(
 
     let frame = expect(reader, method::CONNECTION_TUNE_OK).await?;
     let asked = Tune::decode(frame.method_args()).map_err(malformed(method::CONNECTION_TUNE_OK))?;
+    check_tuned("frame_max", MIN_FRAME_MAX, offer.frame_max, asked.frame_max)?;
+    check_tuned(
+        "channel_max",
+        0,
+        offer.channel_max.into(),
+        asked.channel_max.into(),
+    )?;
     let tune = Tune {
-        channel_max: smaller_limit(offer.channel_max, asked.channel_max),
-        frame_max: smaller_limit(offer.frame_max, asked.frame_max),
+        channel_max: asked.channel_max,
+        frame_max: asked.frame_max,
         heartbeat: if asked.heartbeat == 0 {
             0
         } else {
             smaller_limit(offer.heartbeat, asked.heartbeat)
         },
     };
-    if tune.frame_max < MIN_FRAME_MAX {
-        return Err(HandshakeError::Refused(reply::close(
-            NOT_ALLOWED,
-            format!("frame_max={} < {MIN_FRAME_MAX} min size", tune.frame_max),
-        )));
-    }
     reader.set_frame_max(tune.frame_max);
 
     let frame = expect(reader, method::CONNECTION_OPEN).await?;
@@ -192,13 +218,29 @@ pub async fn tune_and_open(
 
 #[cfg(test)]
 mod tests {
-    use super::smaller_limit;
+    use super::*;
 
     #[test]
-    fn zero_means_no_limit_on_either_side() {
-        assert_eq!(smaller_limit(2047u16, 0), 2047);
-        assert_eq!(smaller_limit(0u16, 256), 256);
-        assert_eq!(smaller_limit(2047u16, 256), 256);
-        assert_eq!(smaller_limit(131072u32, 1 << 20), 131072);
+    fn heartbeat_zero_on_one_side_leaves_the_other() {
+        assert_eq!(smaller_limit(60, 0), 60);
+        assert_eq!(smaller_limit(0, 30), 30);
+        assert_eq!(smaller_limit(60, 30), 30);
+    }
+
+    #[test]
+    fn tune_ok_values_are_checked_like_rabbitmq() {
+        let text = |r: Result<(), HandshakeError>| match r {
+            Err(HandshakeError::Refused(close)) => close.text,
+            other => panic!("{other:?}"),
+        };
+        assert!(check_tuned("channel_max", 0, 2047, 256).is_ok());
+        assert_eq!(
+            text(check_tuned("channel_max", 0, 2047, 0)),
+            "NOT_ALLOWED - negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)"
+        );
+        assert_eq!(
+            text(check_tuned("frame_max", 4096, 131072, 1000)),
+            "NOT_ALLOWED - negotiated frame_max = 1000 is lower than the minimum allowed value (4096)"
+        );
     }
 }

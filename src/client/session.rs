@@ -111,7 +111,7 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         outbox.clone(),
         events_tx,
         tune.frame_max as usize,
-        hello.wants_blocked,
+        hello.capabilities,
     ));
     upstream.attach(link.clone());
 

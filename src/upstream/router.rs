@@ -269,7 +269,7 @@ impl Router {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Attach(link) => {
-                if link.wants_blocked {
+                if link.capabilities.blocked {
                     if let Some(blocked) = &self.blocked {
                         link.push(blocked.clone());
                     }
@@ -573,6 +573,10 @@ impl Router {
                         None => self.stale_dropped += 1,
                     }
                 }
+                Some(method::BASIC_CANCEL) if !link.capabilities.cancel_notify => {
+                    // The broker cancelled a consumer (its queue is gone); a
+                    // client without consumer_cancel_notify is not told.
+                }
                 Some(method::QUEUE_DECLARE_OK) => {
                     replies.fetch_add(1, Ordering::Release);
                     if let Ok(queue) = method::decode_declare_ok_queue(frame.method_args()) {
@@ -663,7 +667,7 @@ impl Router {
     }
 
     fn broadcast_to_blocked_aware(&self, frame: &Bytes) {
-        for link in self.clients.values().filter(|l| l.wants_blocked) {
+        for link in self.clients.values().filter(|l| l.capabilities.blocked) {
             link.push(frame.clone());
         }
     }

@@ -103,7 +103,7 @@ class RawClient:
         self.send(method(0, 10, 11, props + shortstr("PLAIN") + longstr(response) + shortstr("en_US")))
         return self.read_method()
 
-    def handshake(self, user="guest", password="guest", vhost="/", channel_max=0,
+    def handshake(self, user="guest", password="guest", vhost="/", channel_max=2047,
                   frame_max=131072, heartbeat=0, capabilities=None):
         """Runs the handshake up to (not including) the answer to Connection.Open;
         returns the server's Tune arguments."""

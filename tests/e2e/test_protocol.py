@@ -1,6 +1,8 @@
 """Protocol details a client can observe on the wire."""
 import struct
 
+import pytest
+
 from rawamqp import PROTOCOL_HEADER, RawClient, method, shortstr
 
 
@@ -14,9 +16,21 @@ def test_other_protocol_versions_get_the_0_9_1_header_and_a_close(warren):
 def test_tune_offers_configured_limits_and_broker_frame_max(warren_factory):
     w = warren_factory("--channel-max", "100", "--heartbeat", "30")
     raw = RawClient(w.port)
-    channel_max, frame_max, heartbeat = raw.open()
+    channel_max, frame_max, heartbeat = raw.open(channel_max=100)
     assert (channel_max, frame_max, heartbeat) == (100, 131072, 30)
     raw.close()
+
+
+@pytest.mark.parametrize("tune,expected", [
+    ({"channel_max": 0}, "negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)"),
+    ({"frame_max": 0}, "negotiated frame_max = 0 (no limit) is higher than the maximum allowed value (131072)"),
+    ({"frame_max": 1024}, "negotiated frame_max = 1024 is lower than the minimum allowed value (4096)"),
+])
+def test_tune_ok_beyond_the_offer_is_refused_as_rabbitmq_does(warren, tune, expected):
+    raw = RawClient(warren.port)
+    raw.handshake(**tune)
+    reply = raw.read_method()
+    assert reply.close_reply() == (530, f"NOT_ALLOWED - {expected}")
 
 
 def test_channel_beyond_channel_max_is_530(warren):
@@ -67,3 +81,33 @@ def test_unknown_method_ids_are_540(warren):
     raw.send(method(1, 60, 250))
     reply = raw.read_method()
     assert reply.close_reply() == (540, "NOT_IMPLEMENTED - unknown method 60.250")
+
+
+@pytest.mark.parametrize("capable", [True, False])
+def test_consumer_cancel_notification_only_for_clients_that_asked(broker, warren, capable):
+    """When a queue with consumers is deleted, the broker tells a consumer
+    with Basic.Cancel only if its client advertised consumer_cancel_notify."""
+    import uuid
+    from conftest import connect
+    from rawamqp import Channel
+
+    seen = {}
+    for port in (broker.port, warren.port):
+        doomed, other = f"cancel.{uuid.uuid4().hex[:8]}", f"cancel.other.{uuid.uuid4().hex[:8]}"
+        with connect(broker.port) as direct:
+            direct.channel().queue_declare(doomed)
+            direct.channel().queue_declare(other)
+        raw = RawClient(port)
+        raw.open(capabilities={"consumer_cancel_notify": capable})
+        ch = Channel(raw, 1).open()
+        raw.send(method(1, 60, 20, struct.pack("!H", 0) + shortstr(doomed) + shortstr("ctag")
+                        + b"\x00" + struct.pack("!I", 0)))
+        assert raw.read_method().method == (60, 21)
+        with connect(broker.port) as direct:
+            direct.channel().queue_delete(doomed)
+        seen[port] = [f.method for f in ch.declare_passive(other)]
+        raw.close()
+        with connect(broker.port) as direct:
+            direct.channel().queue_delete(other)
+    assert seen[warren.port] == seen[broker.port]
+    assert ((60, 30) in seen[broker.port]) == capable
