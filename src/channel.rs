@@ -286,10 +286,13 @@ impl Usage {
 
     /// A Queue.Declare-Ok for this channel reached the client: remember the
     /// queue if its declare was exclusive.
-    pub fn on_declare_ok(&mut self, queue: String) {
-        if let Some(Some(_)) = self.declares.pop_front() {
+    /// Returns whether the queue is one of this client's exclusive queues.
+    pub fn on_declare_ok(&mut self, queue: String) -> bool {
+        let exclusive = matches!(self.declares.pop_front(), Some(Some(_)));
+        if exclusive {
             self.exclusive_queues.push(queue);
         }
+        exclusive
     }
 }
 

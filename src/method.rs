@@ -258,6 +258,19 @@ pub fn client_may_send(id: MethodId) -> Option<bool> {
     exists.then_some(allowed)
 }
 
+/// The queue named by a method that needs exclusive access to it when the
+/// queue is exclusive to another connection (RabbitMQ answers 405 for these).
+pub fn queue_needing_access(id: MethodId, args: &[u8]) -> Option<String> {
+    match id {
+        QUEUE_DECLARE | BASIC_CONSUME | BASIC_GET | (50, 30) | (50, 40) => {
+            let mut d = Decoder::new(args);
+            d.u16().ok()?;
+            Some(d.short_str().ok()?).filter(|name| !name.is_empty())
+        }
+        _ => None,
+    }
+}
+
 /// Whether the broker will answer this client request on its channel
 /// (exchange.*, queue.*, basic.qos, confirm.select without no-wait). When
 /// the arguments cannot be read it says yes: a reply counted but never seen

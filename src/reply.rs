@@ -6,6 +6,7 @@ use crate::method::Close;
 
 pub const REPLY_SUCCESS: u16 = 200;
 pub const CONNECTION_FORCED: u16 = 320;
+pub const RESOURCE_LOCKED: u16 = 405;
 pub const PRECONDITION_FAILED: u16 = 406;
 pub const FRAME_ERROR: u16 = 501;
 pub const SYNTAX_ERROR: u16 = 502;
@@ -22,7 +23,7 @@ pub fn code_name(code: u16) -> &'static str {
         CONNECTION_FORCED => "CONNECTION_FORCED",
         403 => "ACCESS_REFUSED",
         404 => "NOT_FOUND",
-        405 => "RESOURCE_LOCKED",
+        RESOURCE_LOCKED => "RESOURCE_LOCKED",
         PRECONDITION_FAILED => "PRECONDITION_FAILED",
         FRAME_ERROR => "FRAME_ERROR",
         SYNTAX_ERROR => "SYNTAX_ERROR",

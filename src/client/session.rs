@@ -30,7 +30,7 @@ use crate::outbox::{outbox, Outbox};
 use crate::pool::PoolRef;
 use crate::reply::{
     self, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED,
-    NOT_IMPLEMENTED,
+    NOT_IMPLEMENTED, RESOURCE_LOCKED,
 };
 use crate::upstream::{ConnectError, Upstream};
 use crate::writer;
@@ -462,6 +462,7 @@ impl Session {
             self.upstream
                 .send(method::queue_delete_nowait(upstream.id, &queue))
                 .await;
+            self.upstream.release_exclusive(&queue, self.id);
         }
         if let Some(usage) = borrowed {
             self.give_back(upstream, usage, 0);
@@ -515,7 +516,9 @@ impl Session {
             }
             ClientEvent::DeclareOk { channel, queue } => {
                 if let Some(ChannelState::Open { usage, .. }) = self.channels.get_mut(&channel) {
-                    usage.on_declare_ok(queue);
+                    if usage.on_declare_ok(queue.clone()) {
+                        self.upstream.claim_exclusive(&queue, self.id);
+                    }
                 }
                 None
             }
@@ -570,10 +573,7 @@ impl Session {
         };
         match state {
             ChannelState::Open {
-                upstream,
-                content,
-                usage,
-                ..
+                upstream, content, ..
             } => {
                 let upstream = *upstream;
                 let step = match method_id {
@@ -581,7 +581,32 @@ impl Session {
                         return self.client_closes_channel(channel).await;
                     }
                     Some(method::CHANNEL_CLOSE_OK) => return None,
-                    Some(id) if content.is_idle() => usage.on_method(id, frame.method_args()),
+                    Some(id) if content.is_idle() => {
+                        if let Some(queue) = method::queue_needing_access(id, frame.method_args()) {
+                            if self.upstream.locked_for(&queue, self.id) {
+                                let close = reply::close(
+                                    RESOURCE_LOCKED,
+                                    format!(
+                                        "cannot obtain exclusive access to locked queue '{queue}' in vhost '{}'. \
+                                         It could be originally declared on another connection or the \
+                                         exclusive property value does not match that of the original \
+                                         declaration.",
+                                        self.vhost
+                                    ),
+                                )
+                                .caused_by(id);
+                                self.close_channel(channel, upstream, close).await;
+                                return None;
+                            }
+                            self.track_exclusive(id, frame.method_args(), &queue);
+                        }
+                        let Some(ChannelState::Open { usage, .. }) =
+                            self.channels.get_mut(&channel)
+                        else {
+                            return None;
+                        };
+                        usage.on_method(id, frame.method_args())
+                    }
                     _ => Step::Forward,
                 };
                 match step {
@@ -718,6 +743,22 @@ impl Session {
                 .insert(channel, ChannelState::ClosingByClient { upstream });
         }
         None
+    }
+
+    /// Claims a named exclusive queue as the client declares it, and lets
+    /// go of one it deletes.
+    fn track_exclusive(&self, id: method::MethodId, args: &[u8], queue: &str) {
+        match id {
+            method::QUEUE_DECLARE => {
+                if let Ok(declare) = method::QueueDeclare::decode(args) {
+                    if declare.exclusive && !declare.passive {
+                        self.upstream.claim_exclusive(queue, self.id);
+                    }
+                }
+            }
+            (50, 40) => self.upstream.release_exclusive(queue, self.id),
+            _ => {}
+        }
     }
 
     /// Replaces an open channel's state, keeping what must outlive it.

@@ -10,6 +10,7 @@
 mod handshake;
 mod router;
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,6 +80,10 @@ struct Inner {
     capacity: usize,
     frame_max: u32,
     occupancy: Mutex<Occupancy>,
+    /// Exclusive queues by the client that declared them. The broker scopes
+    /// exclusivity to this connection, which many clients share; warren
+    /// scopes it to the client, as a direct connection would.
+    exclusive_owners: Mutex<HashMap<String, ClientId>>,
     ended: CancellationToken,
 }
 
@@ -215,6 +220,7 @@ impl Upstream {
             capacity: negotiated.channel_max as usize,
             frame_max: negotiated.frame_max,
             occupancy: Mutex::new(Occupancy::default()),
+            exclusive_owners: Mutex::new(HashMap::new()),
             ended: CancellationToken::new(),
         });
         tracing::info!(
@@ -269,6 +275,27 @@ impl Upstream {
     pub fn is_crowded(&self) -> bool {
         let o = self.0.occupancy.lock().expect("occupancy lock");
         !Room::HalfFree.fits(o.channels + o.clients, self.0.capacity)
+    }
+
+    /// Records `client` as the owner of exclusive queue `queue`, unless
+    /// another client owns it.
+    pub fn claim_exclusive(&self, queue: &str, client: ClientId) {
+        let mut owners = self.0.exclusive_owners.lock().expect("owners lock");
+        owners.entry(queue.to_string()).or_insert(client);
+    }
+
+    /// Whether `queue` is exclusive to a client other than `client`.
+    pub fn locked_for(&self, queue: &str, client: ClientId) -> bool {
+        let owners = self.0.exclusive_owners.lock().expect("owners lock");
+        owners.get(queue).is_some_and(|owner| *owner != client)
+    }
+
+    /// Forgets `client`'s claim on `queue` (deleted).
+    pub fn release_exclusive(&self, queue: &str, client: ClientId) {
+        let mut owners = self.0.exclusive_owners.lock().expect("owners lock");
+        if owners.get(queue) == Some(&client) {
+            owners.remove(queue);
+        }
     }
 
     /// Registers a pinned client so it hears about blocking and failures.

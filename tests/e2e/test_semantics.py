@@ -117,3 +117,24 @@ def test_unacked_deliveries_are_requeued_when_a_client_is_killed(broker, warren,
 def queue_depth(port, name):
     with connect(port) as conn:
         return conn.channel().queue_declare(name, passive=True).method.message_count
+
+
+def test_exclusive_queue_is_locked_to_its_client_as_to_its_connection(broker, warren):
+    """Two clients share warren's upstream connection; the broker alone would
+    let the second use the first's exclusive queue."""
+    owner_direct, owner_proxied = connect(broker.port), warren.connect()
+    texts = []
+    for port, owner in ((broker.port, owner_direct), (warren.port, owner_proxied)):
+        queue = owner.channel().queue_declare("", exclusive=True).method.queue
+        with connect(port) as other:
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as locked:
+                other.channel().queue_declare(queue, passive=True)
+            assert other.is_open
+        texts.append((locked.value.reply_code, locked.value.reply_text.replace(queue, "Q")))
+        # The owner still uses it.
+        owner.channel().basic_publish("", queue, b"mine")
+        assert owner.channel().basic_get(queue, auto_ack=True)[2] == b"mine"
+    assert texts[0] == texts[1]
+    assert texts[0][0] == 405
+    owner_direct.close()
+    owner_proxied.close()
