@@ -50,6 +50,12 @@ async fn run(config: Config) -> ExitCode {
             0
         },
         prewarm_channels: config.prewarm_channels.into(),
+        connection_name: format!(
+            "warren {} on {}:{}",
+            env!("CARGO_PKG_VERSION"),
+            config.listen_address,
+            config.port
+        ),
     };
     let ctx = Arc::new(Context::new(config, Pools::new(settings)));
     let listener = match listener::bind(&ctx).await {

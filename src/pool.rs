@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::auth::{Credentials, Fingerprint, Salt};
 use crate::upstream::{ConnectError, PendingUpstream, Room, Upstream, UpstreamSettings};
@@ -47,9 +48,17 @@ pub struct PoolRef(Arc<Pool>);
 pub enum Admission {
     /// A live pool was opened with these credentials.
     Known,
-    /// The broker accepted them on this new connection, not yet bound to a vhost.
-    Fresh(PendingUpstream),
+    /// The broker accepted them on this new connection, not yet bound to a
+    /// vhost. Holds the user's login turn until the connection is in a pool.
+    Fresh {
+        pending: PendingUpstream,
+        _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    },
 }
+
+/// How long a client waits for another client's login with the same user
+/// to finish before it logs in on its own.
+const LOGIN_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Pools {
     settings: UpstreamSettings,
@@ -59,6 +68,8 @@ pub struct Pools {
     /// The broker's frame_max as last negotiated (RabbitMQ's default until
     /// a connection says otherwise).
     broker_frame_max: AtomicU32,
+    /// Per user: held while a login of that user is under way.
+    login_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Pools {
@@ -69,6 +80,7 @@ impl Pools {
             pools: Mutex::new(HashMap::new()),
             next_upstream_id: AtomicU64::new(1),
             broker_frame_max: AtomicU32::new(131072),
+            login_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -84,20 +96,41 @@ impl Pools {
     /// a new connection, which the client's vhost will then use.
     pub async fn authenticate(&self, credentials: &Credentials) -> Result<Admission, ConnectError> {
         let fingerprint = Fingerprint::of(&self.salt, &credentials.password);
-        let known = {
-            let pools = self.pools.lock().expect("pools lock");
-            pools
-                .iter()
-                .filter(|((_, user), _)| *user == credentials.user)
-                .flat_map(|(_, candidates)| candidates)
-                .any(|p| p.fingerprint.matches(&fingerprint) && !p.is_empty())
-        };
-        if known {
+        if self.is_known(&credentials.user, &fingerprint) {
             return Ok(Admission::Known);
         }
-        Ok(Admission::Fresh(
-            Upstream::login(&self.settings, credentials).await?,
-        ))
+        // A burst of new clients with the same login (a cold start) would
+        // each open an upstream connection: the first logs in and holds the
+        // user's login lock until its connection joins a pool, the others
+        // wait for that (a little) and then find it.
+        let lock = self.login_lock(&credentials.user);
+        let turn = tokio::time::timeout(LOGIN_WAIT, lock.lock_owned())
+            .await
+            .ok();
+        if self.is_known(&credentials.user, &fingerprint) {
+            return Ok(Admission::Known);
+        }
+        let pending = Upstream::login(&self.settings, credentials).await?;
+        self.broker_frame_max
+            .store(pending.frame_max(), Ordering::Relaxed);
+        Ok(Admission::Fresh {
+            pending,
+            _turn: turn,
+        })
+    }
+
+    fn is_known(&self, user: &str, fingerprint: &Fingerprint) -> bool {
+        let pools = self.pools.lock().expect("pools lock");
+        pools
+            .iter()
+            .filter(|((_, pool_user), _)| pool_user == user)
+            .flat_map(|(_, candidates)| candidates)
+            .any(|p| p.fingerprint.matches(fingerprint) && !p.is_empty())
+    }
+
+    fn login_lock(&self, user: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.login_locks.lock().expect("login locks");
+        locks.entry(user.to_string()).or_default().clone()
     }
 
     /// Pins the client to an upstream connection for its vhost: the
@@ -110,22 +143,20 @@ impl Pools {
         admission: Admission,
     ) -> Result<(Upstream, PoolRef), ConnectError> {
         let pool = self.pool_for(credentials, vhost);
-        let opened = match admission {
-            Admission::Fresh(pending) => {
-                let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
-                pending
-                    .open(&self.settings, &credentials.user, vhost, id)
-                    .await
-            }
-            Admission::Known => {
-                return self
-                    .pin_or_open(&pool, vhost, Room::Any)
-                    .await
-                    .map(|u| (u, PoolRef(pool)))
-            }
+        let Admission::Fresh { pending, _turn } = admission else {
+            return self
+                .pin_or_open(&pool, vhost, Room::Any)
+                .await
+                .map(|u| (u, PoolRef(pool)));
         };
-        match opened {
+        let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
+        match pending
+            .open(&self.settings, &credentials.user, vhost, id)
+            .await
+        {
             Ok(upstream) => {
+                // Adopted before the login turn (`_turn`) is given up, so the
+                // clients waiting for it find this connection.
                 self.adopt(&pool, &upstream);
                 Ok((upstream, PoolRef(pool)))
             }
@@ -222,6 +253,10 @@ impl Pools {
     /// Forgets pools whose connections have all closed, and with them the
     /// credentials they held.
     pub fn prune(&self) {
+        self.login_locks
+            .lock()
+            .expect("login locks")
+            .retain(|_, lock| Arc::strong_count(lock) > 1);
         let mut pools = self.pools.lock().expect("pools lock");
         for candidates in pools.values_mut() {
             candidates.retain(|p| !p.is_empty() || p.opening.try_lock().is_err());

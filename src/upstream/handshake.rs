@@ -35,14 +35,14 @@ pub struct Negotiated {
 /// asked for so the broker sends what clients may rely on (blocked
 /// notifications, consumer cancel notifications, nacks) and explains
 /// refused logins instead of dropping the socket.
-fn client_properties() -> FieldTable {
+fn client_properties(connection_name: &str) -> FieldTable {
     let yes = |k: &str| (k.to_string(), FieldValue::Bool(true));
     let text = |k: &str, v: &str| (k.to_string(), FieldValue::LongStr(v.as_bytes().to_vec()));
     vec![
         text("product", "warren"),
         text("version", env!("CARGO_PKG_VERSION")),
         text("platform", "Rust"),
-        text("connection_name", "warren pool"),
+        text("connection_name", connection_name),
         (
             "capabilities".into(),
             FieldValue::Table(vec![
@@ -102,6 +102,7 @@ pub async fn authenticate(
     (read_half, mut writer): (ReadHalf, WriteHalf),
     credentials: &Credentials,
     channel_limit: u16,
+    connection_name: &str,
 ) -> Result<Authenticated, ConnectError> {
     let mut reader = FrameReader::new(read_half, 1 << 20);
     writer.write_all(PROTOCOL_HEADER).await.map_err(io)?;
@@ -114,8 +115,11 @@ pub async fn authenticate(
             start.mechanisms
         )));
     }
-    let start_ok =
-        method::connection_start_ok(&client_properties(), "PLAIN", &credentials.plain_response());
+    let start_ok = method::connection_start_ok(
+        &client_properties(connection_name),
+        "PLAIN",
+        &credentials.plain_response(),
+    );
     writer.write_all(&start_ok).await.map_err(io)?;
 
     let offered =

@@ -49,6 +49,9 @@ pub struct UpstreamSettings {
     pub kept_channels: usize,
     /// Clean channels opened in advance on each connection.
     pub prewarm_channels: usize,
+    /// How warren names its connections to the broker (shown in the
+    /// management UI): which warren, listening where.
+    pub connection_name: String,
 }
 
 /// An upstream channel handed to a client.
@@ -179,7 +182,13 @@ impl Upstream {
             let stream = TcpStream::connect((addr.host.as_str(), addr.port))
                 .await
                 .map_err(|e| ConnectError::Unreachable(format!("{addr}: {e}")))?;
-            handshake::authenticate(split_tcp(stream), credentials, settings.channel_limit).await
+            handshake::authenticate(
+                split_tcp(stream),
+                credentials,
+                settings.channel_limit,
+                &settings.connection_name,
+            )
+            .await
         };
         let authenticated = tokio::time::timeout(settings.connect_timeout, connecting)
             .await

@@ -72,11 +72,16 @@ class Broker:
         for row in rows:
             props = {p[0]: p[2] for p in row["client_properties"]}
             row["from_warren"] = props.get("product") == "warren"
+            row["name"] = props.get("connection_name", "")
         return rows
 
-    def warren_connections(self, user=None, vhost=None):
+    def warren_connections(self, user=None, vhost=None, port=None):
+        """Connections opened by warren; by default by the warren of the
+        running test (the last one started), not by one still closing."""
+        port = port or Warren.latest_port
         return [c for c in self.connections()
-                if c["from_warren"] and (user is None or c["user"] == user)
+                if c["from_warren"] and c["name"].endswith(f":{port}")
+                and (user is None or c["user"] == user)
                 and (vhost is None or c["vhost"] == vhost)]
 
     def warren_channel_count(self):
@@ -111,8 +116,11 @@ def broker():
 
 
 class Warren:
+    latest_port = None
+
     def __init__(self, args, upstream_port):
         self.port = free_port()
+        Warren.latest_port = self.port
         self.log_path = Path(os.environ.get("WARREN_TEST_LOGS", "/tmp")) / f"warren-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(

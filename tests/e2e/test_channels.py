@@ -57,3 +57,30 @@ def test_many_clients_interleave_on_one_upstream(broker, warren, queue):
         c.close()
     assert sorted(drain(broker.port, queue)) == sorted(f"{tag}:{i}:{r}" for i in range(10) for r in range(20))
     assert len(broker.warren_connections(user="guest")) == 1
+
+
+def test_a_burst_of_new_clients_opens_one_upstream_connection(broker, warren):
+    """Cold start: clients that log in at the same moment share the first
+    login's upstream connection instead of opening one each."""
+    import threading
+    barrier = threading.Barrier(8)
+    conns, errors = [], []
+
+    def client():
+        barrier.wait(timeout=10)
+        try:
+            conn = warren.connect()
+            conn.channel()
+            conns.append(conn)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors and len(conns) == 8, errors
+    assert len(broker.warren_connections(user="guest")) == 1
+    for conn in conns:
+        conn.close()
