@@ -42,8 +42,12 @@ pub enum ChannelState {
         /// the upstream router, which counts them).
         replies_seen: Arc<AtomicU64>,
     },
-    /// The client's Close went upstream; waiting for the broker's CloseOk.
-    ClosingByClient { upstream: UpstreamChannel },
+    /// The client's Close went upstream; waiting for the broker's CloseOk
+    /// (a Declare-Ok still on its way is matched against `usage`).
+    ClosingByClient {
+        upstream: UpstreamChannel,
+        usage: Usage,
+    },
     /// The broker closed the channel (already acknowledged upstream); waiting
     /// for the client's CloseOk, which is swallowed.
     ClosedByBroker,
@@ -67,6 +71,10 @@ pub enum Step {
     Forward,
     /// Answer with Basic.Qos-Ok without asking the broker.
     AnswerQosOk,
+    /// Answer with Confirm.Select-Ok without asking the broker.
+    AnswerSelectOk,
+    /// Nothing to do and nothing to answer (a no-wait request already in force).
+    Swallow,
     /// Enter confirm mode: tell the router, then forward.
     ForwardSelect,
     /// Tell the router the client now wants confirms (after
@@ -114,11 +122,11 @@ pub struct Usage {
     /// Publishes this client made while the channel was in confirm mode:
     /// they advance the broker's confirm sequence.
     pub confirm_publishes: u64,
-    /// One entry per Queue.Declare awaiting its Declare-Ok: its name, if
-    /// exclusive (empty when the broker picks it).
-    declares: VecDeque<Option<String>>,
-    /// Exclusive queues this client declared (deleted when it leaves).
-    exclusive_queues: Vec<String>,
+    /// One entry per Queue.Declare awaiting its Declare-Ok: whether it
+    /// declares an exclusive queue. Only a Declare-Ok makes a queue the
+    /// client's: a refused declare (405, the name is taken) must never lead
+    /// warren to delete someone else's queue.
+    declares: VecDeque<bool>,
 }
 
 impl Usage {
@@ -138,6 +146,15 @@ impl Usage {
         match self.dirty {
             None if replies_seen < self.replies_owed => Some("a reply is still on its way"),
             dirty => dirty,
+        }
+    }
+
+    /// The state for the same client on a new upstream channel: what the
+    /// client believes (its qos) carries over, the broker's state is fresh.
+    pub fn moved(&self) -> Usage {
+        Usage {
+            qos_client: self.qos_client,
+            ..Usage::default()
         }
     }
 
@@ -229,6 +246,14 @@ impl Usage {
                 let Ok(nowait) = method::decode_confirm_nowait(args) else {
                     return syntax("confirm.select");
                 };
+                if self.confirm_client {
+                    // Selecting again changes nothing, numbering included.
+                    return if nowait {
+                        Step::Swallow
+                    } else {
+                        Step::AnswerSelectOk
+                    };
+                }
                 self.confirm_client = true;
                 if self.confirm_broker {
                     Step::AdoptConfirms {
@@ -252,29 +277,14 @@ impl Usage {
                 let Ok(declare) = QueueDeclare::decode(args) else {
                     return syntax("queue.declare");
                 };
-                let exclusive = (declare.exclusive && !declare.passive).then_some(declare.queue);
                 if !declare.nowait {
-                    self.declares.push_back(exclusive);
-                } else if let Some(name) = exclusive.filter(|n| !n.is_empty()) {
-                    self.exclusive_queues.push(name);
+                    self.declares
+                        .push_back(declare.exclusive && !declare.passive);
                 }
                 Step::Forward
             }
             _ => Step::Forward,
         }
-    }
-
-    /// The exclusive queues declared on this channel, including named ones
-    /// whose Declare-Ok has not arrived yet (the client may leave first).
-    pub fn take_exclusive_queues(&mut self) -> Vec<String> {
-        let pending = self
-            .declares
-            .drain(..)
-            .flatten()
-            .filter(|name| !name.is_empty());
-        let mut queues = std::mem::take(&mut self.exclusive_queues);
-        queues.extend(pending);
-        queues
     }
 
     /// A publish went upstream whole.
@@ -284,15 +294,10 @@ impl Usage {
         }
     }
 
-    /// A Queue.Declare-Ok for this channel reached the client: remember the
-    /// queue if its declare was exclusive.
-    /// Returns whether the queue is one of this client's exclusive queues.
-    pub fn on_declare_ok(&mut self, queue: String) -> bool {
-        let exclusive = matches!(self.declares.pop_front(), Some(Some(_)));
-        if exclusive {
-            self.exclusive_queues.push(queue);
-        }
-        exclusive
+    /// A Queue.Declare-Ok for this channel reached the client: whether it
+    /// answers an exclusive declare (the queue is then the client's).
+    pub fn on_declare_ok(&mut self) -> bool {
+        self.declares.pop_front().unwrap_or(false)
     }
 }
 
@@ -657,7 +662,7 @@ mod tests {
     }
 
     #[test]
-    fn exclusive_queues_are_remembered_including_server_named_ones() {
+    fn only_answered_exclusive_declares_are_the_clients() {
         use crate::wire::put_short_str;
         let declare = |name: &str, bits: u8| {
             let mut b = BytesMut::new();
@@ -671,14 +676,46 @@ mod tests {
         usage.on_method(method::QUEUE_DECLARE, &declare("", 0b100));
         usage.on_method(method::QUEUE_DECLARE, &declare("shared", 0b10));
         usage.on_method(method::QUEUE_DECLARE, &declare("fire-and-forget", 0b10100));
-        usage.on_declare_ok("amq.gen-1".into());
-        usage.on_declare_ok("shared".into());
         assert_eq!(usage.dirty(1), Some("a reply is still on its way"));
+        assert!(usage.on_declare_ok(), "the server-named exclusive queue");
+        assert!(!usage.on_declare_ok(), "the shared queue");
+        assert!(
+            !usage.on_declare_ok(),
+            "no-wait declares have no Declare-Ok"
+        );
         assert_eq!(usage.dirty(2), None);
-        usage.on_method(method::QUEUE_DECLARE, &declare("pending", 0b100));
+    }
+
+    #[test]
+    fn selecting_confirms_twice_changes_nothing() {
+        let mut usage = Usage::default();
         assert_eq!(
-            usage.take_exclusive_queues(),
-            ["fire-and-forget", "amq.gen-1", "pending"]
+            usage.on_method(method::CONFIRM_SELECT, &[0]),
+            Step::ForwardSelect
+        );
+        usage.on_publish_sent();
+        assert_eq!(
+            usage.on_method(method::CONFIRM_SELECT, &[0]),
+            Step::AnswerSelectOk
+        );
+        assert_eq!(usage.on_method(method::CONFIRM_SELECT, &[1]), Step::Swallow);
+    }
+
+    #[test]
+    fn a_moved_channel_keeps_the_clients_qos() {
+        let mut usage = Usage::new(Inherited {
+            confirm: true,
+            ..Inherited::default()
+        });
+        usage.on_method(method::BASIC_QOS, &qos_args(10));
+        let mut moved = usage.moved();
+        let ten = Qos {
+            prefetch_count: 10,
+            ..Qos::default()
+        };
+        assert_eq!(
+            moved.on_method(method::BASIC_CONSUME, &[]),
+            Step::RestoreQosThenForward(ten)
         );
     }
 

@@ -190,6 +190,10 @@ impl Config {
         if max_upstream_channels == 0 {
             return Err(err("invalid --max-upstream-channels 0: must be at least 1"));
         }
+        let channel_max = cli.channel_max.or(file.channel_max).unwrap_or(2047);
+        if channel_max == 0 {
+            return Err(err("invalid --channel-max 0: must be at least 1"));
+        }
         Ok(Config {
             upstream: parse_upstream_url(&upstream_url)?,
             listen_address: cli
@@ -204,7 +208,7 @@ impl Config {
                     .unwrap_or(5),
             ),
             max_upstream_channels,
-            channel_max: cli.channel_max.or(file.channel_max).unwrap_or(2047),
+            channel_max,
             heartbeat: cli.heartbeat.or(file.heartbeat).unwrap_or(60),
             channel_reuse: !cli.no_channel_reuse && file.channel_reuse.unwrap_or(true),
             max_kept_channels: cli

@@ -138,26 +138,25 @@ pub fn heartbeat() -> Bytes {
 }
 
 /// Emits `frame` with its channel set to `channel`, splitting a body frame
-/// whose payload exceeds what a peer with `frame_max` accepts. Payload bytes
-/// are shared, never copied; only the 8 framing bytes of each piece are new.
+/// whose payload exceeds what a peer with `frame_max` accepts. Every piece
+/// is one contiguous `Bytes`: a queue shared with other producers can never
+/// get a foreign frame between a piece's header and its payload. (A frame
+/// that fits, the common case, is passed on without a copy.)
 pub fn push_for_peer(mut frame: Frame, channel: u16, frame_max: usize, out: &mut Vec<Bytes>) {
     frame.set_channel(channel);
     if frame.len() <= frame_max || frame.kind() != FRAME_BODY {
         out.push(frame.into_bytes());
         return;
     }
-    let whole = frame.into_bytes();
-    let mut payload = whole.slice(HEADER_LEN..whole.len() - 1);
     let chunk = frame_max - FRAME_OVERHEAD;
-    while !payload.is_empty() {
-        let piece = payload.split_to(chunk.min(payload.len()));
-        let mut head = BytesMut::with_capacity(HEADER_LEN);
-        head.put_u8(FRAME_BODY);
-        head.put_u16(channel);
-        head.put_u32(piece.len() as u32);
-        out.push(head.freeze());
-        out.push(piece);
-        out.push(Bytes::from_static(&[FRAME_END]));
+    for piece in frame.payload().chunks(chunk) {
+        let mut split = BytesMut::with_capacity(piece.len() + FRAME_OVERHEAD);
+        split.put_u8(FRAME_BODY);
+        split.put_u16(channel);
+        split.put_u32(piece.len() as u32);
+        split.put_slice(piece);
+        split.put_u8(FRAME_END);
+        out.push(split.freeze());
     }
 }
 
@@ -292,6 +291,7 @@ mod tests {
         let frame = Frame::from_bytes(BytesMut::from(&body_frame(7, &payload)[..]));
         let mut out = Vec::new();
         push_for_peer(frame, 42, 4096, &mut out);
+        assert_eq!(out.len(), 3, "one queue item per piece");
         let wire: Vec<u8> = out.concat();
         let mut cursor = &wire[..];
         let mut rebuilt = Vec::new();

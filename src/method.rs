@@ -29,6 +29,7 @@ pub const CHANNEL_CLOSE_OK: MethodId = (20, 41);
 
 pub const QUEUE_DECLARE: MethodId = (50, 10);
 pub const QUEUE_DECLARE_OK: MethodId = (50, 11);
+pub const QUEUE_DELETE: MethodId = (50, 40);
 
 pub const BASIC_QOS: MethodId = (60, 10);
 pub const BASIC_QOS_OK: MethodId = (60, 11);
@@ -185,7 +186,7 @@ pub fn confirm_select_ok(channel: u16) -> Bytes {
 
 /// Queue.Delete without waiting for the reply.
 pub fn queue_delete_nowait(channel: u16, queue: &str) -> Bytes {
-    method(channel, (50, 40), |b| {
+    method(channel, QUEUE_DELETE, |b| {
         b.put_u16(0);
         put_short_str(b, queue);
         b.put_u8(0b100);
@@ -262,7 +263,7 @@ pub fn client_may_send(id: MethodId) -> Option<bool> {
 /// queue is exclusive to another connection (RabbitMQ answers 405 for these).
 pub fn queue_needing_access(id: MethodId, args: &[u8]) -> Option<String> {
     match id {
-        QUEUE_DECLARE | BASIC_CONSUME | BASIC_GET | (50, 30) | (50, 40) => {
+        QUEUE_DECLARE | BASIC_CONSUME | BASIC_GET | (50, 30) | QUEUE_DELETE => {
             let mut d = Decoder::new(args);
             d.u16().ok()?;
             Some(d.short_str().ok()?).filter(|name| !name.is_empty())

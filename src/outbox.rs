@@ -106,6 +106,14 @@ impl Outbox {
     }
 }
 
+/// Without a writer no credit comes back: wake every waiting sender with
+/// `Closed` instead of leaving it waiting forever.
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.credit.available.close();
+    }
+}
+
 impl Inbox {
     /// Takes up to `limit` queued frames; 0 when every producer is gone.
     pub async fn recv_many(&mut self, batch: &mut Vec<Bytes>, limit: usize) -> usize {
@@ -170,6 +178,19 @@ mod tests {
             outbox.try_send(Bytes::from_static(b"x")),
             Err(TrySendError::Full)
         );
+    }
+
+    #[tokio::test]
+    async fn senders_waiting_for_credit_learn_that_the_writer_is_gone() {
+        let (outbox, inbox) = outbox(4);
+        outbox.send(Bytes::from_static(b"1234")).await.unwrap();
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send(Bytes::from_static(b"5678")).await }
+        });
+        tokio::task::yield_now().await;
+        drop(inbox);
+        assert_eq!(waiting.await.unwrap(), Err(Closed));
     }
 
     #[tokio::test]

@@ -58,7 +58,9 @@ pub enum Admission {
 
 /// How long a client waits for another client's login with the same user
 /// to finish before it logs in on its own.
-const LOGIN_WAIT: Duration = Duration::from_secs(1);
+/// A local client's Tune and Open take a millisecond or two; a client that
+/// takes longer does not hold the others up beyond this.
+const LOGIN_WAIT: Duration = Duration::from_millis(250);
 
 pub struct Pools {
     settings: UpstreamSettings,

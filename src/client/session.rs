@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::handshake::{self, HandshakeError, Hello};
 use super::Context;
 use crate::channel::{
-    ChannelState, ContentAssembler, ContentVerdict, Inherited, Step, UpstreamChannel, Usage,
+    ChannelState, ContentAssembler, ContentVerdict, Step, UpstreamChannel, Usage,
 };
 use crate::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
@@ -394,7 +394,7 @@ impl Session {
                     let replies = replies_seen.load(Ordering::Acquire);
                     self.give_back(upstream, usage, replies);
                 }
-                ChannelState::ClosingByClient { upstream } => self.upstream.abandon(upstream),
+                ChannelState::ClosingByClient { upstream, .. } => self.upstream.abandon(upstream),
                 ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => {}
             }
         }
@@ -428,11 +428,6 @@ impl Session {
     }
 
     async fn delete_exclusive_queues(&mut self) {
-        for state in self.channels.values_mut() {
-            if let ChannelState::Open { usage, .. } = state {
-                self.exclusive_queues.extend(usage.take_exclusive_queues());
-            }
-        }
         if self.exclusive_queues.is_empty() {
             return;
         }
@@ -488,7 +483,7 @@ impl Session {
             } => {
                 let ours = match self.channels.get(&channel) {
                     Some(ChannelState::Open { upstream: u, .. }) => *u == upstream,
-                    Some(ChannelState::ClosingByClient { upstream: u }) => *u == upstream,
+                    Some(ChannelState::ClosingByClient { upstream: u, .. }) => *u == upstream,
                     _ => false,
                 };
                 if !ours {
@@ -509,16 +504,22 @@ impl Session {
                     self.channels.remove(&channel);
                     let _ = self.outbox.send(method::channel_close_ok(channel)).await;
                 } else {
-                    self.retire(channel, ChannelState::ClosedByBroker);
+                    self.channels.insert(channel, ChannelState::ClosedByBroker);
                     let _ = self.outbox.send(close).await;
                 }
                 None
             }
             ClientEvent::DeclareOk { channel, queue } => {
-                if let Some(ChannelState::Open { usage, .. }) = self.channels.get_mut(&channel) {
-                    if usage.on_declare_ok(queue.clone()) {
-                        self.upstream.claim_exclusive(&queue, self.id);
-                    }
+                let usage = match self.channels.get_mut(&channel) {
+                    Some(
+                        ChannelState::Open { usage, .. }
+                        | ChannelState::ClosingByClient { usage, .. },
+                    ) => usage,
+                    _ => return None,
+                };
+                if usage.on_declare_ok() {
+                    self.upstream.claim_exclusive(&queue, self.id);
+                    self.exclusive_queues.push(queue);
                 }
                 None
             }
@@ -598,7 +599,7 @@ impl Session {
                                 self.close_channel(channel, upstream, close).await;
                                 return None;
                             }
-                            self.track_exclusive(id, frame.method_args(), &queue);
+                            self.forget_deleted_queue(id, &queue);
                         }
                         let Some(ChannelState::Open { usage, .. }) =
                             self.channels.get_mut(&channel)
@@ -615,6 +616,11 @@ impl Session {
                         let _ = self.outbox.send(method::basic_qos_ok(channel)).await;
                         return None;
                     }
+                    Step::AnswerSelectOk => {
+                        let _ = self.outbox.send(method::confirm_select_ok(channel)).await;
+                        return None;
+                    }
+                    Step::Swallow => return None,
                     Step::ForwardSelect => self.upstream.want_confirms(upstream, 0),
                     Step::SwitchToFreshChannel => {
                         return self.switch_to_fresh_channel(channel, frame).await;
@@ -670,6 +676,7 @@ impl Session {
         else {
             return None;
         };
+        let usage_before = usage.moved();
         self.give_back(upstream, usage, replies_seen.load(Ordering::Acquire));
         let Some(grant) = self.upstream.open_channel(&self.link, channel, true).await else {
             return Some(self.no_free_channel());
@@ -677,7 +684,7 @@ impl Session {
         self.upstream
             .send(method::channel_open(grant.channel.id))
             .await;
-        let mut usage = Usage::new(Inherited::default());
+        let mut usage = usage_before.moved();
         if let Some(id) = frame.method_id() {
             usage.on_method(id, frame.method_args());
         }
@@ -727,44 +734,29 @@ impl Session {
     async fn client_closes_channel(&mut self, channel: u16) -> Option<Exit> {
         let Some(ChannelState::Open {
             upstream,
-            mut usage,
+            usage,
             replies_seen,
             ..
         }) = self.channels.remove(&channel)
         else {
             return None;
         };
-        self.exclusive_queues.extend(usage.take_exclusive_queues());
         if self.try_keep(upstream, &usage, replies_seen.load(Ordering::Acquire)) {
             let _ = self.outbox.send(method::channel_close_ok(channel)).await;
         } else {
             self.upstream.closing(upstream);
             self.channels
-                .insert(channel, ChannelState::ClosingByClient { upstream });
+                .insert(channel, ChannelState::ClosingByClient { upstream, usage });
         }
         None
     }
 
-    /// Claims a named exclusive queue as the client declares it, and lets
-    /// go of one it deletes.
-    fn track_exclusive(&self, id: method::MethodId, args: &[u8], queue: &str) {
-        match id {
-            method::QUEUE_DECLARE => {
-                if let Ok(declare) = method::QueueDeclare::decode(args) {
-                    if declare.exclusive && !declare.passive {
-                        self.upstream.claim_exclusive(queue, self.id);
-                    }
-                }
-            }
-            (50, 40) => self.upstream.release_exclusive(queue, self.id),
-            _ => {}
-        }
-    }
-
-    /// Replaces an open channel's state, keeping what must outlive it.
-    fn retire(&mut self, channel: u16, next: ChannelState) {
-        if let Some(ChannelState::Open { mut usage, .. }) = self.channels.insert(channel, next) {
-            self.exclusive_queues.extend(usage.take_exclusive_queues());
+    /// The client deleted one of its exclusive queues: it is no longer its
+    /// to delete at exit (the name may be someone else's by then).
+    fn forget_deleted_queue(&mut self, id: method::MethodId, queue: &str) {
+        if id == method::QUEUE_DELETE {
+            self.exclusive_queues.retain(|q| q != queue);
+            self.upstream.release_exclusive(queue, self.id);
         }
     }
 
@@ -888,7 +880,7 @@ impl Session {
     async fn close_channel(&mut self, channel: u16, upstream: UpstreamChannel, close: Close) {
         tracing::warn!(client = self.id, channel, code = close.code, text = %close.text, "closing client channel");
         self.upstream.abandon(upstream);
-        self.retire(channel, ChannelState::ClosedByProxy);
+        self.channels.insert(channel, ChannelState::ClosedByProxy);
         let _ = self.outbox.send(close.channel_frame(channel)).await;
     }
 

@@ -234,13 +234,38 @@ def test_tx_works_on_a_channel_that_was_kept_in_confirm_mode(broker, warren, que
     assert sorted(drain(broker.port, queue)) == ["confirmed", "in tx"]
 
 
-def test_exclusive_queue_declared_by_a_client_that_left_before_the_reply(broker, warren):
-    from rawamqp import queue_declare
-    name = f"excl.pending.{uuid.uuid4().hex[:8]}"
-    raw = raw_session(warren)
-    Channel(raw, 1).open()
-    raw.send(queue_declare(1, name, exclusive=True))
-    raw.close()
-    # The client never saw the Declare-Ok; warren still deletes the queue.
-    wait_until(lambda: f"queue={name}" in warren.log_text(), 10, "warren to delete the queue")
-    wait_until(lambda: name not in broker.queue_names(), 10, "the exclusive queue to be gone")
+def test_a_refused_exclusive_declare_never_deletes_the_existing_queue(broker, warren, queue):
+    """The name belongs to a durable queue: the broker refuses the exclusive
+    declare (405), and the queue must survive the client's departure."""
+    import pika
+    with connect(broker.port) as direct:
+        direct.channel().basic_publish("", queue, b"keep me")
+    conn = warren.connect()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        conn.channel().queue_declare(queue, durable=True, exclusive=True)
+    assert refused.value.reply_code == 405
+    conn.close()
+    wait_until(lambda: "client disconnected" in warren.log_text(), 10, "warren to finish with the client")
+    # Another client through the same warren: the name is not locked for it.
+    with warren.connect() as other:
+        other.channel().queue_declare(queue, durable=True, passive=True)
+    assert drain(broker.port, queue) == ["keep me"]
+
+
+def test_a_client_that_deletes_its_exclusive_queue_does_not_delete_a_successor(broker, warren):
+    name = f"excl.reused.{uuid.uuid4().hex[:8]}"
+    first = warren.connect()
+    ch = first.channel()
+    ch.queue_declare(name, exclusive=True)
+    ch.queue_delete(name)
+    with connect(broker.port) as direct:
+        direct.channel().queue_declare(name, durable=True)
+        direct.channel().basic_publish("", name, b"successor")
+    first.close()
+    wait_until(lambda: "client disconnected" in warren.log_text(), 10, "warren to finish with the client")
+    try:
+        assert broker.queue_names() >= {name}
+        assert drain(broker.port, name) == ["successor"]
+    finally:
+        with connect(broker.port) as direct:
+            direct.channel().queue_delete(name)
