@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
@@ -43,6 +43,35 @@ const CLIENT_QUEUE_BYTES: usize = 16 << 20;
 const OFFERED_FRAME_MAX: u32 = 131072;
 /// How long warren waits for a client's Close-Ok after closing it.
 const CLOSE_OK_WAIT: Duration = Duration::from_secs(3);
+
+/// Hashes channel ids with one multiplication (Fibonacci hashing): the map
+/// is looked up for every frame, and SipHash's DoS resistance buys nothing
+/// for keys a client can only pick from 1..=channel_max of its own table.
+#[derive(Default, Clone, Copy)]
+struct ChannelIds;
+
+impl std::hash::BuildHasher for ChannelIds {
+    type Hasher = ChannelIdHasher;
+    fn build_hasher(&self) -> ChannelIdHasher {
+        ChannelIdHasher(0)
+    }
+}
+
+struct ChannelIdHasher(u64);
+
+impl std::hash::Hasher for ChannelIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u16(&mut self, id: u16) {
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// How the main loop ended.
 enum Exit {
@@ -124,7 +153,7 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         upstream_alive: true,
         link,
         outbox,
-        channels: HashMap::new(),
+        channels: HashMap::default(),
         channel_max: tune.channel_max,
         exclusive_queues: Vec::new(),
         opened_a_channel: false,
@@ -301,7 +330,7 @@ struct Session {
     upstream_alive: bool,
     link: Arc<ClientLink>,
     outbox: Outbox,
-    channels: HashMap<u16, ChannelState>,
+    channels: HashMap<u16, ChannelState, ChannelIds>,
     channel_max: u16,
     /// Exclusive queues of channels already closed, deleted when the client leaves.
     exclusive_queues: Vec<String>,
@@ -319,28 +348,40 @@ impl Session {
         heartbeat: Option<Duration>,
         ctx: &Context,
     ) -> Exit {
-        let mut liveness = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
-        let mut last_read = Instant::now();
+        // Liveness is counted in quarter intervals rather than timed per
+        // frame (a clock read per frame is measurable): a client is gone once
+        // more than eight quarters, two intervals, pass without a frame.
+        let mut liveness =
+            tokio::time::interval(heartbeat.map_or(Duration::from_secs(3600), |hb| hb / 4));
+        let mut quiet_quarters = 0u32;
+        // Made once: polling a fresh `cancelled()` per frame would register
+        // a waker with the token each time.
+        let force_close = ctx.force_close.cancelled();
+        tokio::pin!(force_close);
         loop {
             let step = tokio::select! {
                 biased;
                 Some(event) = events.recv() => self.on_event(event).await,
                 read = reader.read_frame() => match read {
                     Ok(frame) => {
-                        last_read = Instant::now();
+                        quiet_quarters = 0;
                         self.on_client_frame(frame).await
                     }
                     Err(FrameError::Closed) => Some(Exit::Gone("client dropped the connection".into())),
                     Err(FrameError::Io(e)) => Some(Exit::Gone(format!("client connection failed: {e}"))),
                     Err(e) => Some(Exit::Close(reply::close(FRAME_ERROR, e))),
                 },
-                _ = liveness.tick() => match heartbeat {
-                    Some(hb) if last_read.elapsed() > 2 * hb => {
-                        Some(Exit::Gone(format!("missed heartbeats from client, timeout: {}s", hb.as_secs())))
+                _ = liveness.tick() => {
+                    quiet_quarters += 1;
+                    match heartbeat {
+                        Some(hb) if quiet_quarters > 8 => Some(Exit::Gone(format!(
+                            "missed heartbeats from client, timeout: {}s",
+                            hb.as_secs()
+                        ))),
+                        _ => None,
                     }
-                    _ => None,
-                },
-                _ = ctx.force_close.cancelled() => {
+                }
+                _ = &mut force_close => {
                     Some(Exit::Close(reply::close(CONNECTION_FORCED, "warren is shutting down")))
                 }
             };
