@@ -101,6 +101,11 @@ impl Frame {
         self.bytes[at..at + 8].copy_from_slice(&tag.to_be_bytes());
     }
 
+    /// The whole frame, header and end octet included.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
