@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use crate::frame::{Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use crate::method::{self, Close, Qos, QueueDeclare};
-use crate::reply::{self, NOT_IMPLEMENTED, PRECONDITION_FAILED, SYNTAX_ERROR, UNEXPECTED_FRAME};
+use crate::reply::{
+    self, COMMAND_INVALID, NOT_IMPLEMENTED, PRECONDITION_FAILED, SYNTAX_ERROR, UNEXPECTED_FRAME,
+};
 
 /// RabbitMQ's default `max_message_size` (128 MiB): larger publishes are
 /// refused with the same channel error the broker would give.
@@ -222,6 +224,22 @@ impl Usage {
                     Step::Forward
                 }
             }
+            // RabbitMQ refuses these at connection level, which on a shared
+            // connection would take every other client down: refuse them here.
+            method::BASIC_RECOVER | method::BASIC_RECOVER_ASYNC if first_bit_clear(args) => {
+                not_implemented(id, "requeue=false")
+            }
+            method::CHANNEL_FLOW if first_bit_clear(args) => not_implemented(id, "active=false"),
+            method::EXCHANGE_DECLARE => match method::decode_exchange_declare(args) {
+                Ok((kind, false)) if !method::exchange_type_may_exist(&kind) => {
+                    Step::ConnectionError(
+                        reply::close(COMMAND_INVALID, format!("unknown exchange type '{kind}'"))
+                            .caused_by(id),
+                    )
+                }
+                Ok(_) => Step::Forward,
+                Err(_) => syntax("exchange.declare"),
+            },
             method::BASIC_GET
             | method::BASIC_ACK
             | method::BASIC_NACK
@@ -299,6 +317,15 @@ impl Usage {
     pub fn on_declare_ok(&mut self) -> bool {
         self.declares.pop_front().unwrap_or(false)
     }
+}
+
+/// The first flag of a method's arguments (requeue, active) is off.
+fn first_bit_clear(args: &[u8]) -> bool {
+    args.first().is_some_and(|bits| bits & 1 == 0)
+}
+
+fn not_implemented(id: method::MethodId, what: &str) -> Step {
+    Step::ConnectionError(reply::close(NOT_IMPLEMENTED, what).caused_by(id))
 }
 
 /// What to do with a frame the client sent on an open channel.
@@ -644,6 +671,48 @@ mod tests {
     }
 
     #[test]
+    fn methods_rabbitmq_refuses_at_connection_level_are_refused_here() {
+        let code = |id, args: &[u8]| match Usage::default().on_method(id, args) {
+            Step::ConnectionError(close) => Some((close.code, close.text)),
+            _ => None,
+        };
+        assert_eq!(
+            code(method::CHANNEL_FLOW, &[0]),
+            Some((540, "NOT_IMPLEMENTED - active=false".into()))
+        );
+        assert_eq!(code(method::CHANNEL_FLOW, &[1]), None);
+        assert_eq!(
+            code(method::BASIC_RECOVER, &[0]),
+            Some((540, "NOT_IMPLEMENTED - requeue=false".into()))
+        );
+        let declare = |kind: &str, passive: u8| {
+            let mut b = BytesMut::new();
+            b.put_u16(0);
+            crate::wire::put_short_str(&mut b, "ex");
+            crate::wire::put_short_str(&mut b, kind);
+            b.put_u8(passive);
+            b.to_vec()
+        };
+        assert_eq!(
+            code(method::EXCHANGE_DECLARE, &declare("fanoutt", 0)),
+            Some((
+                503,
+                "COMMAND_INVALID - unknown exchange type 'fanoutt'".into()
+            ))
+        );
+        assert_eq!(
+            code(method::EXCHANGE_DECLARE, &declare("fanoutt", 1)),
+            None,
+            "passive ignores the type"
+        );
+        assert_eq!(
+            code(method::EXCHANGE_DECLARE, &declare("x-delayed-message", 0)),
+            None
+        );
+        assert_eq!(code(method::EXCHANGE_DECLARE, &declare("topic", 0)), None);
+    }
+
+    #[test]
     fn deliveries_tx_and_flow_make_a_channel_dirty() {
         let mandatory_publish = [0, 0, 0, 1, b'q', 1];
         let mut usage = Usage::default();
@@ -656,7 +725,7 @@ mod tests {
             method::CHANNEL_FLOW,
         ] {
             let mut usage = Usage::default();
-            usage.on_method(id, &[0; 16]);
+            usage.on_method(id, &[1; 16]);
             assert!(usage.dirty(0).is_some(), "{id:?}");
         }
     }

@@ -27,6 +27,8 @@ pub const CHANNEL_FLOW_OK: MethodId = (20, 21);
 pub const CHANNEL_CLOSE: MethodId = (20, 40);
 pub const CHANNEL_CLOSE_OK: MethodId = (20, 41);
 
+pub const EXCHANGE_DECLARE: MethodId = (40, 10);
+
 pub const QUEUE_DECLARE: MethodId = (50, 10);
 pub const QUEUE_DECLARE_OK: MethodId = (50, 11);
 pub const QUEUE_DELETE: MethodId = (50, 40);
@@ -221,6 +223,22 @@ impl Qos {
     }
 }
 
+/// Exchange.Declare's type and passive flag.
+pub fn decode_exchange_declare(args: &[u8]) -> Result<(String, bool), DecodeError> {
+    let mut d = Decoder::new(args);
+    d.u16()?;
+    d.short_bytes()?;
+    let kind = d.short_str()?;
+    Ok((kind, d.u8()? & 1 == 1))
+}
+
+/// Whether the broker may know an exchange type: the four built in, or a
+/// plugin's (their names start with "x-"). Anything else is refused by
+/// RabbitMQ with a connection-level 503.
+pub fn exchange_type_may_exist(kind: &str) -> bool {
+    matches!(kind, "direct" | "fanout" | "topic" | "headers") || kind.starts_with("x-")
+}
+
 /// Basic.Get's no-ack flag.
 pub fn decode_get_no_ack(args: &[u8]) -> Result<bool, DecodeError> {
     let mut d = Decoder::new(args);
@@ -237,6 +255,7 @@ pub fn client_may_send(id: MethodId) -> Option<bool> {
     let allowed = matches!(
         id,
         (20, 10 | 20 | 21 | 40 | 41)
+            | (30, 10)
             | (40, 10 | 20 | 30 | 40)
             | (50, 10 | 20 | 30 | 40 | 50)
             | (60, 10 | 20 | 30 | 31 | 40 | 70 | 80 | 90 | 100 | 110 | 120)
