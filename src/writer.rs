@@ -27,7 +27,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
     mut queue: Inbox,
     heartbeat: Option<Duration>,
 ) -> io::Result<()> {
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = Vec::new();
     loop {
         let received = match heartbeat {
             Some(interval) => {
