@@ -13,13 +13,14 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::frame::{Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use crate::method::{self, Close, Qos, QueueDeclare};
 use crate::reply::{
-    self, COMMAND_INVALID, NOT_IMPLEMENTED, PRECONDITION_FAILED, SYNTAX_ERROR, UNEXPECTED_FRAME,
+    self, COMMAND_INVALID, NOT_ALLOWED, NOT_FOUND, NOT_IMPLEMENTED, PRECONDITION_FAILED,
+    SYNTAX_ERROR, UNEXPECTED_FRAME,
 };
 
 /// RabbitMQ's default `max_message_size` (128 MiB): larger publishes are
@@ -40,9 +41,9 @@ pub enum ChannelState {
         upstream: UpstreamChannel,
         content: ContentAssembler,
         usage: Usage,
-        /// Replies the broker sent the client on this channel (shared with
-        /// the upstream router, which counts them).
-        replies_seen: Arc<AtomicU64>,
+        /// What the broker sent the client on this channel (counted by the
+        /// upstream router).
+        delivered: Arc<Delivered>,
     },
     /// The client's Close went upstream; waiting for the broker's CloseOk
     /// (a Declare-Ok still on its way is matched against `usage`).
@@ -55,6 +56,27 @@ pub enum ChannelState {
     ClosedByBroker,
     /// warren closed the channel on its own; waiting for the client's CloseOk.
     ClosedByProxy,
+}
+
+/// What reached a client on its channel, counted by the upstream router as
+/// it forwards and read by the session when the client closes the channel:
+/// a channel with a reply or confirm still on its way cannot be handed over.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Replies to the client's requests.
+    pub replies: AtomicU64,
+    /// The highest publisher-confirm tag acked or nacked to the client.
+    pub confirmed: AtomicU64,
+}
+
+impl Delivered {
+    /// `(replies, confirmed)` as of now.
+    pub fn load(&self) -> (u64, u64) {
+        (
+            self.replies.load(Ordering::Acquire),
+            self.confirmed.load(Ordering::Acquire),
+        )
+    }
 }
 
 /// The state of a kept upstream channel that a next client inherits, and
@@ -93,6 +115,8 @@ pub enum Step {
     /// Set the broker's qos to what the client believes it has (the reply
     /// is hidden), then forward.
     RestoreQosThenForward(Qos),
+    /// The client broke a rule RabbitMQ enforces at channel level.
+    ChannelError(Close),
     /// The client broke a rule RabbitMQ enforces at connection level.
     ConnectionError(Close),
 }
@@ -117,6 +141,13 @@ pub struct Usage {
     has_consumer: bool,
     /// Something of this client's went upstream on the channel.
     forwarded: bool,
+    /// This client declared a queue on the channel (so an empty queue name
+    /// names its own queue).
+    declared_queue: bool,
+    /// Consumer tags this client chose on the channel.
+    consumer_tags: Vec<String>,
+    /// Publishes this client asked to be confirmed (its tags 1..=n).
+    pub confirm_tags: u64,
     confirm_broker: bool,
     confirm_client: bool,
     /// Requests sent upstream that the broker will answer.
@@ -144,9 +175,10 @@ impl Usage {
     /// `replies_seen` is how many replies the broker sent the client on it:
     /// with one still on its way, the client must get it before its
     /// Close-Ok, as it would directly, so the close goes to the broker.
-    pub fn dirty(&self, replies_seen: u64) -> Option<&'static str> {
+    pub fn dirty(&self, replies_seen: u64, confirmed: u64) -> Option<&'static str> {
         match self.dirty {
             None if replies_seen < self.replies_owed => Some("a reply is still on its way"),
+            None if confirmed < self.confirm_tags => Some("a confirm is still on its way"),
             dirty => dirty,
         }
     }
@@ -188,6 +220,13 @@ impl Usage {
                 reply::close(SYNTAX_ERROR, format!("malformed {what}")).caused_by(id),
             )
         };
+        // An empty queue name means "the queue last declared on this
+        // channel": on a kept channel that would be the previous client's.
+        if method::queue_argument(id, args).is_some_and(|q| q.is_empty()) && !self.declared_queue {
+            return Step::ChannelError(
+                reply::close(NOT_FOUND, "no previously declared queue").caused_by(id),
+            );
+        }
         match id {
             method::BASIC_QOS => {
                 let Ok(qos) = Qos::decode(args) else {
@@ -215,6 +254,21 @@ impl Usage {
                 }
             }
             method::BASIC_CONSUME => {
+                let Ok(tag) = method::decode_consume_tag(args) else {
+                    return syntax("basic.consume");
+                };
+                if !tag.is_empty() {
+                    if self.consumer_tags.contains(&tag) {
+                        return Step::ConnectionError(
+                            reply::close(
+                                NOT_ALLOWED,
+                                format!("attempt to reuse consumer tag '{tag}'"),
+                            )
+                            .caused_by(id),
+                        );
+                    }
+                    self.consumer_tags.push(tag);
+                }
                 self.has_consumer = true;
                 self.dirty = Some("had a consumer");
                 if self.qos_client != self.qos_broker {
@@ -284,10 +338,22 @@ impl Usage {
                 }
             }
             method::BASIC_PUBLISH => {
+                let Ok((mandatory, immediate)) = method::decode_publish_flags(args) else {
+                    return syntax("basic.publish");
+                };
+                if immediate {
+                    return not_implemented(id, "immediate=true");
+                }
                 // A return for a mandatory publish can arrive after the
                 // client closed its channel; directly it would still see it.
-                if method::decode_publish_mandatory(args).unwrap_or(true) {
+                if mandatory {
                     self.dirty = Some("mandatory publish");
+                }
+                Step::Forward
+            }
+            method::BASIC_CANCEL => {
+                if let Ok(tag) = method::decode_cancel_tag(args) {
+                    self.consumer_tags.retain(|t| *t != tag);
                 }
                 Step::Forward
             }
@@ -299,6 +365,7 @@ impl Usage {
                     self.declares
                         .push_back(declare.exclusive && !declare.passive);
                 }
+                self.declared_queue = true;
                 Step::Forward
             }
             _ => Step::Forward,
@@ -309,6 +376,9 @@ impl Usage {
     pub fn on_publish_sent(&mut self) {
         if self.confirm_broker {
             self.confirm_publishes += 1;
+        }
+        if self.confirm_client {
+            self.confirm_tags += 1;
         }
     }
 
@@ -383,6 +453,12 @@ impl ContentAssembler {
                 let Some(size) = frame.content_body_size() else {
                     return self.unexpected("truncated content header".into());
                 };
+                let class = u16::from_be_bytes([frame.payload()[0], frame.payload()[1]]);
+                if class != 60 {
+                    return self.unexpected(format!(
+                        "expected content header for class 60, got one for class {class} instead"
+                    ));
+                }
                 if size > MAX_MESSAGE_SIZE {
                     self.reset();
                     return ContentVerdict::ChannelError(reply::close(
@@ -506,6 +582,22 @@ mod tests {
     }
 
     #[test]
+    fn a_content_header_of_another_class_is_505() {
+        let mut a = ContentAssembler::default();
+        a.accept(method_frame(method::BASIC_PUBLISH));
+        let header = wrap(frame::build(FRAME_HEADER, 1, |b| {
+            b.put_u16(50);
+            b.put_u16(0);
+            b.put_u64(1);
+            b.put_u16(0);
+        }));
+        let ContentVerdict::ConnectionError(close) = a.accept(header) else {
+            panic!("accepted");
+        };
+        assert_eq!(close.code, 505);
+    }
+
+    #[test]
     fn out_of_order_content_is_a_connection_error() {
         let mut a = ContentAssembler::default();
         assert!(matches!(
@@ -546,6 +638,9 @@ mod tests {
         assert!(a.is_idle());
     }
 
+    /// Basic.Consume of queue "q", server-named tag, no flags, no arguments.
+    const CONSUME: [u8; 10] = [0, 0, 1, b'q', 0, 0, 0, 0, 0, 0];
+
     fn qos_args(count: u16) -> Vec<u8> {
         let mut args = 0u32.to_be_bytes().to_vec();
         args.extend_from_slice(&count.to_be_bytes());
@@ -565,7 +660,7 @@ mod tests {
             ..Qos::default()
         };
         assert_eq!(
-            usage.on_method(method::BASIC_CONSUME, &[]),
+            usage.on_method(method::BASIC_CONSUME, &CONSUME),
             Step::RestoreQosThenForward(three)
         );
         assert_eq!(
@@ -593,14 +688,14 @@ mod tests {
             usage.on_method(method::BASIC_QOS, &qos_args(3)),
             Step::AnswerQosOk
         );
-        assert_eq!(usage.dirty(0), None);
+        assert_eq!(usage.dirty(0, 0), None);
 
         let mut unaware = Usage::new(inherited);
         assert_eq!(
-            unaware.on_method(method::BASIC_CONSUME, &[]),
+            unaware.on_method(method::BASIC_CONSUME, &CONSUME),
             Step::RestoreQosThenForward(Qos::default())
         );
-        assert_eq!(unaware.dirty(0), Some("had a consumer"));
+        assert_eq!(unaware.dirty(0, 0), Some("had a consumer"));
         assert_eq!(unaware.inherited().qos, Qos::default());
     }
 
@@ -648,7 +743,7 @@ mod tests {
             next.confirm_publishes, 2,
             "the broker counts publishes made before select too"
         );
-        assert_eq!(next.dirty(0), None);
+        assert_eq!(next.dirty(0, 1), None);
     }
 
     #[test]
@@ -713,11 +808,72 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_queue_name_needs_a_queue_declared_by_this_client() {
+        use crate::wire::put_short_str;
+        let get = {
+            let mut b = BytesMut::new();
+            b.put_u16(0);
+            put_short_str(&mut b, "");
+            b.put_u8(1);
+            b.to_vec()
+        };
+        let Step::ChannelError(close) = Usage::default().on_method(method::BASIC_GET, &get) else {
+            panic!("the previous client's queue would be used");
+        };
+        assert_eq!(
+            (close.code, close.text.as_str()),
+            (404, "NOT_FOUND - no previously declared queue")
+        );
+        let mut declared = Usage::default();
+        declared.on_method(method::QUEUE_DECLARE, &[0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(declared.on_method(method::BASIC_GET, &get), Step::Forward);
+    }
+
+    #[test]
+    fn immediate_publishes_and_reused_consumer_tags_are_refused_like_rabbitmq() {
+        let immediate = [0, 0, 0, 1, b'q', 2];
+        let Step::ConnectionError(close) =
+            Usage::default().on_method(method::BASIC_PUBLISH, &immediate)
+        else {
+            panic!("immediate accepted");
+        };
+        assert_eq!(close.text, "NOT_IMPLEMENTED - immediate=true");
+        let consume = [0, 0, 1, b'q', 1, b't', 0, 0, 0, 0, 0];
+        let mut usage = Usage::default();
+        assert_eq!(
+            usage.on_method(method::BASIC_CONSUME, &consume),
+            Step::Forward
+        );
+        let Step::ConnectionError(close) = usage.on_method(method::BASIC_CONSUME, &consume) else {
+            panic!("tag reused");
+        };
+        assert_eq!(
+            (close.code, close.text.as_str()),
+            (530, "NOT_ALLOWED - attempt to reuse consumer tag 't'")
+        );
+        usage.on_method(method::BASIC_CANCEL, &[1, b't', 0]);
+        assert_eq!(
+            usage.on_method(method::BASIC_CONSUME, &consume),
+            Step::Forward
+        );
+    }
+
+    #[test]
+    fn a_confirm_still_on_its_way_keeps_the_channel_from_reuse() {
+        let mut usage = Usage::default();
+        usage.on_method(method::CONFIRM_SELECT, &[0]);
+        usage.on_publish_sent();
+        usage.on_publish_sent();
+        assert_eq!(usage.dirty(1, 1), Some("a confirm is still on its way"));
+        assert_eq!(usage.dirty(1, 2), None);
+    }
+
+    #[test]
     fn deliveries_tx_and_flow_make_a_channel_dirty() {
         let mandatory_publish = [0, 0, 0, 1, b'q', 1];
         let mut usage = Usage::default();
         usage.on_method(method::BASIC_PUBLISH, &mandatory_publish);
-        assert_eq!(usage.dirty(0), Some("mandatory publish"));
+        assert_eq!(usage.dirty(0, 0), Some("mandatory publish"));
         for id in [
             method::BASIC_GET,
             method::BASIC_ACK,
@@ -726,7 +882,7 @@ mod tests {
         ] {
             let mut usage = Usage::default();
             usage.on_method(id, &[1; 16]);
-            assert!(usage.dirty(0).is_some(), "{id:?}");
+            assert!(usage.dirty(0, 0).is_some(), "{id:?}");
         }
     }
 
@@ -745,14 +901,14 @@ mod tests {
         usage.on_method(method::QUEUE_DECLARE, &declare("", 0b100));
         usage.on_method(method::QUEUE_DECLARE, &declare("shared", 0b10));
         usage.on_method(method::QUEUE_DECLARE, &declare("fire-and-forget", 0b10100));
-        assert_eq!(usage.dirty(1), Some("a reply is still on its way"));
+        assert_eq!(usage.dirty(1, 0), Some("a reply is still on its way"));
         assert!(usage.on_declare_ok(), "the server-named exclusive queue");
         assert!(!usage.on_declare_ok(), "the shared queue");
         assert!(
             !usage.on_declare_ok(),
             "no-wait declares have no Declare-Ok"
         );
-        assert_eq!(usage.dirty(2), None);
+        assert_eq!(usage.dirty(2, 0), None);
     }
 
     #[test]
@@ -783,7 +939,7 @@ mod tests {
             ..Qos::default()
         };
         assert_eq!(
-            moved.on_method(method::BASIC_CONSUME, &[]),
+            moved.on_method(method::BASIC_CONSUME, &CONSUME),
             Step::RestoreQosThenForward(ten)
         );
     }

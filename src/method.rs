@@ -254,11 +254,11 @@ pub fn decode_get_no_ack(args: &[u8]) -> Result<bool, DecodeError> {
 pub fn client_may_send(id: MethodId) -> Option<bool> {
     let allowed = matches!(
         id,
-        (20, 10 | 20 | 21 | 40 | 41)
+        (20, 10 | 20 | 40 | 41)
             | (30, 10)
             | (40, 10 | 20 | 30 | 40)
             | (50, 10 | 20 | 30 | 40 | 50)
-            | (60, 10 | 20 | 30 | 31 | 40 | 70 | 80 | 90 | 100 | 110 | 120)
+            | (60, 10 | 20 | 30 | 40 | 70 | 80 | 90 | 100 | 110 | 120)
             | (85, 10)
             | (90, 10 | 20 | 30)
     );
@@ -271,7 +271,7 @@ pub fn client_may_send(id: MethodId) -> Option<bool> {
             ) | (20, 11)
                 | (40, 11 | 21 | 31 | 51)
                 | (50, 11 | 21 | 31 | 41 | 51)
-                | (60, 11 | 21 | 50 | 60 | 71 | 72 | 111)
+                | (60, 11 | 21 | 31 | 50 | 60 | 71 | 72 | 111)
                 | (85, 11)
                 | (90, 11 | 21 | 31)
         );
@@ -335,11 +335,47 @@ pub fn is_reply(id: MethodId) -> bool {
         || id == CONFIRM_SELECT_OK
 }
 
-/// Basic.Publish's mandatory (or immediate) flag: the broker may return it.
-pub fn decode_publish_mandatory(args: &[u8]) -> Result<bool, DecodeError> {
+/// Basic.Publish's mandatory and immediate flags.
+pub fn decode_publish_flags(args: &[u8]) -> Result<(bool, bool), DecodeError> {
     let mut d = Decoder::new(args);
     d.u16()?;
     d.short_bytes()?;
+    d.short_bytes()?;
+    let bits = d.u8()?;
+    Ok((bits & 1 != 0, bits & 2 != 0))
+}
+
+/// The queue name argument of a method that takes one (possibly empty:
+/// RabbitMQ then uses the queue last declared on the channel).
+pub fn queue_argument(id: MethodId, args: &[u8]) -> Option<String> {
+    match id {
+        BASIC_CONSUME | BASIC_GET | (50, 20) | (50, 30) | QUEUE_DELETE | (50, 50) => {
+            let mut d = Decoder::new(args);
+            d.u16().ok()?;
+            d.short_str().ok()
+        }
+        _ => None,
+    }
+}
+
+/// Basic.Consume's consumer tag (empty: the broker picks one).
+pub fn decode_consume_tag(args: &[u8]) -> Result<String, DecodeError> {
+    let mut d = Decoder::new(args);
+    d.u16()?;
+    d.short_bytes()?;
+    d.short_str()
+}
+
+/// Basic.Cancel's consumer tag.
+pub fn decode_cancel_tag(args: &[u8]) -> Result<String, DecodeError> {
+    Decoder::new(args).short_str()
+}
+
+/// Queue.Delete's if-unused and if-empty flags: a delete the broker may
+/// refuse (406).
+pub fn decode_delete_is_conditional(args: &[u8]) -> Result<bool, DecodeError> {
+    let mut d = Decoder::new(args);
+    d.u16()?;
     d.short_bytes()?;
     Ok(d.u8()? & 0b11 != 0)
 }

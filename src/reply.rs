@@ -6,6 +6,7 @@ use crate::method::Close;
 
 pub const REPLY_SUCCESS: u16 = 200;
 pub const CONNECTION_FORCED: u16 = 320;
+pub const NOT_FOUND: u16 = 404;
 pub const RESOURCE_LOCKED: u16 = 405;
 pub const PRECONDITION_FAILED: u16 = 406;
 pub const FRAME_ERROR: u16 = 501;
@@ -22,7 +23,7 @@ pub fn code_name(code: u16) -> &'static str {
         REPLY_SUCCESS => "OK",
         CONNECTION_FORCED => "CONNECTION_FORCED",
         403 => "ACCESS_REFUSED",
-        404 => "NOT_FOUND",
+        NOT_FOUND => "NOT_FOUND",
         RESOURCE_LOCKED => "RESOURCE_LOCKED",
         PRECONDITION_FAILED => "PRECONDITION_FAILED",
         FRAME_ERROR => "FRAME_ERROR",

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -433,11 +432,10 @@ impl Session {
                 ChannelState::Open {
                     upstream,
                     usage,
-                    replies_seen,
+                    delivered,
                     ..
                 } => {
-                    let replies = replies_seen.load(Ordering::Acquire);
-                    self.give_back(upstream, usage, replies);
+                    self.give_back(upstream, usage, delivered.load());
                 }
                 ChannelState::ClosingByClient { upstream, .. } => self.upstream.abandon(upstream),
                 ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => {}
@@ -446,15 +444,20 @@ impl Session {
     }
 
     /// Keeps a clean upstream channel for reuse, or closes it.
-    fn give_back(&mut self, upstream: UpstreamChannel, usage: Usage, replies_seen: u64) {
-        if !self.try_keep(upstream, &usage, replies_seen) {
+    fn give_back(&mut self, upstream: UpstreamChannel, usage: Usage, delivered: (u64, u64)) {
+        if !self.try_keep(upstream, &usage, delivered) {
             self.upstream.abandon(upstream);
         }
     }
 
     /// Hands a clean channel back for reuse; false if it must be closed.
-    fn try_keep(&self, upstream: UpstreamChannel, usage: &Usage, replies_seen: u64) -> bool {
-        let why_not = match usage.dirty(replies_seen) {
+    fn try_keep(
+        &self,
+        upstream: UpstreamChannel,
+        usage: &Usage,
+        (replies, confirmed): (u64, u64),
+    ) -> bool {
+        let why_not = match usage.dirty(replies, confirmed) {
             None if self.ctx.config.channel_reuse => {
                 self.upstream
                     .keep(upstream, usage.inherited(), usage.confirm_publishes);
@@ -505,7 +508,7 @@ impl Session {
             self.upstream.release_exclusive(&queue, self.id);
         }
         if let Some(usage) = borrowed {
-            self.give_back(upstream, usage, 0);
+            self.give_back(upstream, usage, (0, 0));
         }
     }
 
@@ -562,8 +565,9 @@ impl Session {
                     ) => usage,
                     _ => return None,
                 };
-                if usage.on_declare_ok() {
-                    self.upstream.claim_exclusive(&queue, self.id);
+                // Two clients of one upstream declaring the same exclusive
+                // name at once both get Declare-Ok; only the first owns it.
+                if usage.on_declare_ok() && self.upstream.claim_exclusive(&queue, self.id) {
                     self.exclusive_queues.push(queue);
                 }
                 None
@@ -644,7 +648,7 @@ impl Session {
                                 self.close_channel(channel, upstream, close).await;
                                 return None;
                             }
-                            self.forget_deleted_queue(id, &queue);
+                            self.forget_deleted_queue(id, frame.method_args(), &queue);
                         }
                         let Some(ChannelState::Open { usage, .. }) =
                             self.channels.get_mut(&channel)
@@ -684,6 +688,10 @@ impl Session {
                         self.upstream.hide_reply(upstream, method::BASIC_QOS_OK);
                         self.upstream.send(qos.frame(upstream.id)).await;
                     }
+                    Step::ChannelError(close) => {
+                        self.close_channel(channel, upstream, close).await;
+                        return None;
+                    }
                     Step::ConnectionError(close) => return Some(Exit::Close(close)),
                 }
                 self.forward_content(channel, upstream, frame).await
@@ -715,14 +723,14 @@ impl Session {
         let Some(ChannelState::Open {
             upstream,
             usage,
-            replies_seen,
+            delivered,
             ..
         }) = self.channels.remove(&channel)
         else {
             return None;
         };
         let usage_before = usage.moved();
-        self.give_back(upstream, usage, replies_seen.load(Ordering::Acquire));
+        self.give_back(upstream, usage, delivered.load());
         let Some(grant) = self.upstream.open_channel(&self.link, channel, true).await else {
             return Some(self.no_free_channel());
         };
@@ -739,7 +747,7 @@ impl Session {
                 upstream: grant.channel,
                 content: ContentAssembler::default(),
                 usage,
-                replies_seen: grant.replies,
+                delivered: grant.delivered,
             },
         );
         self.forward_content(channel, grant.channel, frame).await
@@ -792,13 +800,13 @@ impl Session {
         let Some(ChannelState::Open {
             upstream,
             usage,
-            replies_seen,
+            delivered,
             ..
         }) = self.channels.remove(&channel)
         else {
             return None;
         };
-        if self.try_keep(upstream, &usage, replies_seen.load(Ordering::Acquire)) {
+        if self.try_keep(upstream, &usage, delivered.load()) {
             let _ = self.outbox.send(method::channel_close_ok(channel)).await;
         } else {
             self.upstream.closing(upstream);
@@ -810,8 +818,10 @@ impl Session {
 
     /// The client deleted one of its exclusive queues: it is no longer its
     /// to delete at exit (the name may be someone else's by then).
-    fn forget_deleted_queue(&mut self, id: method::MethodId, queue: &str) {
-        if id == method::QUEUE_DELETE {
+    /// A conditional delete (if-unused, if-empty) may be refused: the queue
+    /// then stays the client's.
+    fn forget_deleted_queue(&mut self, id: method::MethodId, args: &[u8], queue: &str) {
+        if id == method::QUEUE_DELETE && method::decode_delete_is_conditional(args) == Ok(false) {
             self.exclusive_queues.retain(|q| q != queue);
             self.upstream.release_exclusive(queue, self.id);
         }
@@ -879,7 +889,7 @@ impl Session {
                 upstream: grant.channel,
                 content: ContentAssembler::default(),
                 usage: Usage::new(grant.inherited.unwrap_or_default()),
-                replies_seen: grant.replies,
+                delivered: grant.delivered,
             },
         );
         // Open-Ok right away, for a kept channel and a new one alike: a

@@ -11,7 +11,6 @@ mod handshake;
 mod router;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ pub use handshake::ConnectError;
 use handshake::Negotiated;
 
 use crate::auth::Credentials;
-use crate::channel::{Inherited, UpstreamChannel};
+use crate::channel::{Delivered, Inherited, UpstreamChannel};
 use crate::config::UpstreamAddr;
 use crate::frame::FrameReader;
 use crate::link::{ClientEvent, ClientId, ClientLink};
@@ -62,9 +61,8 @@ pub struct Grant {
     /// new id: the caller sends Channel.Open upstream, and the router hides
     /// the broker's Open-Ok (the client was answered without waiting).
     pub inherited: Option<Inherited>,
-    /// Replies the broker sent on the channel to this client so far
-    /// (counted by the router, read by the session when the client closes).
-    pub replies: Arc<AtomicU64>,
+    /// What the router forwarded to this client on the channel.
+    pub delivered: Arc<Delivered>,
 }
 
 /// Who uses an upstream connection, read by the pool when it picks one.
@@ -288,9 +286,10 @@ impl Upstream {
 
     /// Records `client` as the owner of exclusive queue `queue`, unless
     /// another client owns it.
-    pub fn claim_exclusive(&self, queue: &str, client: ClientId) {
+    /// Returns whether `client` owns it now.
+    pub fn claim_exclusive(&self, queue: &str, client: ClientId) -> bool {
         let mut owners = self.0.exclusive_owners.lock().expect("owners lock");
-        owners.entry(queue.to_string()).or_insert(client);
+        *owners.entry(queue.to_string()).or_insert(client) == client
     }
 
     /// Whether `queue` is exclusive to a client other than `client`.

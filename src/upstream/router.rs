@@ -18,7 +18,7 @@
 //! ([`crate::confirms`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::handshake::Negotiated;
 use super::{Command, Grant, Inner, UpstreamSettings};
-use crate::channel::{Inherited, UpstreamChannel};
+use crate::channel::{Delivered, Inherited, UpstreamChannel};
 use crate::confirms::ConfirmTags;
 use crate::frame::{self, Frame, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
@@ -55,8 +55,8 @@ enum Slot {
         numbered_at_grant: u64,
         /// Replies to methods warren sent on its own, in order.
         hidden: VecDeque<MethodId>,
-        /// Replies forwarded to the client (see `Grant::replies`).
-        replies: Arc<AtomicU64>,
+        /// What was forwarded to the client (see `Grant::delivered`).
+        delivered: Arc<Delivered>,
     },
     /// Its client left and a Channel.Close went upstream.
     Abandoned,
@@ -395,11 +395,11 @@ impl Router {
         self.next_lease += 1;
         let channel = UpstreamChannel { id, lease };
         let inherited = kept.map(|k| k.inherited);
-        let replies = Arc::new(AtomicU64::new(0));
+        let delivered = Arc::new(Delivered::default());
         let grant = Grant {
             channel,
             inherited,
-            replies: replies.clone(),
+            delivered: delivered.clone(),
         };
         if reply.send(grant).is_err() {
             match kept {
@@ -428,7 +428,7 @@ impl Router {
                 Some(_) => VecDeque::new(),
                 None => VecDeque::from([method::CHANNEL_OPEN_OK]),
             },
-            replies,
+            delivered,
         };
         self.inner
             .occupancy
@@ -524,7 +524,7 @@ impl Router {
                 closing,
                 confirms,
                 hidden,
-                replies,
+                delivered,
                 ..
             } => match method_id {
                 Some(method::CHANNEL_CLOSE_OK) if *closing => {
@@ -565,6 +565,7 @@ impl Router {
                     let mut ack = frame;
                     match ack.ack_tag().and_then(|tag| confirms.to_client(tag)) {
                         Some(tag) => {
+                            delivered.confirmed.fetch_max(tag, Ordering::Release);
                             if confirms.base > 0 {
                                 ack.set_ack_tag(tag);
                             }
@@ -578,7 +579,7 @@ impl Router {
                     // client without consumer_cancel_notify is not told.
                 }
                 Some(method::QUEUE_DECLARE_OK) => {
-                    replies.fetch_add(1, Ordering::Release);
+                    delivered.replies.fetch_add(1, Ordering::Release);
                     if let Ok(queue) = method::decode_declare_ok_queue(frame.method_args()) {
                         link.notify(ClientEvent::DeclareOk {
                             channel: *client_channel,
@@ -589,7 +590,7 @@ impl Router {
                 }
                 _ => {
                     if method_id.is_some_and(method::is_reply) {
-                        replies.fetch_add(1, Ordering::Release);
+                        delivered.replies.fetch_add(1, Ordering::Release);
                     }
                     frame::push_for_peer(frame, *client_channel, link.frame_max, &mut self.scratch);
                     for piece in self.scratch.drain(..) {

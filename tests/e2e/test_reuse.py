@@ -269,3 +269,22 @@ def test_a_client_that_deletes_its_exclusive_queue_does_not_delete_a_successor(b
     finally:
         with connect(broker.port) as direct:
             direct.channel().queue_delete(name)
+
+
+def test_an_empty_queue_name_never_reaches_the_previous_clients_queue(broker, warren):
+    """RabbitMQ reads queue "" as the queue last declared on the channel: on a
+    reused channel that would be the previous client's queue."""
+    import pika
+    with warren.connect() as first:
+        ch = first.channel()
+        previous = ch.queue_declare("", auto_delete=True).method.queue
+        ch.basic_publish("", previous, b"not yours")
+        ch.close()
+    seen = []
+    for port in (broker.port, warren.port):
+        with connect(port) as conn:
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+                conn.channel().basic_get("", auto_ack=True)
+            seen.append((refused.value.reply_code, refused.value.reply_text))
+    assert seen[0] == seen[1] == (404, "NOT_FOUND - no previously declared queue")
+    assert broker.warren_channel_count() >= 1
