@@ -283,12 +283,17 @@ pub fn client_may_send(id: MethodId) -> Option<bool> {
 pub fn queue_needing_access(id: MethodId, args: &[u8]) -> Option<String> {
     match id {
         QUEUE_DECLARE | BASIC_CONSUME | BASIC_GET | (50, 30) | QUEUE_DELETE => {
-            let mut d = Decoder::new(args);
-            d.u16().ok()?;
-            Some(d.short_str().ok()?).filter(|name| !name.is_empty())
+            decode_queue_name(args).filter(|name| !name.is_empty())
         }
         _ => None,
     }
+}
+
+/// The queue name that these methods all carry first, after a reserved short.
+fn decode_queue_name(args: &[u8]) -> Option<String> {
+    let mut d = Decoder::new(args);
+    d.u16().ok()?;
+    d.short_str().ok()
 }
 
 /// Whether the broker will answer this client request on its channel
@@ -350,9 +355,7 @@ pub fn decode_publish_flags(args: &[u8]) -> Result<(bool, bool), DecodeError> {
 pub fn queue_argument(id: MethodId, args: &[u8]) -> Option<String> {
     match id {
         BASIC_CONSUME | BASIC_GET | (50, 20) | (50, 30) | QUEUE_DELETE | (50, 50) => {
-            let mut d = Decoder::new(args);
-            d.u16().ok()?;
-            d.short_str().ok()
+            decode_queue_name(args)
         }
         _ => None,
     }

@@ -147,6 +147,14 @@ impl Inbox {
 mod tests {
     use super::*;
 
+    /// What the writer does: takes what is queued and gives its credit back.
+    async fn write_out(inbox: &mut Inbox) -> usize {
+        let mut batch = Vec::new();
+        let taken = inbox.recv_many(&mut batch, 8).await;
+        inbox.release(inbox.credit_of(&batch));
+        taken
+    }
+
     #[tokio::test]
     async fn credit_bounds_the_queue_and_returns_when_written() {
         let (outbox, mut inbox) = outbox(10);
@@ -155,9 +163,7 @@ mod tests {
             outbox.try_send(Bytes::from_static(b"12345")),
             Err(TrySendError::Full)
         );
-        let mut batch = Vec::new();
-        assert_eq!(inbox.recv_many(&mut batch, 8).await, 1);
-        inbox.release(inbox.credit_of(&batch));
+        assert_eq!(write_out(&mut inbox).await, 1);
         assert_eq!(outbox.try_send(Bytes::from_static(b"12345")), Ok(()));
     }
 
@@ -169,9 +175,7 @@ mod tests {
             .await
             .unwrap();
         outbox.send_now(Bytes::from_static(b"abcd")).unwrap();
-        let mut batch = Vec::new();
-        inbox.recv_many(&mut batch, 8).await;
-        inbox.release(inbox.credit_of(&batch));
+        write_out(&mut inbox).await;
         // 14 bytes written, 4 of them on overdraft: 10 bytes of credit back.
         assert_eq!(outbox.try_send(Bytes::from_static(b"1234567890")), Ok(()));
         assert_eq!(
@@ -200,9 +204,7 @@ mod tests {
             .send(Bytes::from_static(b"far too long"))
             .await
             .unwrap();
-        let mut batch = Vec::new();
-        inbox.recv_many(&mut batch, 8).await;
-        inbox.release(inbox.credit_of(&batch));
+        write_out(&mut inbox).await;
         assert_eq!(outbox.try_send(Bytes::from_static(b"1234")), Ok(()));
     }
 }

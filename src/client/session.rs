@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::handshake::{self, HandshakeError, Hello};
 use super::Context;
 use crate::channel::{
-    ChannelState, ContentAssembler, ContentVerdict, Step, UpstreamChannel, Usage,
+    ChannelState, ContentAssembler, ContentVerdict, Delivered, Step, UpstreamChannel, Usage,
 };
 use crate::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
@@ -31,7 +31,7 @@ use crate::reply::{
     self, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED,
     NOT_IMPLEMENTED, RESOURCE_LOCKED,
 };
-use crate::upstream::{ConnectError, Upstream};
+use crate::upstream::{ConnectError, Grant, Upstream};
 use crate::writer;
 
 /// Bytes queued for one client before it counts as too slow.
@@ -486,14 +486,9 @@ impl Session {
         let (upstream, borrowed) = match open {
             Some(upstream) => (upstream, None),
             None => {
-                let Some(grant) = self.upstream.open_channel(&self.link, 0, false).await else {
+                let Some(grant) = self.take_upstream_channel(0, false).await else {
                     return;
                 };
-                if grant.inherited.is_none() {
-                    self.upstream
-                        .send(method::channel_open(grant.channel.id))
-                        .await;
-                }
                 (
                     grant.channel,
                     Some(Usage::new(grant.inherited.unwrap_or_default())),
@@ -597,7 +592,7 @@ impl Session {
         }
         let method_id = frame.method_id();
         if method_id == Some(method::CHANNEL_OPEN) {
-            return self.open_channel(channel, frame).await;
+            return self.open_channel(channel).await;
         }
         if let Some(id) = method_id {
             match method::client_may_send(id) {
@@ -634,17 +629,7 @@ impl Session {
                     Some(id) if content.is_idle() => {
                         if let Some(queue) = method::queue_needing_access(id, frame.method_args()) {
                             if self.upstream.locked_for(&queue, self.id) {
-                                let close = reply::close(
-                                    RESOURCE_LOCKED,
-                                    format!(
-                                        "cannot obtain exclusive access to locked queue '{queue}' in vhost '{}'. \
-                                         It could be originally declared on another connection or the \
-                                         exclusive property value does not match that of the original \
-                                         declaration.",
-                                        self.vhost
-                                    ),
-                                )
-                                .caused_by(id);
+                                let close = self.locked_queue(&queue).caused_by(id);
                                 self.close_channel(channel, upstream, close).await;
                                 return None;
                             }
@@ -720,37 +705,18 @@ impl Session {
     /// upstream channel (the old one is clean and kept), then forwards the
     /// frame that asked for it there.
     async fn switch_to_fresh_channel(&mut self, channel: u16, frame: Frame) -> Option<Exit> {
-        let Some(ChannelState::Open {
-            upstream,
-            usage,
-            delivered,
-            ..
-        }) = self.channels.remove(&channel)
-        else {
-            return None;
-        };
-        let usage_before = usage.moved();
+        let (upstream, usage, delivered) = self.take_open(channel)?;
+        let mut moved = usage.moved();
         self.give_back(upstream, usage, delivered.load());
-        let Some(grant) = self.upstream.open_channel(&self.link, channel, true).await else {
+        let Some(grant) = self.take_upstream_channel(channel, true).await else {
             return Some(self.no_free_channel());
         };
-        self.upstream
-            .send(method::channel_open(grant.channel.id))
-            .await;
-        let mut usage = usage_before.moved();
         if let Some(id) = frame.method_id() {
-            usage.on_method(id, frame.method_args());
+            moved.on_method(id, frame.method_args());
         }
-        self.channels.insert(
-            channel,
-            ChannelState::Open {
-                upstream: grant.channel,
-                content: ContentAssembler::default(),
-                usage,
-                delivered: grant.delivered,
-            },
-        );
-        self.forward_content(channel, grant.channel, frame).await
+        let upstream = grant.channel;
+        self.insert_open(channel, grant, moved);
+        self.forward_content(channel, upstream, frame).await
     }
 
     /// Forwards a frame of an open channel, holding publishes until whole.
@@ -797,15 +763,7 @@ impl Session {
     /// and its Close-Ok answered at once; any other is closed upstream and
     /// the broker's Close-Ok relayed.
     async fn client_closes_channel(&mut self, channel: u16) -> Option<Exit> {
-        let Some(ChannelState::Open {
-            upstream,
-            usage,
-            delivered,
-            ..
-        }) = self.channels.remove(&channel)
-        else {
-            return None;
-        };
+        let (upstream, usage, delivered) = self.take_open(channel)?;
         if self.try_keep(upstream, &usage, delivered.load()) {
             let _ = self.outbox.send(method::channel_close_ok(channel)).await;
         } else {
@@ -814,6 +772,19 @@ impl Session {
                 .insert(channel, ChannelState::ClosingByClient { upstream, usage });
         }
         None
+    }
+
+    /// RabbitMQ's refusal of another connection's exclusive queue.
+    fn locked_queue(&self, queue: &str) -> Close {
+        reply::close(
+            RESOURCE_LOCKED,
+            format!(
+                "cannot obtain exclusive access to locked queue '{queue}' in vhost '{}'. \
+                 It could be originally declared on another connection or the exclusive \
+                 property value does not match that of the original declaration.",
+                self.vhost
+            ),
+        )
     }
 
     /// The client deleted one of its exclusive queues: it is no longer its
@@ -854,7 +825,7 @@ impl Session {
         }
     }
 
-    async fn open_channel(&mut self, channel: u16, frame: Frame) -> Option<Exit> {
+    async fn open_channel(&mut self, channel: u16) -> Option<Exit> {
         if channel > self.channel_max {
             return Some(Exit::Close(
                 reply::close(
@@ -880,26 +851,60 @@ impl Session {
             self.move_if_crowded().await;
             self.opened_a_channel = true;
         }
-        let Some(grant) = self.upstream.open_channel(&self.link, channel, false).await else {
+        let Some(grant) = self.take_upstream_channel(channel, false).await else {
             return Some(self.no_free_channel());
         };
+        let usage = Usage::new(grant.inherited.unwrap_or_default());
+        self.insert_open(channel, grant, usage);
+        // Open-Ok right away, for a kept channel and a new one alike: a
+        // Channel.Open on a free id of a healthy connection cannot fail at
+        // channel level, and the client's next frames follow it upstream.
+        let _ = self.outbox.send(method::channel_open_ok(channel)).await;
+        None
+    }
+
+    /// Takes an upstream channel for `client_channel`: a kept one, or a new
+    /// id whose Channel.Open goes upstream now, pipelined (the router hides
+    /// the broker's Open-Ok).
+    async fn take_upstream_channel(&mut self, client_channel: u16, fresh: bool) -> Option<Grant> {
+        let grant = self
+            .upstream
+            .open_channel(&self.link, client_channel, fresh)
+            .await?;
+        if grant.inherited.is_none() {
+            self.upstream
+                .send(method::channel_open(grant.channel.id))
+                .await;
+        }
+        Some(grant)
+    }
+
+    fn insert_open(&mut self, channel: u16, grant: Grant, usage: Usage) {
         self.channels.insert(
             channel,
             ChannelState::Open {
                 upstream: grant.channel,
                 content: ContentAssembler::default(),
-                usage: Usage::new(grant.inherited.unwrap_or_default()),
+                usage,
                 delivered: grant.delivered,
             },
         );
-        // Open-Ok right away, for a kept channel and a new one alike: a
-        // Channel.Open on a free id of a healthy connection cannot fail at
-        // channel level, and the client's next frames follow it upstream.
-        if grant.inherited.is_none() {
-            self.send_upstream(frame, grant.channel.id).await;
+    }
+
+    /// Removes an open channel from the table, with what giving it back needs.
+    fn take_open(&mut self, channel: u16) -> Option<(UpstreamChannel, Usage, Arc<Delivered>)> {
+        match self.channels.remove(&channel)? {
+            ChannelState::Open {
+                upstream,
+                usage,
+                delivered,
+                ..
+            } => Some((upstream, usage, delivered)),
+            other => {
+                self.channels.insert(channel, other);
+                None
+            }
         }
-        let _ = self.outbox.send(method::channel_open_ok(channel)).await;
-        None
     }
 
     /// Why a channel could not be had: the upstream connection is gone, or
