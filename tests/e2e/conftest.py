@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -120,11 +121,13 @@ class Warren:
 
     def __init__(self, args, upstream_port):
         self.port = free_port()
+        self.http_port = free_port()
         Warren.latest_port = self.port
         self.log_path = Path(os.environ.get("WARREN_TEST_LOGS", "/tmp")) / f"warren-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [str(WARREN), "-p", str(self.port), "--log-level", "debug", *args,
+            [str(WARREN), "-p", str(self.port), "--http-port", str(self.http_port),
+             "--log-level", "debug", *args,
              f"amqp://127.0.0.1:{upstream_port}"],
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_until(self._accepting, 10, "warren to listen")
@@ -140,6 +143,13 @@ class Warren:
 
     def url(self, **kw):
         return amqp_url(self.port, **kw)
+
+    def http_url(self, path="/"):
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def get_json(self, path):
+        with urllib.request.urlopen(self.http_url(path), timeout=5) as answer:
+            return json.load(answer)
 
     def connect(self, **kw):
         return connect(self.port, **kw)
