@@ -3,14 +3,15 @@
 # machine (as root). Idempotent: a warm run takes about a second.
 #   scripts/setup.sh          everything
 #   scripts/setup.sh broker   only the broker (what scripts/run.sh needs)
-#   apt:  rabbitmq-server, php-cli, php-amqp (C extension), php-amqplib
-#   pip:  pika and pytest, in a virtualenv at .cache/venv
+#   apt:  rabbitmq-server, php-cli, php-amqp (C extension), php-amqplib,
+#         chromium and chromium-driver (the status page's browser test)
+#   pip:  pika, pytest and selenium, in a virtualenv at .cache/venv
 #   npm:  amqplib, in tests/clients/node_modules (from the lockfile)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 t0=$SECONDS
 
-packages=(rabbitmq-server php-cli php-amqp php-amqplib python3-venv openssl iproute2)
+packages=(rabbitmq-server php-cli php-amqp php-amqplib python3-venv openssl iproute2 chromium chromium-driver)
 [[ ${1:-} == broker ]] && packages=(rabbitmq-server)
 need=()
 for p in "${packages[@]}"; do

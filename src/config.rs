@@ -35,9 +35,13 @@ pub struct Cli {
     /// Port to listen on for AMQP clients [default: 5673]
     #[arg(short = 'p', long, env = "LISTEN_PORT")]
     pub port: Option<u16>,
-    /// Port of the HTTP endpoint (metrics and health) [default: 15673]
+    /// Port of the HTTP endpoint (metrics, health, admin API, status page);
+    /// 0 turns it off [default: 15673]
     #[arg(short = 'b', long = "http-port", env = "HTTP_PORT")]
     pub http_port: Option<u16>,
+    /// Address of the HTTP endpoint [default: 127.0.0.1]
+    #[arg(long = "http-address", env = "HTTP_ADDRESS", value_name = "ADDRESS")]
+    pub http_address: Option<String>,
     /// Seconds an upstream connection with no clients stays open [default: 5]
     #[arg(
         short = 't',
@@ -85,6 +89,9 @@ pub struct Cli {
     /// Log level: error, warn, info, debug, trace [default: info]
     #[arg(long, env = "LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Log format: text, or json (one object per line) [default: text]
+    #[arg(long, env = "LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
     /// Shorthand for --log-level debug
     #[arg(short = 'd', long)]
     pub debug: bool,
@@ -112,7 +119,9 @@ pub struct Config {
     pub upstream: UpstreamAddr,
     pub listen_address: String,
     pub port: u16,
+    /// 0: no HTTP endpoint.
     pub http_port: u16,
+    pub http_address: String,
     pub idle_connection_timeout: Duration,
     pub max_upstream_channels: u16,
     pub channel_max: u16,
@@ -125,10 +134,17 @@ pub struct Config {
     pub term_timeout: Option<Duration>,
     pub term_client_close_timeout: Duration,
     pub log_level: String,
+    pub log_format: LogFormat,
     /// Limit on TCP connect plus AMQP handshake with the broker.
     pub upstream_connect_timeout: Duration,
     /// Limit on a client's handshake, from accept to Connection.Open.
     pub client_handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -146,6 +162,7 @@ struct FileValues {
     listen: Option<String>,
     port: Option<u16>,
     http_port: Option<u16>,
+    http_address: Option<String>,
     idle_connection_timeout: Option<u64>,
     max_upstream_channels: Option<u16>,
     channel_max: Option<u16>,
@@ -156,6 +173,7 @@ struct FileValues {
     term_timeout: Option<i64>,
     term_client_close_timeout: Option<u64>,
     log_level: Option<String>,
+    log_format: Option<String>,
 }
 
 impl Config {
@@ -182,6 +200,15 @@ impl Config {
                 "invalid log level '{log_level}': expected error, warn, info, debug or trace"
             )));
         }
+        let log_format = match cli.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(err(format!(
+                    "invalid --log-format '{other}': expected text or json"
+                )))
+            }
+        };
         let term_timeout = cli.term_timeout.or(file.term_timeout).unwrap_or(-1);
         let max_upstream_channels = cli
             .max_upstream_channels
@@ -202,6 +229,10 @@ impl Config {
                 .unwrap_or_else(|| "127.0.0.1".into()),
             port: cli.port.or(file.port).unwrap_or(5673),
             http_port: cli.http_port.or(file.http_port).unwrap_or(15673),
+            http_address: cli
+                .http_address
+                .or(file.http_address)
+                .unwrap_or_else(|| "127.0.0.1".into()),
             idle_connection_timeout: Duration::from_secs(
                 cli.idle_connection_timeout
                     .or(file.idle_connection_timeout)
@@ -223,6 +254,7 @@ impl Config {
                     .unwrap_or(0),
             ),
             log_level,
+            log_format,
             upstream_connect_timeout: Duration::from_secs(10),
             client_handshake_timeout: Duration::from_secs(10),
         })
@@ -305,6 +337,7 @@ fn parse_ini(text: &str) -> Result<FileValues, ConfigError> {
         match (section.as_str(), key) {
             ("main", "upstream") => values.upstream = Some(value.to_string()),
             ("main" | "listen", "log_level") => values.log_level = Some(value.to_string()),
+            ("main", "log_format") => values.log_format = Some(value.to_string()),
             ("main", "idle_connection_timeout") => {
                 values.idle_connection_timeout = Some(ranged(0, i64::MAX)? as u64)
             }
@@ -337,6 +370,7 @@ fn parse_ini(text: &str) -> Result<FileValues, ConfigError> {
             ("listen", "address" | "bind") => values.listen = Some(value.to_string()),
             ("listen", "port") => values.port = Some(ranged(0, 65535)? as u16),
             ("main" | "listen", "http_port") => values.http_port = Some(ranged(0, 65535)? as u16),
+            ("listen", "http_address") => values.http_address = Some(value.to_string()),
             ("", _) => return Err(err(format!("line {line_no}: '{key}' outside any section"))),
             _ => {
                 return Err(err(format!(

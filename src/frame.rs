@@ -138,8 +138,11 @@ pub fn build(kind: u8, channel: u16, fill: impl FnOnce(&mut BytesMut)) -> Bytes 
     buf.freeze()
 }
 
+const HEARTBEAT: [u8; 8] = [FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END];
+pub const HEARTBEAT_LEN: u64 = HEARTBEAT.len() as u64;
+
 pub fn heartbeat() -> Bytes {
-    Bytes::from_static(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END])
+    Bytes::from_static(&HEARTBEAT)
 }
 
 /// Emits `frame` with its channel set to `channel`, splitting a body frame

@@ -8,6 +8,7 @@
 //! - the upstream router reads broker frames and pushes them to the client
 //!   through its [`link`]; every socket is written by a [`writer`] task.
 
+pub mod admin;
 pub mod auth;
 pub mod channel;
 pub mod client;
@@ -16,11 +17,13 @@ pub mod confirms;
 pub mod frame;
 pub mod link;
 pub mod listener;
+pub mod logging;
 pub mod method;
 pub mod net;
 pub mod outbox;
 pub mod pool;
 pub mod reply;
+pub mod stats;
 pub mod upstream;
 pub mod wire;
 pub mod writer;

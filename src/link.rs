@@ -28,6 +28,8 @@ pub enum ClientEvent {
         channel: u16,
         upstream: UpstreamChannel,
         close: Bytes,
+        /// Its reply code, for the metrics.
+        code: u16,
     },
     /// A Queue.Declare-Ok went to the client on this channel (the session
     /// remembers exclusive queues to delete them when the client leaves).

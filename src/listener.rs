@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{self, Context};
+use crate::logging::RateLimit;
 
 /// How often pools whose connections all closed are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
@@ -34,7 +35,10 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, stop: CancellationTok
                 }
                 Err(e) => {
                     // Out of descriptors and similar: back off instead of spinning.
-                    tracing::error!(error = %e, "accept failed");
+                    static ACCEPT_FAILED: RateLimit = RateLimit::new(Duration::from_secs(1));
+                    if let Some(suppressed) = ACCEPT_FAILED.check() {
+                        tracing::error!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },

@@ -1,16 +1,16 @@
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
+use warren::admin::{self, Admin, Readiness};
 use warren::client::Context;
 use warren::config::{Cli, Config};
-use warren::listener;
 use warren::pool::Pools;
+use warren::stats::Stats;
 use warren::upstream::UpstreamSettings;
+use warren::{listener, logging};
 
 fn main() -> ExitCode {
     let config = match Config::from_cli(Cli::parse()) {
@@ -20,11 +20,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(format!("warren={}", config.log_level)))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    logging::init(&config.log_level, config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,6 +35,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
+    let stats = Arc::new(Stats::default());
     let settings = UpstreamSettings {
         addr: config.upstream.clone(),
         connect_timeout: config.upstream_connect_timeout,
@@ -56,8 +53,9 @@ async fn run(config: Config) -> ExitCode {
             config.listen_address,
             config.port
         ),
+        stats: stats.clone(),
     };
-    let ctx = Arc::new(Context::new(config, Pools::new(settings)));
+    let ctx = Arc::new(Context::new(config, Pools::new(settings), stats));
     let listener = match listener::bind(&ctx).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -68,13 +66,36 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let http = match admin::bind(&ctx).await {
+        Ok(http) => http,
+        Err(e) => {
+            eprintln!(
+                "warren: cannot listen for HTTP on {}:{} (--http-port, 0 turns it off): {e}",
+                ctx.config.http_address, ctx.config.http_port
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(listen = %local, upstream = %ctx.config.upstream, "warren is ready");
-
     let stop = CancellationToken::new();
+    let http_local = match http {
+        Some(http) => {
+            let local = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let admin = Arc::new(Admin {
+                ctx: ctx.clone(),
+                draining: stop.clone(),
+                readiness: Readiness::new(ctx.config.upstream.clone()),
+            });
+            tokio::spawn(admin::serve(http, admin));
+            local
+        }
+        None => "off".into(),
+    };
+    tracing::info!(listen = %local, http = %http_local, upstream = %ctx.config.upstream, "warren is ready");
+
     tokio::spawn(watch_signals(stop.clone()));
     listener::run(listener, ctx, stop).await;
     tracing::info!("warren stopped");

@@ -41,6 +41,15 @@ impl Pool {
 
 type PoolKey = (String, String);
 
+/// A pool as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSummary {
+    pub vhost: String,
+    pub user: String,
+    pub upstreams: usize,
+    pub clients: usize,
+}
+
 /// The pool a client belongs to, kept by its session for `Pools::rebalance`.
 pub struct PoolRef(Arc<Pool>);
 
@@ -264,6 +273,29 @@ impl Pools {
             candidates.retain(|p| !p.is_empty() || p.opening.try_lock().is_err());
         }
         pools.retain(|_, candidates| !candidates.is_empty());
+    }
+
+    /// Every pool with a live connection, by vhost and user.
+    pub fn summary(&self) -> Vec<PoolSummary> {
+        let pools = self.pools.lock().expect("pools lock");
+        let mut summary: Vec<PoolSummary> = pools
+            .iter()
+            .flat_map(|((vhost, user), candidates)| {
+                candidates.iter().filter_map(move |pool| {
+                    let upstreams = pool.upstreams.lock().expect("pool lock");
+                    let live: Vec<&Upstream> =
+                        upstreams.iter().filter(|u| !u.is_closed()).collect();
+                    (!live.is_empty()).then(|| PoolSummary {
+                        vhost: vhost.clone(),
+                        user: user.clone(),
+                        upstreams: live.len(),
+                        clients: live.iter().map(|u| u.client_count()).sum(),
+                    })
+                })
+            })
+            .collect();
+        summary.sort_by(|a, b| (&a.vhost, &a.user).cmp(&(&b.vhost, &b.user)));
+        summary
     }
 
     /// Every live upstream connection.

@@ -8,6 +8,7 @@
 //! the write side, which is exactly when the peer needs them.
 
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -15,17 +16,20 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::frame;
 use crate::outbox::Inbox;
+use crate::stats::Tally;
 
 /// Frames taken off the queue per write; bounds the iovec count.
 const BATCH: usize = 256;
 
 /// Runs until every sender is dropped (then flushes and shuts the write side
 /// down) or the socket fails. `heartbeat` is the interval after which an idle
-/// write side sends a heartbeat frame; `None` disables them.
+/// write side sends a heartbeat frame; `None` disables them. Every byte
+/// written is added to `sent` (this task is its only writer).
 pub async fn run<W: AsyncWrite + Unpin>(
     mut sink: W,
     mut queue: Inbox,
     heartbeat: Option<Duration>,
+    sent: Arc<Tally>,
 ) -> io::Result<()> {
     let mut batch = Vec::new();
     loop {
@@ -36,6 +40,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     _ = tokio::time::sleep(interval) => {
                         batch.push(frame::heartbeat());
                         write_all(&mut sink, &mut batch).await?;
+                        sent.add(frame::HEARTBEAT_LEN);
                         continue;
                     }
                 }
@@ -47,8 +52,10 @@ pub async fn run<W: AsyncWrite + Unpin>(
             return Ok(());
         }
         let credit = queue.credit_of(&batch);
+        let size: usize = batch.iter().map(Bytes::len).sum();
         write_all(&mut sink, &mut batch).await?;
         queue.release(credit);
+        sent.add(size as u64);
     }
 }
 
@@ -86,7 +93,8 @@ mod tests {
     async fn writes_everything_in_order_through_a_tiny_pipe() {
         let (sink, mut source) = tokio::io::duplex(7);
         let (tx, rx) = crate::outbox::outbox(1024);
-        let task = tokio::spawn(run(sink, rx, None));
+        let sent = Arc::new(Tally::default());
+        let task = tokio::spawn(run(sink, rx, None, sent.clone()));
         let expected: Vec<u8> = (0..100u8).collect();
         for chunk in expected.chunks(9) {
             tx.send(Bytes::copy_from_slice(chunk)).await.unwrap();
@@ -96,13 +104,14 @@ mod tests {
         source.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, expected);
         task.await.unwrap().unwrap();
+        assert_eq!(sent.get(), expected.len() as u64);
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_write_side_sends_heartbeats() {
         let (sink, mut source) = tokio::io::duplex(64);
         let (tx, rx) = crate::outbox::outbox(1);
-        let task = tokio::spawn(run(sink, rx, Some(Duration::from_secs(5))));
+        let task = tokio::spawn(run(sink, rx, Some(Duration::from_secs(5)), Arc::default()));
         let mut got = [0u8; 8];
         source.read_exact(&mut got).await.unwrap();
         assert_eq!(&got[..], &frame::heartbeat()[..]);

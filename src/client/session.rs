@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -23,6 +23,7 @@ use crate::channel::{
 };
 use crate::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
+use crate::logging::RateLimit;
 use crate::method::{self, Close, Tune};
 use crate::net::{split_client_tcp, ReadHalf, WriteHalf};
 use crate::outbox::{outbox, Outbox};
@@ -30,6 +31,9 @@ use crate::pool::PoolRef;
 use crate::reply::{
     self, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED,
     NOT_IMPLEMENTED, RESOURCE_LOCKED,
+};
+use crate::stats::{
+    ClientRecord, CloseScope, DisconnectReason, Events, HandshakeOutcome, Listed, PoolLabel, Tally,
 };
 use crate::upstream::{ConnectError, Grant, Upstream};
 use crate::writer;
@@ -44,6 +48,9 @@ const OFFERED_FRAME_MAX: u32 = 131072;
 /// at most the spec's minimum frame_max, so none of their frames needs
 /// splitting for the broker.
 const SMALL_MESSAGE: usize = crate::frame::MIN_FRAME_MAX as usize;
+/// Errors many clients can hit at once (the broker is down) are logged at
+/// most this often, with a count of those held back.
+const REPEATED_ERRORS_EVERY: Duration = Duration::from_secs(1);
 /// How long warren waits for a client's Close-Ok after closing it.
 const CLOSE_OK_WAIT: Duration = Duration::from_secs(3);
 
@@ -84,6 +91,19 @@ enum Exit {
     Close(Close),
     /// The connection is already gone or unusable; nothing to say.
     Gone(String),
+    /// The client did not read what was queued for it in time.
+    TooSlow,
+}
+
+impl Exit {
+    fn reason(&self) -> DisconnectReason {
+        match self {
+            Exit::ClientClosed => DisconnectReason::client_closed,
+            Exit::Close(_) => DisconnectReason::closed_by_warren,
+            Exit::Gone(_) => DisconnectReason::connection_lost,
+            Exit::TooSlow => DisconnectReason::slow_client,
+        }
+    }
 }
 
 /// A client past the handshake, pinned to an upstream connection.
@@ -106,16 +126,24 @@ enum Refusal {
 /// Serves one accepted TCP connection until it ends.
 pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let id = ctx.next_client_id();
+    let started = Instant::now();
+    tracing::debug!(client = id, %peer, "client accepted");
     let (read_half, mut write_half) = split_client_tcp(stream);
     let mut reader = FrameReader::new(read_half, OFFERED_FRAME_MAX);
+    let events = &ctx.stats.events;
     let admitted = match admit(id, peer, &mut reader, &mut write_half, &ctx).await {
         Ok(admitted) => admitted,
         Err(Refusal::Close(close)) => {
+            events.close(CloseScope::connection, close.code);
             close_during_handshake(&mut reader, &mut write_half, &close).await;
             return;
         }
         Err(Refusal::Drop) => return,
     };
+    events.handshake(HandshakeOutcome::ok);
+    events
+        .handshake_seconds
+        .observe(started.elapsed().as_secs_f64());
     let Admitted {
         hello,
         tune,
@@ -134,9 +162,31 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         "client connected"
     );
 
+    let record = ctx.stats.client_connected(ClientRecord {
+        id,
+        peer,
+        pool: PoolLabel {
+            vhost: vhost.clone(),
+            user: user.clone(),
+        },
+        connection_name: hello.connection_name.clone(),
+        since: started,
+        frames_in: Tally::default(),
+        bytes_in: Tally::default(),
+        published: Tally::default(),
+        channels: Tally::default(),
+        upstream: Tally::default(),
+        bytes_out: Arc::default(),
+    });
+    record.upstream.set(upstream.id());
     let (outbox, queue) = outbox(CLIENT_QUEUE_BYTES);
     let heartbeat = (tune.heartbeat > 0).then(|| Duration::from_secs(tune.heartbeat.into()));
-    let writer_task = tokio::spawn(writer::run(write_half, queue, heartbeat.map(|hb| hb / 2)));
+    let writer_task = tokio::spawn(writer::run(
+        write_half,
+        queue,
+        heartbeat.map(|hb| hb / 2),
+        record.bytes_out.clone(),
+    ));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let link = Arc::new(ClientLink::new(
         id,
@@ -161,19 +211,26 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         exclusive_queues: Vec::new(),
         opened_a_channel: false,
         scratch: Vec::new(),
+        record,
     };
     let exit = session.run(&mut reader, &mut events, heartbeat, &ctx).await;
     let reason = match &exit {
         Exit::ClientClosed => "client closed the connection".to_string(),
         Exit::Close(close) => format!("closed by warren: {} {}", close.code, close.text),
         Exit::Gone(why) => why.clone(),
+        Exit::TooSlow => format!(
+            "client too slow: more than {} MiB waiting for it",
+            CLIENT_QUEUE_BYTES >> 20
+        ),
     };
+    ctx.stats.events.disconnect(exit.reason());
     session.finish(exit, &mut reader, &ctx).await;
     tracing::info!(client = id, %peer, %user, %vhost, reason, "client disconnected");
     let Session {
         upstream,
         link,
         outbox,
+        record,
         ..
     } = session;
     upstream.unpin(id);
@@ -185,6 +242,8 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
     {
         writer_task.abort();
     }
+    // Unlisted only now, with every byte the writer sent counted.
+    drop(record);
 }
 
 /// Runs the handshake in the broker's order: the login is checked (by the
@@ -199,10 +258,12 @@ async fn admit(
 ) -> Result<Admitted, Refusal> {
     let config = &ctx.config;
     let limit = config.client_handshake_timeout;
+    let events = &ctx.stats.events;
     let hello = client_step(
         id,
         peer,
         limit,
+        events,
         tokio::time::timeout(limit, handshake::greet(reader, writer)).await,
     )?;
     let user = &hello.credentials.user;
@@ -210,7 +271,7 @@ async fn admit(
         .pools
         .authenticate(&hello.credentials)
         .await
-        .map_err(|e| refusal(id, peer, &hello, None, e))?;
+        .map_err(|e| refusal(id, peer, &hello, None, events, e))?;
 
     let offer = Tune {
         channel_max: config.channel_max.min(config.max_upstream_channels),
@@ -221,19 +282,21 @@ async fn admit(
         id,
         peer,
         limit,
+        events,
         tokio::time::timeout(limit, handshake::tune_and_open(reader, writer, offer)).await,
     )?;
     let (upstream, pool) = ctx
         .pools
         .checkout(&hello.credentials, &vhost, admission)
         .await
-        .map_err(|e| refusal(id, peer, &hello, Some(&vhost), e))?;
+        .map_err(|e| refusal(id, peer, &hello, Some(&vhost), events, e))?;
     if writer
         .write_all(&method::connection_open_ok())
         .await
         .is_err()
     {
         upstream.unpin(id);
+        events.handshake(HandshakeOutcome::abandoned);
         tracing::info!(client = id, %peer, %user, "client left before open-ok");
         return Err(Refusal::Drop);
     }
@@ -251,20 +314,27 @@ fn client_step<T>(
     id: ClientId,
     peer: SocketAddr,
     limit: Duration,
+    events: &Events,
     result: Result<Result<T, HandshakeError>, tokio::time::error::Elapsed>,
 ) -> Result<T, Refusal> {
     match result {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(HandshakeError::Refused(close))) => {
+            events.handshake(HandshakeOutcome::invalid);
             tracing::warn!(client = id, %peer, code = close.code, text = %close.text, "client handshake refused");
             Err(Refusal::Close(close))
         }
         Ok(Err(e)) => {
+            events.handshake(HandshakeOutcome::abandoned);
             tracing::info!(client = id, %peer, error = %e, "client left during the handshake");
             Err(Refusal::Drop)
         }
         Err(_) => {
-            tracing::warn!(client = id, %peer, timeout = ?limit, "client handshake timed out");
+            events.handshake(HandshakeOutcome::timeout);
+            static TIMED_OUT: RateLimit = RateLimit::new(REPEATED_ERRORS_EVERY);
+            if let Some(suppressed) = TIMED_OUT.check() {
+                tracing::warn!(client = id, %peer, timeout = ?limit, suppressed, "client handshake timed out");
+            }
             Err(Refusal::Drop)
         }
     }
@@ -278,12 +348,18 @@ fn refusal(
     peer: SocketAddr,
     hello: &Hello,
     vhost: Option<&str>,
+    events: &Events,
     error: ConnectError,
 ) -> Refusal {
     let user = &hello.credentials.user;
     let vhost = vhost.unwrap_or("");
     match error {
         ConnectError::Refused(close) => {
+            events.handshake(if close.code == 403 {
+                HandshakeOutcome::auth_failed
+            } else {
+                HandshakeOutcome::refused
+            });
             tracing::warn!(client = id, %peer, %user, %vhost, code = close.code, text = %close.text, "broker refused the client");
             if close.code == 403 && !hello.wants_auth_failure_close {
                 Refusal::Drop
@@ -292,7 +368,11 @@ fn refusal(
             }
         }
         other => {
-            tracing::error!(client = id, %peer, %user, %vhost, error = %other, "no upstream connection for the client");
+            events.handshake(HandshakeOutcome::broker_unreachable);
+            static UNREACHABLE: RateLimit = RateLimit::new(REPEATED_ERRORS_EVERY);
+            if let Some(suppressed) = UNREACHABLE.check() {
+                tracing::error!(client = id, %peer, %user, %vhost, error = %other, suppressed, "no upstream connection for the client");
+            }
             Refusal::Close(reply::close(
                 CONNECTION_FORCED,
                 format!("warren cannot reach the broker: {other}"),
@@ -341,6 +421,7 @@ struct Session {
     /// exclusive queues or consumers there even with no channel open.
     opened_a_channel: bool,
     scratch: Vec<Bytes>,
+    record: Listed<ClientRecord>,
 }
 
 impl Session {
@@ -368,6 +449,8 @@ impl Session {
                 read = reader.read_frame() => match read {
                     Ok(frame) => {
                         quiet_quarters = 0;
+                        self.record.frames_in.add(1);
+                        self.record.bytes_in.add(frame.len() as u64);
                         self.on_client_frame(frame).await
                     }
                     Err(FrameError::Closed) => Some(Exit::Gone("client dropped the connection".into())),
@@ -388,6 +471,7 @@ impl Session {
                     Some(Exit::Close(reply::close(CONNECTION_FORCED, "warren is shutting down")))
                 }
             };
+            self.record.channels.set(self.channels.len() as u64);
             if let Some(exit) = step {
                 return exit;
             }
@@ -403,6 +487,7 @@ impl Session {
                 let _ = self.outbox.send(method::connection_close_ok()).await;
             }
             Exit::Close(close) => {
+                ctx.stats.events.close(CloseScope::connection, close.code);
                 tracing::warn!(client = self.id, code = close.code, text = %close.text, "closing client connection");
                 if self.outbox.send(close.connection_frame()).await.is_ok() {
                     let wait = if ctx.force_close.is_cancelled() {
@@ -413,7 +498,7 @@ impl Session {
                     wait_for_close_ok(reader, wait).await;
                 }
             }
-            Exit::Gone(_) => {}
+            Exit::Gone(_) | Exit::TooSlow => {}
         }
     }
 
@@ -523,6 +608,7 @@ impl Session {
                 channel,
                 upstream,
                 close,
+                code,
             } => {
                 let ours = match self.channels.get(&channel) {
                     Some(ChannelState::Open { upstream: u, .. }) => *u == upstream,
@@ -548,6 +634,7 @@ impl Session {
                     let _ = self.outbox.send(method::channel_close_ok(channel)).await;
                 } else {
                     self.channels.insert(channel, ChannelState::ClosedByBroker);
+                    self.ctx.stats.events.close(CloseScope::channel, code);
                     let _ = self.outbox.send(close).await;
                 }
                 None
@@ -572,10 +659,7 @@ impl Session {
                 Some(Exit::Close(close))
             }
             ClientEvent::UpstreamClosed { .. } => None,
-            ClientEvent::Overflowed => Some(Exit::Gone(format!(
-                "client too slow: more than {} MiB waiting for it",
-                CLIENT_QUEUE_BYTES >> 20
-            ))),
+            ClientEvent::Overflowed => Some(Exit::TooSlow),
         }
     }
 
@@ -735,6 +819,7 @@ impl Session {
             ContentVerdict::Held => {}
             ContentVerdict::Complete(frames) => {
                 usage.on_publish_sent();
+                self.record.published.add(1);
                 let size: usize = frames.iter().map(Frame::len).sum();
                 if size <= SMALL_MESSAGE {
                     // One queue push instead of three: copying a small
@@ -944,6 +1029,7 @@ impl Session {
         );
         self.upstream.unpin(self.id);
         quieter.attach(self.link.clone());
+        self.record.upstream.set(quieter.id());
         self.upstream = quieter;
     }
 
@@ -951,6 +1037,7 @@ impl Session {
     /// client gets Channel.Close, the upstream channel is closed and freed.
     async fn close_channel(&mut self, channel: u16, upstream: UpstreamChannel, close: Close) {
         tracing::warn!(client = self.id, channel, code = close.code, text = %close.text, "closing client channel");
+        self.ctx.stats.events.close(CloseScope::channel, close.code);
         self.upstream.abandon(upstream);
         self.channels.insert(channel, ChannelState::ClosedByProxy);
         let _ = self.outbox.send(close.channel_frame(channel)).await;

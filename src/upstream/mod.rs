@@ -12,7 +12,7 @@ mod router;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
@@ -31,6 +31,7 @@ use crate::method::MethodId;
 use crate::net::{split_tcp, ReadHalf, WriteHalf};
 use crate::outbox::{outbox, Outbox};
 use crate::reply::{self, CONNECTION_FORCED};
+use crate::stats::{HandshakeOutcome, PoolLabel, Stats, Tally, UpstreamRecord};
 use crate::writer;
 
 /// Bytes queued for one upstream socket before clients wait.
@@ -51,6 +52,18 @@ pub struct UpstreamSettings {
     /// How warren names its connections to the broker (shown in the
     /// management UI): which warren, listening where.
     pub connection_name: String,
+    pub stats: Arc<Stats>,
+}
+
+/// An upstream connection's channels by state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelCounts {
+    /// In use by a client.
+    pub open: usize,
+    /// Clean, kept for the next client (or being fenced for it).
+    pub kept: usize,
+    /// Closing, or closed by the broker and not yet acknowledged.
+    pub closing: usize,
 }
 
 /// An upstream channel handed to a client.
@@ -92,6 +105,7 @@ struct Inner {
 enum Command {
     Attach(Arc<ClientLink>),
     Detach(ClientId),
+    Report(oneshot::Sender<ChannelCounts>),
     OpenChannel {
         link: Arc<ClientLink>,
         client_channel: u16,
@@ -176,6 +190,7 @@ impl Upstream {
         credentials: &Credentials,
     ) -> Result<PendingUpstream, ConnectError> {
         let addr = &settings.addr;
+        let started = Instant::now();
         let connecting = async {
             let stream = TcpStream::connect((addr.host.as_str(), addr.port))
                 .await
@@ -190,8 +205,17 @@ impl Upstream {
         };
         let authenticated = tokio::time::timeout(settings.connect_timeout, connecting)
             .await
-            .map_err(|_| ConnectError::Timeout)??;
-        Ok(PendingUpstream(authenticated))
+            .map_err(|_| ConnectError::Timeout)
+            .and_then(|login| login);
+        let outcome = match &authenticated {
+            Ok(_) => HandshakeOutcome::ok,
+            Err(ConnectError::Refused(close)) if close.code == 403 => HandshakeOutcome::auth_failed,
+            Err(ConnectError::Refused(_)) => HandshakeOutcome::refused,
+            Err(ConnectError::Timeout) => HandshakeOutcome::timeout,
+            Err(_) => HandshakeOutcome::broker_unreachable,
+        };
+        settings.stats.events.upstream_connect(outcome, started);
+        Ok(PendingUpstream(authenticated?))
     }
 
     /// `login` and `PendingUpstream::open` in one step.
@@ -215,10 +239,32 @@ impl Upstream {
         id: u64,
     ) -> Upstream {
         let addr = &settings.addr;
+        let record = settings.stats.upstream_opened(UpstreamRecord {
+            id,
+            node: addr.to_string(),
+            pool: PoolLabel {
+                vhost: vhost.to_string(),
+                user: user.to_string(),
+            },
+            since: Instant::now(),
+            frames_in: Tally::default(),
+            bytes_in: Tally::default(),
+            delivered: Tally::default(),
+            stale_dropped: Tally::default(),
+            reuse_hits: Tally::default(),
+            reuse_misses: Tally::default(),
+            blocked: Default::default(),
+            bytes_out: Arc::default(),
+        });
         let (frames, queue) = outbox(WRITE_QUEUE_BYTES);
         let heartbeat = (negotiated.heartbeat > 0)
             .then(|| Duration::from_secs(negotiated.heartbeat.into()) / 2);
-        let writer_task = tokio::spawn(writer::run(write_half, queue, heartbeat));
+        let writer_task = tokio::spawn(writer::run(
+            write_half,
+            queue,
+            heartbeat,
+            record.bytes_out.clone(),
+        ));
         let (commands, command_queue) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             id,
@@ -247,6 +293,7 @@ impl Upstream {
             writer_task,
             negotiated,
             settings.clone(),
+            record,
         );
         tokio::spawn(router.run());
         Upstream(inner)
@@ -262,6 +309,11 @@ impl Upstream {
 
     pub fn is_closed(&self) -> bool {
         self.0.occupancy.lock().expect("occupancy lock").closed
+    }
+
+    /// Clients pinned to this connection.
+    pub fn client_count(&self) -> usize {
+        self.0.occupancy.lock().expect("occupancy lock").clients
     }
 
     /// Reserves a place for one more client if the connection is alive and
@@ -319,6 +371,13 @@ impl Upstream {
                 });
             }
         }
+    }
+
+    /// Its channels by state; `None` once the connection is gone.
+    pub async fn channel_counts(&self) -> Option<ChannelCounts> {
+        let (reply, answer) = oneshot::channel();
+        self.0.commands.send(Command::Report(reply)).ok()?;
+        answer.await.ok()
     }
 
     /// Undoes `try_pin` and `attach`.

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::handshake::Negotiated;
-use super::{Command, Grant, Inner, UpstreamSettings};
+use super::{ChannelCounts, Command, Grant, Inner, UpstreamSettings};
 use crate::channel::{Delivered, Inherited, UpstreamChannel};
 use crate::confirms::ConfirmTags;
 use crate::frame::{self, Frame, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
@@ -35,6 +35,7 @@ use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::method::{self, Close, MethodId};
 use crate::net::ReadHalf;
 use crate::reply::{self, CONNECTION_FORCED, REPLY_SUCCESS};
+use crate::stats::{Listed, UpstreamRecord};
 
 /// How often liveness and idleness are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -99,9 +100,10 @@ pub(super) struct Router {
     kept: Vec<u16>,
     /// Kept plus draining channels.
     parked: usize,
-    /// Frames dropped because their client had left (late returns, acks,
-    /// replies): counted, never shown to the next client.
-    stale_dropped: u64,
+    /// Traffic counts. Frames dropped because their client had left (late
+    /// returns, acks, replies) are counted there, never shown to the next
+    /// client.
+    record: Listed<UpstreamRecord>,
     next_lease: u64,
     clients: HashMap<ClientId, Arc<ClientLink>>,
     /// The broker's Connection.Blocked frame while it is in force.
@@ -119,6 +121,7 @@ impl Router {
         writer_task: JoinHandle<std::io::Result<()>>,
         negotiated: Negotiated,
         settings: UpstreamSettings,
+        record: Listed<UpstreamRecord>,
     ) -> Self {
         let capacity = inner.capacity as u16;
         Router {
@@ -130,7 +133,7 @@ impl Router {
             free: (1..=capacity).rev().collect(),
             kept: Vec::new(),
             parked: 0,
-            stale_dropped: 0,
+            record,
             next_lease: 1,
             clients: HashMap::new(),
             blocked: None,
@@ -151,7 +154,7 @@ impl Router {
                 tracing::info!(
                     upstream = id,
                     reason,
-                    stale_frames_dropped = self.stale_dropped,
+                    stale_frames_dropped = self.record.stale_dropped.get(),
                     "upstream connection closed"
                 );
                 reply::close(CONNECTION_FORCED, reason)
@@ -278,6 +281,9 @@ impl Router {
             }
             Command::Detach(id) => {
                 self.clients.remove(&id);
+            }
+            Command::Report(reply) => {
+                let _ = reply.send(self.channel_counts());
             }
             Command::OpenChannel {
                 link,
@@ -412,6 +418,10 @@ impl Router {
             }
             return;
         }
+        match kept {
+            Some(_) => self.record.reuse_hits.add(1),
+            None => self.record.reuse_misses.add(1),
+        }
         self.slots[id as usize] = Slot::Open {
             link,
             client_channel,
@@ -501,8 +511,26 @@ impl Router {
         self.free.push(id);
     }
 
+    /// Channels by state, for the admin API.
+    fn channel_counts(&self) -> ChannelCounts {
+        let mut counts = ChannelCounts::default();
+        for slot in &self.slots {
+            match slot {
+                Slot::Free => {}
+                Slot::Open { closing: false, .. } => counts.open += 1,
+                Slot::Open { closing: true, .. } | Slot::Abandoned | Slot::BrokerClosed { .. } => {
+                    counts.closing += 1
+                }
+                Slot::Draining(_) | Slot::Kept(_) => counts.kept += 1,
+            }
+        }
+        counts
+    }
+
     /// Routes one broker frame. Returns why the connection must end, if so.
     fn on_frame(&mut self, frame: Frame) -> Option<End> {
+        self.record.frames_in.add(1);
+        self.record.bytes_in.add(frame.len() as u64);
         let id = frame.channel();
         if id == 0 {
             return self.on_connection_frame(frame);
@@ -544,12 +572,14 @@ impl Router {
                     self.send_upstream(method::channel_close_ok(id));
                 }
                 Some(method::CHANNEL_CLOSE) => {
+                    let code = Close::decode(frame.method_args()).map_or(0, |c| c.code);
                     let mut close = frame;
                     close.set_channel(*client_channel);
                     let event = ClientEvent::ChannelClosedByBroker {
                         channel: *client_channel,
                         upstream: UpstreamChannel { id, lease: *lease },
                         close: close.into_bytes(),
+                        code,
                     };
                     if link.notify(event) {
                         *slot = Slot::BrokerClosed { lease: *lease };
@@ -571,7 +601,7 @@ impl Router {
                             }
                             link.push(ack.into_bytes_for(*client_channel));
                         }
-                        None => self.stale_dropped += 1,
+                        None => self.record.stale_dropped.add(1),
                     }
                 }
                 Some(method::BASIC_CANCEL) if !link.capabilities.cancel_notify => {
@@ -589,8 +619,14 @@ impl Router {
                     link.push(frame.into_bytes_for(*client_channel));
                 }
                 _ => {
-                    if method_id.is_some_and(method::is_reply) {
-                        delivered.replies.fetch_add(1, Ordering::Release);
+                    match method_id {
+                        Some(method::BASIC_DELIVER | method::BASIC_GET_OK) => {
+                            self.record.delivered.add(1)
+                        }
+                        Some(id) if method::is_reply(id) => {
+                            delivered.replies.fetch_add(1, Ordering::Release);
+                        }
+                        _ => {}
                     }
                     frame::push_for_peer(frame, *client_channel, link.frame_max, &mut self.scratch);
                     for piece in self.scratch.drain(..) {
@@ -615,14 +651,14 @@ impl Router {
                     self.unpark(id);
                 }
                 Some(method::CHANNEL_OPEN_OK) => {}
-                _ => self.stale_dropped += 1,
+                _ => self.record.stale_dropped.add(1),
             },
             Slot::Kept(_) => match method_id {
                 Some(method::CHANNEL_CLOSE) => {
                     self.send_upstream(method::channel_close_ok(id));
                     self.unpark(id);
                 }
-                _ => self.stale_dropped += 1,
+                _ => self.record.stale_dropped.add(1),
             },
             Slot::Free => {
                 tracing::debug!(
@@ -652,12 +688,14 @@ impl Router {
                 tracing::warn!(upstream = self.inner.id, "broker blocked the connection");
                 self.broadcast_to_blocked_aware(&blocked);
                 self.blocked = Some(blocked);
+                self.record.blocked.store(true, Ordering::Relaxed);
                 None
             }
             Some(method::CONNECTION_UNBLOCKED) => {
                 tracing::info!(upstream = self.inner.id, "broker unblocked the connection");
                 self.broadcast_to_blocked_aware(&frame.into_bytes());
                 self.blocked = None;
+                self.record.blocked.store(false, Ordering::Relaxed);
                 None
             }
             other => {

@@ -21,6 +21,7 @@ def run(*args, env=None):
     ([], "missing upstream"),
     (["-p", "notaport", "amqp://x"], "--port"),
     (["--log-level", "loud", "amqp://x"], "invalid log level 'loud'"),
+    (["--log-format", "xml", "amqp://x"], "invalid --log-format 'xml'"),
 ])
 def test_bad_input_is_one_line_naming_it(args, message):
     out = run(*args)
@@ -43,13 +44,19 @@ def test_listen_port_taken_is_a_clear_error(broker):
     assert "cannot listen on 127.0.0.1" in out.stderr
 
 
+def test_http_port_taken_is_a_clear_error(broker):
+    out = run("-p", str(free_port()), "--http-port", str(broker.port), f"amqp://127.0.0.1:{broker.port}")
+    assert out.returncode == 1
+    assert "cannot listen for HTTP" in out.stderr and "--http-port" in out.stderr, out.stderr
+
+
 def test_environment_and_file_are_used_with_cli_precedence(broker, tmp_path):
     file_port, env_port = free_port(), free_port()
     cfg = tmp_path / "warren.ini"
     cfg.write_text(f"[main]\nupstream = amqp://127.0.0.1:1\n[listen]\nport = {file_port}\n")
     proc = subprocess.Popen([str(WARREN), "-c", str(cfg)],
                             env={**os.environ, "AMQP_URL": f"amqp://127.0.0.1:{broker.port}",
-                                 "LISTEN_PORT": str(env_port)},
+                                 "LISTEN_PORT": str(env_port), "HTTP_PORT": "0"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # The environment beats the file for both the upstream and the port.

@@ -1,0 +1,220 @@
+//! The JSON admin API (documented in docs/observability.md). Never shows a
+//! password: records hold none.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::Admin;
+use crate::stats::Traffic;
+use crate::upstream::ChannelCounts;
+
+/// How long a router gets to report its channels before it is shown
+/// without them (a router is never blocked for long; this bounds a page).
+const REPORT_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Serialize)]
+pub struct Overview {
+    version: &'static str,
+    uptime_seconds: f64,
+    ready: bool,
+    draining: bool,
+    clients: usize,
+    clients_total: u64,
+    upstreams: usize,
+    pools: usize,
+    channels: ChannelTotals,
+    published: u64,
+    delivered: u64,
+    bytes: ByteTotals,
+    reuse: ReuseTotals,
+}
+
+#[derive(Serialize)]
+struct ChannelTotals {
+    client: u64,
+    upstream_open: usize,
+    upstream_kept: usize,
+    upstream_closing: usize,
+}
+
+#[derive(Serialize)]
+struct ByteTotals {
+    from_clients: u64,
+    to_clients: u64,
+    from_broker: u64,
+    to_broker: u64,
+}
+
+#[derive(Serialize)]
+struct ReuseTotals {
+    hits: u64,
+    misses: u64,
+}
+
+#[derive(Serialize)]
+pub struct Pool {
+    vhost: String,
+    user: String,
+    upstreams: usize,
+    clients: usize,
+}
+
+#[derive(Serialize)]
+pub struct Upstream {
+    id: u64,
+    node: String,
+    vhost: String,
+    user: String,
+    age_seconds: f64,
+    state: &'static str,
+    clients: usize,
+    channels: ChannelCounts,
+    delivered: u64,
+    bytes_from_broker: u64,
+    bytes_to_broker: u64,
+}
+
+#[derive(Serialize)]
+pub struct Client {
+    id: u64,
+    peer: String,
+    user: String,
+    vhost: String,
+    connection_name: Option<String>,
+    upstream: u64,
+    channels: u64,
+    published: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    age_seconds: f64,
+}
+
+/// Every live upstream connection's channels, by connection id. The
+/// routers are asked all at once, so a page waits for the slowest, not
+/// for their sum.
+pub async fn channel_counts(admin: &Admin) -> HashMap<u64, ChannelCounts> {
+    let mut reports = tokio::task::JoinSet::new();
+    for upstream in admin.ctx.pools.upstreams() {
+        reports.spawn(async move {
+            let report = tokio::time::timeout(REPORT_WAIT, upstream.channel_counts()).await;
+            (upstream.id(), report.ok().flatten())
+        });
+    }
+    let mut counts = HashMap::new();
+    while let Some(done) = reports.join_next().await {
+        if let Ok((id, Some(report))) = done {
+            counts.insert(id, report);
+        }
+    }
+    counts
+}
+
+pub async fn overview(admin: &Admin) -> Overview {
+    let ready = admin.readiness().await.is_ok();
+    let channels = channel_counts(admin).await;
+    let snapshot = admin.ctx.stats.snapshot();
+    let mut traffic = Traffic::default();
+    for pool_traffic in snapshot.traffic.values() {
+        traffic += *pool_traffic;
+    }
+    let sum = |pick: fn(&ChannelCounts) -> usize| channels.values().map(pick).sum();
+    Overview {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: admin.ctx.stats.started.elapsed().as_secs_f64(),
+        ready,
+        draining: admin.draining.is_cancelled(),
+        clients: snapshot.clients.len(),
+        clients_total: snapshot.clients_total,
+        upstreams: snapshot.upstreams.len(),
+        pools: admin.ctx.pools.summary().len(),
+        channels: ChannelTotals {
+            client: snapshot.clients.iter().map(|c| c.channels.get()).sum(),
+            upstream_open: sum(|c| c.open),
+            upstream_kept: sum(|c| c.kept),
+            upstream_closing: sum(|c| c.closing),
+        },
+        published: traffic.published,
+        delivered: traffic.delivered,
+        bytes: ByteTotals {
+            from_clients: traffic.bytes_from_clients,
+            to_clients: traffic.bytes_to_clients,
+            from_broker: traffic.bytes_from_broker,
+            to_broker: traffic.bytes_to_broker,
+        },
+        reuse: ReuseTotals {
+            hits: traffic.reuse_hits,
+            misses: traffic.reuse_misses,
+        },
+    }
+}
+
+pub fn pools(admin: &Admin) -> Vec<Pool> {
+    admin
+        .ctx
+        .pools
+        .summary()
+        .into_iter()
+        .map(|p| Pool {
+            vhost: p.vhost,
+            user: p.user,
+            upstreams: p.upstreams,
+            clients: p.clients,
+        })
+        .collect()
+}
+
+pub async fn upstreams(admin: &Admin) -> Vec<Upstream> {
+    let channels = channel_counts(admin).await;
+    let clients: HashMap<u64, usize> = admin
+        .ctx
+        .pools
+        .upstreams()
+        .iter()
+        .map(|u| (u.id(), u.client_count()))
+        .collect();
+    admin
+        .ctx
+        .stats
+        .snapshot()
+        .upstreams
+        .iter()
+        .map(|u| Upstream {
+            id: u.id,
+            node: u.node.clone(),
+            vhost: u.pool.vhost.clone(),
+            user: u.pool.user.clone(),
+            age_seconds: u.since.elapsed().as_secs_f64(),
+            state: if u.is_blocked() { "blocked" } else { "open" },
+            clients: clients.get(&u.id).copied().unwrap_or(0),
+            channels: channels.get(&u.id).copied().unwrap_or_default(),
+            delivered: u.delivered.get(),
+            bytes_from_broker: u.bytes_in.get(),
+            bytes_to_broker: u.bytes_out.get(),
+        })
+        .collect()
+}
+
+pub fn clients(admin: &Admin) -> Vec<Client> {
+    admin
+        .ctx
+        .stats
+        .snapshot()
+        .clients
+        .iter()
+        .map(|c| Client {
+            id: c.id,
+            peer: c.peer.to_string(),
+            user: c.pool.user.clone(),
+            vhost: c.pool.vhost.clone(),
+            connection_name: c.connection_name.clone(),
+            upstream: c.upstream.get(),
+            channels: c.channels.get(),
+            published: c.published.get(),
+            bytes_in: c.bytes_in.get(),
+            bytes_out: c.bytes_out.get(),
+            age_seconds: c.since.elapsed().as_secs_f64(),
+        })
+        .collect()
+}

@@ -1,0 +1,308 @@
+//! `/metrics` in the Prometheus text format (metric list in
+//! docs/observability.md).
+//!
+//! Each scrape builds its exposition from one snapshot of the records, so
+//! the numbers on a page agree with each other. Traffic is labelled by the
+//! pool's vhost and user: bounded, because a pool exists only for
+//! credentials the broker accepted. Rare events are prometheus-client
+//! metrics kept in [`crate::stats::Events`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Error;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::api::channel_counts;
+use super::Admin;
+use crate::stats::{PoolLabel, Snapshot, Stats, Traffic};
+use crate::upstream::ChannelCounts;
+
+pub async fn render(admin: &Admin) -> String {
+    let exposition = Exposition {
+        channels: channel_counts(admin).await,
+        pools: admin.ctx.pools.summary().len(),
+        snapshot: admin.ctx.stats.snapshot(),
+        stats: admin.ctx.stats.clone(),
+    };
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(exposition));
+    let mut text = String::new();
+    match prometheus_client::encoding::prometheus_text::encode(&mut text, &registry) {
+        Ok(()) => text,
+        Err(_) => "# warren could not encode its metrics\n".into(),
+    }
+}
+
+/// Picks one count out of a pool's traffic.
+type TrafficCount = fn(&Traffic) -> u64;
+
+#[derive(Debug)]
+struct Exposition {
+    snapshot: Snapshot,
+    channels: HashMap<u64, ChannelCounts>,
+    pools: usize,
+    stats: Arc<Stats>,
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), Error> {
+        self.encode_connections(&mut encoder)?;
+        self.encode_channels(&mut encoder)?;
+        self.encode_traffic(&mut encoder)?;
+        self.encode_events(&mut encoder)
+    }
+}
+
+impl Exposition {
+    fn encode_connections(&self, encoder: &mut DescriptorEncoder) -> Result<(), Error> {
+        let snapshot = &self.snapshot;
+        let clients_by_pool = count_by_pool(snapshot.clients.iter().map(|c| &c.pool));
+        let upstreams_by_pool = count_by_pool(snapshot.upstreams.iter().map(|u| &u.pool));
+        by_pool(
+            encoder,
+            "warren_client_connections",
+            "Client connections open now",
+            MetricType::Gauge,
+            &clients_by_pool,
+        )?;
+        by_pool(
+            encoder,
+            "warren_upstream_connections",
+            "Upstream connections open now",
+            MetricType::Gauge,
+            &upstreams_by_pool,
+        )?;
+        gauge(
+            encoder,
+            "amqproxy_client_connections",
+            "Client connections open now (amqproxy's name)",
+            snapshot.clients.len() as u64,
+        )?;
+        gauge(
+            encoder,
+            "amqproxy_upstream_connections",
+            "Upstream connections open now (amqproxy's name)",
+            snapshot.upstreams.len() as u64,
+        )?;
+        counter(
+            encoder,
+            "warren_client_connections_accepted",
+            "Clients that completed the handshake",
+            snapshot.clients_total,
+        )?;
+        counter(
+            encoder,
+            "warren_upstream_connections_opened",
+            "Upstream connections opened",
+            snapshot.upstreams_total,
+        )?;
+        gauge(
+            encoder,
+            "warren_pools",
+            "Pools (vhost, user and password) with an open connection",
+            self.pools as u64,
+        )?;
+        gauge(
+            encoder,
+            "warren_upstreams_blocked",
+            "Upstream connections the broker has blocked (resource alarm)",
+            snapshot.upstreams.iter().filter(|u| u.is_blocked()).count() as u64,
+        )
+    }
+
+    fn encode_channels(&self, encoder: &mut DescriptorEncoder) -> Result<(), Error> {
+        gauge(
+            encoder,
+            "warren_client_channels",
+            "Channels clients have open",
+            self.snapshot.clients.iter().map(|c| c.channels.get()).sum(),
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "warren_upstream_channels",
+            "Upstream channels by state: open (a client's), kept (clean, for the next client), closing",
+            None,
+            MetricType::Gauge,
+        )?;
+        let total = |pick: fn(&ChannelCounts) -> usize| -> u64 {
+            self.channels.values().map(pick).sum::<usize>() as u64
+        };
+        for (state, value) in [
+            ("open", total(|c| c.open)),
+            ("kept", total(|c| c.kept)),
+            ("closing", total(|c| c.closing)),
+        ] {
+            ConstGauge::new(value).encode(metric.encode_family(&[("state", state)])?)?;
+        }
+        Ok(())
+    }
+
+    fn encode_traffic(&self, encoder: &mut DescriptorEncoder) -> Result<(), Error> {
+        let traffic = &self.snapshot.traffic;
+        let mut frames = encoder.encode_descriptor(
+            "warren_frames",
+            "AMQP frames received, by where from",
+            None,
+            MetricType::Counter,
+        )?;
+        for (pool, t) in traffic {
+            for (direction, value) in [
+                ("from_clients", t.frames_from_clients),
+                ("from_broker", t.frames_from_broker),
+            ] {
+                ConstCounter::new(value)
+                    .encode(frames.encode_family(&labels(pool, ("direction", direction)))?)?;
+            }
+        }
+        let mut bytes = encoder.encode_descriptor(
+            "warren_bytes",
+            "Bytes through warren's sockets, by direction",
+            None,
+            MetricType::Counter,
+        )?;
+        for (pool, t) in traffic {
+            for (direction, value) in [
+                ("from_clients", t.bytes_from_clients),
+                ("to_clients", t.bytes_to_clients),
+                ("from_broker", t.bytes_from_broker),
+                ("to_broker", t.bytes_to_broker),
+            ] {
+                ConstCounter::new(value)
+                    .encode(bytes.encode_family(&labels(pool, ("direction", direction)))?)?;
+            }
+        }
+        let mut reuse = encoder.encode_descriptor(
+            "warren_channel_reuse",
+            "Client channels served by a kept upstream channel (hit) or a new one (miss)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (pool, t) in traffic {
+            for (result, value) in [("hit", t.reuse_hits), ("miss", t.reuse_misses)] {
+                ConstCounter::new(value)
+                    .encode(reuse.encode_family(&labels(pool, ("result", result)))?)?;
+            }
+        }
+        let per_pool: [(&str, &str, TrafficCount); 3] = [
+            (
+                "warren_messages_published",
+                "Messages clients published (whole: method, header and body)",
+                |t| t.published,
+            ),
+            (
+                "warren_messages_delivered",
+                "Deliveries and basic.get-ok messages sent to clients",
+                |t| t.delivered,
+            ),
+            (
+                "warren_stale_frames_dropped",
+                "Broker frames for a client that had gone (late acks, returns, replies), dropped",
+                |t| t.stale_dropped,
+            ),
+        ];
+        for (name, help, pick) in per_pool {
+            let counts: BTreeMap<PoolLabel, u64> =
+                traffic.iter().map(|(p, t)| (p.clone(), pick(t))).collect();
+            by_pool(encoder, name, help, MetricType::Counter, &counts)?;
+        }
+        Ok(())
+    }
+
+    fn encode_events(&self, encoder: &mut DescriptorEncoder) -> Result<(), Error> {
+        let events = &self.stats.events;
+        let families: [(&str, &str, &dyn EncodeMetric); 6] = [
+            (
+                "warren_client_handshakes",
+                "Client handshakes, by outcome",
+                &events.handshakes,
+            ),
+            (
+                "warren_client_disconnects",
+                "Admitted clients that left, by reason",
+                &events.disconnects,
+            ),
+            (
+                "warren_client_closes",
+                "Connection and channel closes sent to clients (by warren or the broker), by reply code",
+                &events.closes,
+            ),
+            (
+                "warren_upstream_logins",
+                "Logins to the broker, by outcome",
+                &events.upstream_connects,
+            ),
+            (
+                "warren_client_handshake_duration_seconds",
+                "Time from accept to Connection.Open-Ok",
+                &events.handshake_seconds,
+            ),
+            (
+                "warren_upstream_connect_duration_seconds",
+                "Time to connect and log in to the broker",
+                &events.upstream_connect_seconds,
+            ),
+        ];
+        for (name, help, metric) in families {
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+fn labels<'a>(pool: &'a PoolLabel, extra: (&'a str, &'a str)) -> [(&'a str, &'a str); 3] {
+    [
+        ("vhost", pool.vhost.as_str()),
+        ("user", pool.user.as_str()),
+        extra,
+    ]
+}
+
+fn count_by_pool<'a>(pools: impl Iterator<Item = &'a PoolLabel>) -> BTreeMap<PoolLabel, u64> {
+    let mut counts = BTreeMap::new();
+    for pool in pools {
+        *counts.entry(pool.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn by_pool(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    values: &BTreeMap<PoolLabel, u64>,
+) -> Result<(), Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (pool, value) in values {
+        let labels = [("vhost", pool.vhost.as_str()), ("user", pool.user.as_str())];
+        let family = metric.encode_family(&labels)?;
+        match metric_type {
+            MetricType::Counter => ConstCounter::new(*value).encode(family)?,
+            _ => ConstGauge::new(*value).encode(family)?,
+        }
+    }
+    Ok(())
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), Error> {
+    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), Error> {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        MetricType::Counter,
+    )?)
+}

@@ -1,0 +1,160 @@
+//! The HTTP endpoint: Prometheus metrics, health and readiness probes, a
+//! JSON admin API and a status page.
+//!
+//! It reads what the data path already counts ([`crate::stats`]) and asks
+//! each upstream router for its channel table only when a page is
+//! requested: nothing here costs anything per frame. Served with hyper
+//! (HTTP/1.1 only; the peers are Prometheus, kubelet, curl and a browser).
+
+mod api;
+mod metrics;
+mod ready;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Context;
+pub use ready::Readiness;
+
+/// Connections served at once; more wait in the kernel's backlog. The
+/// endpoint is for a few scrapers and browsers, not for load.
+const MAX_CONNECTIONS: usize = 64;
+/// A connection must send its request headers within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// What the handlers share.
+pub struct Admin {
+    pub ctx: Arc<Context>,
+    /// Cancelled when warren starts draining: not ready any more.
+    pub draining: CancellationToken,
+    pub readiness: Readiness,
+}
+
+pub async fn bind(ctx: &Context) -> std::io::Result<Option<TcpListener>> {
+    let config = &ctx.config;
+    if config.http_port == 0 {
+        return Ok(None);
+    }
+    TcpListener::bind((config.http_address.as_str(), config.http_port))
+        .await
+        .map(Some)
+}
+
+/// Serves HTTP until the process exits.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, request).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn route(admin: &Admin, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
+    }
+    match request.uri().path() {
+        "/" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            STATUS_PAGE.into(),
+        ),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => match admin.readiness().await {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {why}\n"),
+            ),
+        },
+        "/metrics" => respond(
+            StatusCode::OK,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            metrics::render(admin).await.into(),
+        ),
+        "/api/overview" => json(&api::overview(admin).await),
+        "/api/pools" => json(&api::pools(admin)),
+        "/api/upstreams" => json(&api::upstreams(admin).await),
+        "/api/clients" => json(&api::clients(admin)),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+impl Admin {
+    /// Ready unless draining, and only if a broker node answers.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if self.draining.is_cancelled() {
+            return Err("warren is draining".into());
+        }
+        let connected = self.ctx.pools.upstreams().iter().any(|u| !u.is_closed());
+        if connected {
+            return Ok(());
+        }
+        self.readiness.probe().await
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(body) => respond(StatusCode::OK, "application/json", body.into()),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode the answer: {e}\n"),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::copy_from_slice(body.as_bytes()),
+    )
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
