@@ -88,7 +88,8 @@ pub fn name(id: MethodId) -> String {
     known.to_string()
 }
 
-fn method(channel: u16, id: MethodId, args: impl FnOnce(&mut bytes::BytesMut)) -> Bytes {
+/// A method frame: class and method ids, then the arguments `args` writes.
+pub fn encode(channel: u16, id: MethodId, args: impl FnOnce(&mut bytes::BytesMut)) -> Bytes {
     frame::build(FRAME_METHOD, channel, |b| {
         b.put_u16(id.0);
         b.put_u16(id.1);
@@ -97,7 +98,7 @@ fn method(channel: u16, id: MethodId, args: impl FnOnce(&mut bytes::BytesMut)) -
 }
 
 pub fn connection_start(server_properties: &FieldTable, mechanisms: &str) -> Bytes {
-    method(0, CONNECTION_START, |b| {
+    encode(0, CONNECTION_START, |b| {
         b.put_u8(0);
         b.put_u8(9);
         put_table(b, server_properties);
@@ -111,7 +112,7 @@ pub fn connection_start_ok(
     mechanism: &str,
     response: &[u8],
 ) -> Bytes {
-    method(0, CONNECTION_START_OK, |b| {
+    encode(0, CONNECTION_START_OK, |b| {
         put_table(b, client_properties);
         put_short_str(b, mechanism);
         put_long_bytes(b, response);
@@ -138,7 +139,7 @@ impl Tune {
     }
 
     pub fn encode(&self, id: MethodId) -> Bytes {
-        method(0, id, |b| {
+        encode(0, id, |b| {
             b.put_u16(self.channel_max);
             b.put_u32(self.frame_max);
             b.put_u16(self.heartbeat);
@@ -147,7 +148,7 @@ impl Tune {
 }
 
 pub fn connection_open(vhost: &str) -> Bytes {
-    method(0, CONNECTION_OPEN, |b| {
+    encode(0, CONNECTION_OPEN, |b| {
         put_short_str(b, vhost);
         put_short_str(b, "");
         b.put_u8(0);
@@ -155,40 +156,40 @@ pub fn connection_open(vhost: &str) -> Bytes {
 }
 
 pub fn connection_open_ok() -> Bytes {
-    method(0, CONNECTION_OPEN_OK, |b| put_short_str(b, ""))
+    encode(0, CONNECTION_OPEN_OK, |b| put_short_str(b, ""))
 }
 
 pub fn connection_close_ok() -> Bytes {
-    method(0, CONNECTION_CLOSE_OK, |_| {})
+    encode(0, CONNECTION_CLOSE_OK, |_| {})
 }
 
 pub fn channel_close_ok(channel: u16) -> Bytes {
-    method(channel, CHANNEL_CLOSE_OK, |_| {})
+    encode(channel, CHANNEL_CLOSE_OK, |_| {})
 }
 
 pub fn channel_open(channel: u16) -> Bytes {
-    method(channel, CHANNEL_OPEN, |b| put_short_str(b, ""))
+    encode(channel, CHANNEL_OPEN, |b| put_short_str(b, ""))
 }
 
 pub fn channel_open_ok(channel: u16) -> Bytes {
-    method(channel, CHANNEL_OPEN_OK, |b| put_long_bytes(b, b""))
+    encode(channel, CHANNEL_OPEN_OK, |b| put_long_bytes(b, b""))
 }
 
 pub fn channel_flow(channel: u16, active: bool) -> Bytes {
-    method(channel, CHANNEL_FLOW, |b| b.put_u8(active as u8))
+    encode(channel, CHANNEL_FLOW, |b| b.put_u8(active as u8))
 }
 
 pub fn basic_qos_ok(channel: u16) -> Bytes {
-    method(channel, BASIC_QOS_OK, |_| {})
+    encode(channel, BASIC_QOS_OK, |_| {})
 }
 
 pub fn confirm_select_ok(channel: u16) -> Bytes {
-    method(channel, CONFIRM_SELECT_OK, |_| {})
+    encode(channel, CONFIRM_SELECT_OK, |_| {})
 }
 
 /// Queue.Delete without waiting for the reply.
 pub fn queue_delete_nowait(channel: u16, queue: &str) -> Bytes {
-    method(channel, QUEUE_DELETE, |b| {
+    encode(channel, QUEUE_DELETE, |b| {
         b.put_u16(0);
         put_short_str(b, queue);
         b.put_u8(0b100);
@@ -215,7 +216,7 @@ impl Qos {
     }
 
     pub fn frame(&self, channel: u16) -> Bytes {
-        method(channel, BASIC_QOS, |b| {
+        encode(channel, BASIC_QOS, |b| {
             b.put_u32(self.prefetch_size);
             b.put_u16(self.prefetch_count);
             b.put_u8(self.global as u8);
@@ -450,7 +451,7 @@ impl Close {
     }
 
     fn encode(&self, channel: u16, id: MethodId) -> Bytes {
-        method(channel, id, |b| {
+        encode(channel, id, |b| {
             b.put_u16(self.code);
             put_short_str(b, &self.text);
             b.put_u16(self.cause.0);

@@ -7,7 +7,7 @@
 //! to open and give back channels, and push their frames straight into the
 //! writer's queue, already rewritten to the upstream channel id.
 
-mod handshake;
+pub mod handshake;
 mod router;
 
 use std::collections::HashMap;
