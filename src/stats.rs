@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -101,6 +101,7 @@ pub struct ClientRecord {
     pub frames_in: Tally,
     pub bytes_in: Tally,
     pub published: Tally,
+    /// Entries in its channel table: open, or closing.
     pub channels: Tally,
     pub upstream: Tally,
     /// Written by the client's writer task.
@@ -108,6 +109,28 @@ pub struct ClientRecord {
 }
 
 impl ClientRecord {
+    pub fn new(
+        id: ClientId,
+        peer: SocketAddr,
+        pool: PoolLabel,
+        connection_name: Option<String>,
+        since: Instant,
+    ) -> Self {
+        ClientRecord {
+            id,
+            peer,
+            pool,
+            connection_name,
+            since,
+            frames_in: Tally::default(),
+            bytes_in: Tally::default(),
+            published: Tally::default(),
+            channels: Tally::default(),
+            upstream: Tally::default(),
+            bytes_out: Arc::default(),
+        }
+    }
+
     pub fn traffic(&self) -> Traffic {
         Traffic {
             frames_from_clients: self.frames_in.get(),
@@ -134,11 +157,39 @@ pub struct UpstreamRecord {
     pub reuse_hits: Tally,
     pub reuse_misses: Tally,
     pub blocked: AtomicBool,
+    /// When the router last read a frame, in milliseconds after `since`
+    /// (updated on its housekeeping tick, not per frame).
+    pub last_read_ms: Tally,
     /// Written by the connection's writer task.
     pub bytes_out: Arc<Tally>,
 }
 
 impl UpstreamRecord {
+    pub fn new(id: u64, node: String, pool: PoolLabel) -> Self {
+        UpstreamRecord {
+            id,
+            node,
+            pool,
+            since: Instant::now(),
+            frames_in: Tally::default(),
+            bytes_in: Tally::default(),
+            delivered: Tally::default(),
+            stale_dropped: Tally::default(),
+            reuse_hits: Tally::default(),
+            reuse_misses: Tally::default(),
+            blocked: AtomicBool::new(false),
+            last_read_ms: Tally::default(),
+            bytes_out: Arc::default(),
+        }
+    }
+
+    /// How long ago the broker last sent anything on this connection.
+    pub fn quiet_for(&self) -> std::time::Duration {
+        self.since
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(self.last_read_ms.get()))
+    }
+
     pub fn traffic(&self) -> Traffic {
         Traffic {
             frames_from_broker: self.frames_in.get(),
@@ -188,6 +239,19 @@ pub enum DisconnectReason {
     slow_client,
 }
 
+/// How a login to the broker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum LoginOutcome {
+    ok,
+    /// The broker refused the credentials (403).
+    auth_failed,
+    /// The broker closed the handshake with another code.
+    refused,
+    unreachable,
+    timeout,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum CloseScope {
@@ -198,6 +262,11 @@ pub enum CloseScope {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: HandshakeOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LoginLabel {
+    pub outcome: LoginOutcome,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -214,14 +283,16 @@ pub struct CloseLabels {
 /// Events too rare to need single-writer counters.
 #[derive(Debug)]
 pub struct Events {
+    /// TCP connections accepted on the AMQP port.
+    pub accepted: Counter,
     pub handshakes: Family<OutcomeLabel, Counter>,
     pub disconnects: Family<ReasonLabel, Counter>,
     /// Connection and channel closes clients received, from warren or relayed
     /// from the broker, by reply code.
     pub closes: Family<CloseLabels, Counter>,
-    pub upstream_connects: Family<OutcomeLabel, Counter>,
+    pub upstream_logins: Family<LoginLabel, Counter>,
     pub handshake_seconds: Histogram,
-    pub upstream_connect_seconds: Histogram,
+    pub upstream_login_seconds: Histogram,
 }
 
 impl Default for Events {
@@ -230,12 +301,13 @@ impl Default for Events {
         // one that logs in upstream costs a broker round trip or a few.
         let buckets = || Histogram::new(exponential_buckets(0.00025, 2.0, 16));
         Events {
+            accepted: Counter::default(),
             handshakes: Family::default(),
             disconnects: Family::default(),
             closes: Family::default(),
-            upstream_connects: Family::default(),
+            upstream_logins: Family::default(),
             handshake_seconds: buckets(),
-            upstream_connect_seconds: buckets(),
+            upstream_login_seconds: buckets(),
         }
     }
 }
@@ -259,11 +331,11 @@ impl Events {
             .inc();
     }
 
-    pub fn upstream_connect(&self, outcome: HandshakeOutcome, started: Instant) {
-        self.upstream_connects
-            .get_or_create(&OutcomeLabel { outcome })
+    pub fn upstream_login(&self, outcome: LoginOutcome, started: Instant) {
+        self.upstream_logins
+            .get_or_create(&LoginLabel { outcome })
             .inc();
-        self.upstream_connect_seconds
+        self.upstream_login_seconds
             .observe(started.elapsed().as_secs_f64());
     }
 }
@@ -312,7 +384,7 @@ impl Stats {
     /// Lists `record` until the returned guard is dropped.
     pub fn client_connected(self: &Arc<Self>, record: ClientRecord) -> Listed<ClientRecord> {
         let record = Arc::new(record);
-        let mut live = self.live.lock().expect("stats lock");
+        let mut live = self.live();
         live.clients.insert(record.id, record.clone());
         live.clients_total += 1;
         Listed {
@@ -323,7 +395,7 @@ impl Stats {
 
     pub fn upstream_opened(self: &Arc<Self>, record: UpstreamRecord) -> Listed<UpstreamRecord> {
         let record = Arc::new(record);
-        let mut live = self.live.lock().expect("stats lock");
+        let mut live = self.live();
         live.upstreams.insert(record.id, record.clone());
         live.upstreams_total += 1;
         Listed {
@@ -332,8 +404,20 @@ impl Stats {
         }
     }
 
+    /// The live table. A panic elsewhere while it was held leaves counts
+    /// that are at worst a little off: not worth failing every connect (or
+    /// aborting in `Listed::drop`) for.
+    fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The live upstream records (cheaper than a snapshot).
+    pub fn upstreams(&self) -> Vec<Arc<UpstreamRecord>> {
+        self.live().upstreams.values().cloned().collect()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
-        let live = self.live.lock().expect("stats lock");
+        let live = self.live();
         let mut traffic: BTreeMap<PoolLabel, Traffic> = live
             .departed
             .iter()
@@ -399,7 +483,7 @@ impl<R: Record> std::ops::Deref for Listed<R> {
 
 impl<R: Record> Drop for Listed<R> {
     fn drop(&mut self) {
-        let mut live = self.stats.live.lock().expect("stats lock");
+        let mut live = self.stats.live();
         let traffic = self.record.unlist(&mut live);
         *live.departed.entry(self.record.pool().clone()).or_default() += traffic;
     }
@@ -410,22 +494,12 @@ mod tests {
     use super::*;
 
     fn client(stats: &Arc<Stats>, id: ClientId, vhost: &str) -> Listed<ClientRecord> {
-        stats.client_connected(ClientRecord {
-            id,
-            peer: "127.0.0.1:1".parse().unwrap(),
-            pool: PoolLabel {
-                vhost: vhost.into(),
-                user: "guest".into(),
-            },
-            connection_name: None,
-            since: Instant::now(),
-            frames_in: Tally::default(),
-            bytes_in: Tally::default(),
-            published: Tally::default(),
-            channels: Tally::default(),
-            upstream: Tally::default(),
-            bytes_out: Arc::default(),
-        })
+        let pool = PoolLabel {
+            vhost: vhost.into(),
+            user: "guest".into(),
+        };
+        let peer = "127.0.0.1:1".parse().unwrap();
+        stats.client_connected(ClientRecord::new(id, peer, pool, None, Instant::now()))
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub async fn overview(admin: &Admin) -> Overview {
     for pool_traffic in snapshot.traffic.values() {
         traffic += *pool_traffic;
     }
-    let sum = |pick: fn(&ChannelCounts) -> usize| channels.values().map(pick).sum();
+    let upstream_channels = ChannelCounts::sum(channels.values());
     Overview {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: admin.ctx.stats.started.elapsed().as_secs_f64(),
@@ -131,9 +131,9 @@ pub async fn overview(admin: &Admin) -> Overview {
         pools: admin.ctx.pools.summary().len(),
         channels: ChannelTotals {
             client: snapshot.clients.iter().map(|c| c.channels.get()).sum(),
-            upstream_open: sum(|c| c.open),
-            upstream_kept: sum(|c| c.kept),
-            upstream_closing: sum(|c| c.closing),
+            upstream_open: upstream_channels.open,
+            upstream_kept: upstream_channels.kept,
+            upstream_closing: upstream_channels.closing,
         },
         published: traffic.published,
         delivered: traffic.delivered,

@@ -93,8 +93,8 @@ impl Exposition {
         counter(
             encoder,
             "warren_client_connections_accepted",
-            "Clients that completed the handshake",
-            snapshot.clients_total,
+            "TCP connections accepted on the AMQP port (handshakes by outcome: warren_client_handshakes_total)",
+            self.stats.events.accepted.get(),
         )?;
         counter(
             encoder,
@@ -110,7 +110,7 @@ impl Exposition {
         )?;
         gauge(
             encoder,
-            "warren_upstreams_blocked",
+            "warren_upstream_connections_blocked",
             "Upstream connections the broker has blocked (resource alarm)",
             snapshot.upstreams.iter().filter(|u| u.is_blocked()).count() as u64,
         )
@@ -129,15 +129,13 @@ impl Exposition {
             None,
             MetricType::Gauge,
         )?;
-        let total = |pick: fn(&ChannelCounts) -> usize| -> u64 {
-            self.channels.values().map(pick).sum::<usize>() as u64
-        };
+        let total = ChannelCounts::sum(self.channels.values());
         for (state, value) in [
-            ("open", total(|c| c.open)),
-            ("kept", total(|c| c.kept)),
-            ("closing", total(|c| c.closing)),
+            ("open", total.open),
+            ("kept", total.kept),
+            ("closing", total.closing),
         ] {
-            ConstGauge::new(value).encode(metric.encode_family(&[("state", state)])?)?;
+            ConstGauge::new(value as u64).encode(metric.encode_family(&[("state", state)])?)?;
         }
         Ok(())
     }
@@ -234,7 +232,7 @@ impl Exposition {
             (
                 "warren_upstream_logins",
                 "Logins to the broker, by outcome",
-                &events.upstream_connects,
+                &events.upstream_logins,
             ),
             (
                 "warren_client_handshake_duration_seconds",
@@ -242,9 +240,9 @@ impl Exposition {
                 &events.handshake_seconds,
             ),
             (
-                "warren_upstream_connect_duration_seconds",
+                "warren_upstream_login_duration_seconds",
                 "Time to connect and log in to the broker",
-                &events.upstream_connect_seconds,
+                &events.upstream_login_seconds,
             ),
         ];
         for (name, help, metric) in families {

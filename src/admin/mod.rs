@@ -17,11 +17,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Context;
@@ -29,9 +30,20 @@ pub use ready::Readiness;
 
 /// Connections served at once; more wait in the kernel's backlog. The
 /// endpoint is for a few scrapers and browsers, not for load.
-const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 256;
 /// A connection must send its request headers within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection is closed (after its current request) once this old, so
+/// keep-alive browsers and slow readers cannot hold the slots for good.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// How long the last request of an expired connection may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// A frame from the broker this recent proves it is up (routers publish
+/// their last read on a 250 ms tick).
+const RECENT_BROKER_FRAME: Duration = Duration::from_secs(2);
+/// Answer to a connection beyond `MAX_CONNECTIONS`.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+connection: close\r\ncontent-length: 27\r\n\r\ntoo many HTTP connections\r\n";
 
 const STATUS_PAGE: &str = include_str!("status.html");
 
@@ -57,39 +69,56 @@ pub async fn bind(ctx: &Context) -> std::io::Result<Option<TcpListener>> {
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
             Err(e) => {
                 tracing::warn!(error = %e, "http accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, request).await) }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(CLOSE_GRACE, stream.write_all(BUSY)).await;
             });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "http connection ended with an error");
+            continue;
+        };
+        tokio::spawn(serve_connection(stream, admin.clone(), slot));
+    }
+}
+
+async fn serve_connection(stream: TcpStream, admin: Arc<Admin>, _slot: OwnedSemaphorePermit) {
+    let service = hyper::service::service_fn(move |request| {
+        let admin = admin.clone();
+        async move { Ok::<_, Infallible>(route(&admin, request).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let served = match tokio::time::timeout(CONNECTION_LIFETIME, connection.as_mut()).await {
+        Ok(served) => served,
+        Err(_) => {
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(CLOSE_GRACE, connection).await {
+                Ok(served) => served,
+                Err(_) => return,
             }
-            drop(slot);
-        });
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "http connection ended with an error");
     }
 }
 
 async fn route(admin: &Admin, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
+        let mut refused = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
+        refused
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return refused;
     }
     match request.uri().path() {
         "/" => respond(
@@ -119,13 +148,21 @@ async fn route(admin: &Admin, request: Request<Incoming>) -> Response<Full<Bytes
 }
 
 impl Admin {
-    /// Ready unless draining, and only if a broker node answers.
+    /// Ready unless draining, and only if a broker node answers: an
+    /// upstream connection that heard from the broker moments ago proves
+    /// it; otherwise (idle connections, or none) the node is probed, so a
+    /// broker lost without a FIN is noticed in seconds, not heartbeats.
     pub async fn readiness(&self) -> Result<(), String> {
         if self.draining.is_cancelled() {
             return Err("warren is draining".into());
         }
-        let connected = self.ctx.pools.upstreams().iter().any(|u| !u.is_closed());
-        if connected {
+        let heard_lately = self
+            .ctx
+            .stats
+            .upstreams()
+            .iter()
+            .any(|u| u.quiet_for() < RECENT_BROKER_FRAME);
+        if heard_lately {
             return Ok(());
         }
         self.readiness.probe().await

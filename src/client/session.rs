@@ -33,7 +33,7 @@ use crate::reply::{
     NOT_IMPLEMENTED, RESOURCE_LOCKED,
 };
 use crate::stats::{
-    ClientRecord, CloseScope, DisconnectReason, Events, HandshakeOutcome, Listed, PoolLabel, Tally,
+    ClientRecord, CloseScope, DisconnectReason, Events, HandshakeOutcome, Listed, PoolLabel,
 };
 use crate::upstream::{ConnectError, Grant, Upstream};
 use crate::writer;
@@ -127,6 +127,7 @@ enum Refusal {
 pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let id = ctx.next_client_id();
     let started = Instant::now();
+    ctx.stats.events.accepted.inc();
     tracing::debug!(client = id, %peer, "client accepted");
     let (read_half, mut write_half) = split_client_tcp(stream);
     let mut reader = FrameReader::new(read_half, OFFERED_FRAME_MAX);
@@ -162,22 +163,17 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         "client connected"
     );
 
-    let record = ctx.stats.client_connected(ClientRecord {
+    let pool_label = PoolLabel {
+        vhost: vhost.clone(),
+        user: user.clone(),
+    };
+    let record = ctx.stats.client_connected(ClientRecord::new(
         id,
         peer,
-        pool: PoolLabel {
-            vhost: vhost.clone(),
-            user: user.clone(),
-        },
-        connection_name: hello.connection_name.clone(),
-        since: started,
-        frames_in: Tally::default(),
-        bytes_in: Tally::default(),
-        published: Tally::default(),
-        channels: Tally::default(),
-        upstream: Tally::default(),
-        bytes_out: Arc::default(),
-    });
+        pool_label,
+        hello.connection_name.clone(),
+        started,
+    ));
     record.upstream.set(upstream.id());
     let (outbox, queue) = outbox(CLIENT_QUEUE_BYTES);
     let heartbeat = (tune.heartbeat > 0).then(|| Duration::from_secs(tune.heartbeat.into()));
@@ -241,6 +237,7 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         .is_err()
     {
         writer_task.abort();
+        let _ = writer_task.await;
     }
     // Unlisted only now, with every byte the writer sent counted.
     drop(record);
@@ -482,6 +479,7 @@ impl Session {
     /// requeues unacknowledged deliveries), the client hears why.
     async fn finish(&mut self, exit: Exit, reader: &mut FrameReader<ReadHalf>, ctx: &Context) {
         self.release_channels().await;
+        self.record.channels.set(0);
         match exit {
             Exit::ClientClosed => {
                 let _ = self.outbox.send(method::connection_close_ok()).await;

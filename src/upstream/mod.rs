@@ -31,7 +31,7 @@ use crate::method::MethodId;
 use crate::net::{split_tcp, ReadHalf, WriteHalf};
 use crate::outbox::{outbox, Outbox};
 use crate::reply::{self, CONNECTION_FORCED};
-use crate::stats::{HandshakeOutcome, PoolLabel, Stats, Tally, UpstreamRecord};
+use crate::stats::{LoginOutcome, PoolLabel, Stats, UpstreamRecord};
 use crate::writer;
 
 /// Bytes queued for one upstream socket before clients wait.
@@ -64,6 +64,16 @@ pub struct ChannelCounts {
     pub kept: usize,
     /// Closing, or closed by the broker and not yet acknowledged.
     pub closing: usize,
+}
+
+impl ChannelCounts {
+    pub fn sum<'a>(counts: impl Iterator<Item = &'a ChannelCounts>) -> ChannelCounts {
+        counts.fold(ChannelCounts::default(), |total, c| ChannelCounts {
+            open: total.open + c.open,
+            kept: total.kept + c.kept,
+            closing: total.closing + c.closing,
+        })
+    }
 }
 
 /// An upstream channel handed to a client.
@@ -208,13 +218,13 @@ impl Upstream {
             .map_err(|_| ConnectError::Timeout)
             .and_then(|login| login);
         let outcome = match &authenticated {
-            Ok(_) => HandshakeOutcome::ok,
-            Err(ConnectError::Refused(close)) if close.code == 403 => HandshakeOutcome::auth_failed,
-            Err(ConnectError::Refused(_)) => HandshakeOutcome::refused,
-            Err(ConnectError::Timeout) => HandshakeOutcome::timeout,
-            Err(_) => HandshakeOutcome::broker_unreachable,
+            Ok(_) => LoginOutcome::ok,
+            Err(ConnectError::Refused(close)) if close.code == 403 => LoginOutcome::auth_failed,
+            Err(ConnectError::Refused(_)) => LoginOutcome::refused,
+            Err(ConnectError::Timeout) => LoginOutcome::timeout,
+            Err(_) => LoginOutcome::unreachable,
         };
-        settings.stats.events.upstream_connect(outcome, started);
+        settings.stats.events.upstream_login(outcome, started);
         Ok(PendingUpstream(authenticated?))
     }
 
@@ -239,23 +249,14 @@ impl Upstream {
         id: u64,
     ) -> Upstream {
         let addr = &settings.addr;
-        let record = settings.stats.upstream_opened(UpstreamRecord {
-            id,
-            node: addr.to_string(),
-            pool: PoolLabel {
-                vhost: vhost.to_string(),
-                user: user.to_string(),
-            },
-            since: Instant::now(),
-            frames_in: Tally::default(),
-            bytes_in: Tally::default(),
-            delivered: Tally::default(),
-            stale_dropped: Tally::default(),
-            reuse_hits: Tally::default(),
-            reuse_misses: Tally::default(),
-            blocked: Default::default(),
-            bytes_out: Arc::default(),
-        });
+        let pool = PoolLabel {
+            vhost: vhost.to_string(),
+            user: user.to_string(),
+        };
+        let record =
+            settings
+                .stats
+                .upstream_opened(UpstreamRecord::new(id, addr.to_string(), pool));
         let (frames, queue) = outbox(WRITE_QUEUE_BYTES);
         let heartbeat = (negotiated.heartbeat > 0)
             .then(|| Duration::from_secs(negotiated.heartbeat.into()) / 2);

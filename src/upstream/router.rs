@@ -178,7 +178,11 @@ impl Router {
                 close: close.clone(),
             });
         }
-        self.writer_task.abort();
+        if !self.writer_task.is_finished() {
+            self.writer_task.abort();
+            // Waited for so the bytes it wrote are counted before the record goes.
+            let _ = (&mut self.writer_task).await;
+        }
         self.inner.ended.cancel();
     }
 
@@ -211,6 +215,8 @@ impl Router {
                     return End::Lost(self.lost(why));
                 }
                 _ = tick.tick() => {
+                    let read_at = last_read.saturating_duration_since(self.record.since);
+                    self.record.last_read_ms.set(read_at.as_millis() as u64);
                     if let Some(hb) = self.heartbeat {
                         if last_read.elapsed() > 2 * hb {
                             return End::Lost(self.lost(format!("missed heartbeats from the broker ({}s)", hb.as_secs())));

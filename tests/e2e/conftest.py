@@ -122,6 +122,8 @@ class Warren:
     def __init__(self, args, upstream_port):
         self.port = free_port()
         self.http_port = free_port()
+        # A later --http-port in args wins (0 turns HTTP off).
+        self.http_off = "--http-port" in args and args[args.index("--http-port") + 1] == "0"
         Warren.latest_port = self.port
         self.log_path = Path(os.environ.get("WARREN_TEST_LOGS", "/tmp")) / f"warren-{self.port}.log"
         self.log = open(self.log_path, "w")
@@ -136,7 +138,9 @@ class Warren:
         if self.proc.poll() is not None:
             raise AssertionError(f"warren exited with {self.proc.returncode}: {self.log_text()}")
         try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            # The HTTP endpoint is bound after the AMQP port.
+            for port in (self.port,) if self.http_off else (self.port, self.http_port):
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return True
         except OSError:
             return False
