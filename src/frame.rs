@@ -174,14 +174,22 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     frame_max: usize,
+    /// Room offered to the next read: grows while reads fill it (a bulk
+    /// stream then costs a syscall per 64 KiB, not per few KiB) and shrinks
+    /// back when they do not (an idle connection holds a small buffer).
+    read_size: usize,
 }
+
+const MIN_READ: usize = 2 * 1024;
+const MAX_READ: usize = 64 * 1024;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, frame_max: u32) -> Self {
         FrameReader {
             inner,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::new(),
             frame_max: frame_max as usize,
+            read_size: MIN_READ,
         }
     }
 
@@ -238,12 +246,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     async fn fill(&mut self) -> Result<(), FrameError> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(16 * 1024);
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
         }
+        let offered = self.buf.capacity() - self.buf.len();
         match self.inner.read_buf(&mut self.buf).await? {
             0 => Err(FrameError::Closed),
-            _ => Ok(()),
+            n => {
+                if n == offered {
+                    self.read_size = (self.read_size * 2).min(MAX_READ);
+                } else if n < self.read_size / 4 {
+                    self.read_size = (self.read_size / 2).max(MIN_READ);
+                }
+                Ok(())
+            }
         }
     }
 }

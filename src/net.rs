@@ -36,7 +36,11 @@ pub fn split_client_tcp(stream: TcpStream) -> (ReadHalf, WriteHalf) {
 }
 
 /// Linux re-enters delayed-ACK mode on its own, so the option is set again
-/// after every read.
+/// after every short read (see `STALL_SIZED_READ`).
+/// Reads shorter than this re-arm TCP_QUICKACK: a publish written as
+/// several small writes arrives as reads of a few hundred bytes.
+const STALL_SIZED_READ: usize = 4096;
+
 struct QuickAckRead {
     inner: OwnedReadHalf,
     fd: RawFd,
@@ -48,8 +52,12 @@ impl AsyncRead for QuickAckRead {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) {
+        // Only a short read can mean a client stalled behind Nagle waiting
+        // for our ACK; a bulk stream fills segments without waiting, and
+        // an ACK forced per read there costs a packet per syscall.
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() - before < STALL_SIZED_READ {
             quick_ack(self.fd);
         }
         polled

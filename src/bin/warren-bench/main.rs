@@ -46,6 +46,9 @@ struct Args {
     /// Runs per scenario and target; medians are reported
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Message sizes for the publish scenarios, bytes
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 1024, 4096, 65536])]
+    sizes: Vec<usize>,
     /// Idle client counts for the memory scenario
     #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
     idle_clients: Vec<usize>,
@@ -72,6 +75,7 @@ struct Bench {
     duration: Duration,
     repeats: usize,
     smoke: bool,
+    sizes: Vec<usize>,
     rows: Vec<Row>,
 }
 
@@ -112,6 +116,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         duration: Duration::from_secs_f64(if args.smoke { 0.2 } else { args.seconds }),
         repeats: if args.smoke { 1 } else { args.repeats.max(1) },
         smoke: args.smoke,
+        sizes: args.sizes.clone(),
         rows: Vec::new(),
     };
     let wanted = |group: &str| args.only.is_empty() || args.only.iter().any(|g| g == group);
@@ -172,7 +177,7 @@ impl Bench {
         let queues = vec![self.queue("publish")];
         scenarios::prepare_queue(&self.login, self.broker, &queues[0]).await?;
         for confirms in [false, true] {
-            for size in [16, 1024, 4096, 65536] {
+            for size in self.sizes.clone() {
                 let label = format!(
                     "publish {}{}",
                     size_name(size),
