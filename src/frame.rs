@@ -77,6 +77,14 @@ impl Frame {
         })
     }
 
+    /// Part of a publish: Basic.Publish, or a content header or body.
+    pub fn is_publish_part(&self) -> bool {
+        match self.kind() {
+            FRAME_HEADER | FRAME_BODY => true,
+            _ => self.method_id() == Some(crate::method::BASIC_PUBLISH),
+        }
+    }
+
     /// Arguments of a method frame (payload after the class and method ids).
     pub fn method_args(&self) -> &[u8] {
         self.payload().get(4..).unwrap_or(&[])
@@ -204,6 +212,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.fill().await?;
         }
         Ok(self.buf.split_to(n).freeze())
+    }
+
+    /// Whether a whole frame is already buffered: the next `read_frame`
+    /// will not wait for the socket.
+    pub fn has_buffered_frame(&self) -> bool {
+        self.buf.len() >= HEADER_LEN
+            && self.buf.len() >= (&self.buf[3..7]).get_u32() as usize + FRAME_OVERHEAD
     }
 
     pub async fn read_frame(&mut self) -> Result<Frame, FrameError> {

@@ -138,3 +138,36 @@ def test_exclusive_queue_is_locked_to_its_client_as_to_its_connection(broker, wa
     assert texts[0][0] == 405
     owner_direct.close()
     owner_proxied.close()
+
+
+def test_publishes_written_in_one_go_keep_their_order_across_sizes_and_channels(broker, warren, queue):
+    """Small publishes read together are forwarded together; a large one, a
+    second channel and a Channel.Close in the same write must still go to
+    the broker in the client's order, with nothing lost."""
+    from conftest import drain
+    from rawamqp import Channel, RawClient, method, publish_frames, shortstr
+    import struct
+
+    raw = RawClient(warren.port)
+    raw.open()
+    one, two = Channel(raw, 1).open(), Channel(raw, 2).open()
+    burst = b""
+    expected = []
+    for i in range(120):
+        channel = 1 if i % 3 else 2
+        body = (b"big-%d-" % i) * 4000 if i % 40 == 20 else b"small-%d" % i
+        burst += publish_frames(channel, queue, body)
+        expected.append(body)
+    # Channel 2 closes in the same write, right after its last publish.
+    burst += method(2, 20, 40, struct.pack("!H", 200) + shortstr("bye") + struct.pack("!HH", 0, 0))
+    raw.send(burst)
+    seen = one.declare_passive(queue)
+    assert seen[-1].method == (50, 11)
+    if not any(f.method == (20, 41) for f in seen):
+        seen.append(raw.read_method())
+    assert [(f.channel, f.method) for f in seen if f.method == (20, 41)] == [(2, (20, 41))]
+    got = [b.encode() for b in drain(broker.port, queue)]
+    assert sorted(got) == sorted(expected)
+    for channel_bodies in ([b for i, b in enumerate(expected) if i % 3], [b for i, b in enumerate(expected) if not i % 3]):
+        assert [b for b in got if b in channel_bodies] == channel_bodies
+    raw.close()
