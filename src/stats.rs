@@ -411,6 +411,12 @@ impl Stats {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Admitted clients that have left since warren started.
+    pub fn departed_clients(&self) -> u64 {
+        let live = self.live();
+        live.clients_total - live.clients.len() as u64
+    }
+
     /// The live upstream records (cheaper than a snapshot).
     pub fn upstreams(&self) -> Vec<Arc<UpstreamRecord>> {
         self.live().upstreams.values().cloned().collect()

@@ -358,7 +358,9 @@ impl Bench {
             let overview = warren.overview().await?;
             scenarios::close_all(idle).await?;
             warren.wait_for_clients(0, wait).await?;
-            let after = warren.rss_bytes();
+            // warren hands freed memory back on its housekeeping tick (every
+            // 5 s): give it two, then take what RSS is.
+            let after = warren.rss_settled(baseline, Duration::from_secs(12)).await;
             let kib = |bytes: u64| bytes as f64 / 1024.0 / clients as f64;
             per_client.warren.push(kib(loaded.saturating_sub(baseline)));
             upstreams

@@ -78,6 +78,18 @@ impl Warren {
             .map_or(0, |kb| kb * 1024)
     }
 
+    /// RSS once it is back within 1 MiB of `baseline`, or after `limit`.
+    pub async fn rss_settled(&self, baseline: u64, limit: Duration) -> u64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let rss = self.rss_bytes();
+            if rss <= baseline + (1 << 20) || Instant::now() > deadline {
+                return rss;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// `/api/overview` as JSON.
     pub async fn overview(&self) -> Result<serde_json::Value> {
         let mut stream = TcpStream::connect(self.http)
