@@ -208,6 +208,7 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         channel_max: tune.channel_max,
         exclusive_queues: Vec::new(),
         opened_a_channel: false,
+        holds_reservation: true,
         scratch: Vec::new(),
         small_messages: BytesMut::new(),
         record,
@@ -230,9 +231,10 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         link,
         outbox,
         record,
+        holds_reservation,
         ..
     } = session;
-    upstream.unpin(id);
+    upstream.unpin(id, holds_reservation);
     drop((link, outbox));
     let mut writer_task = writer_task;
     if tokio::time::timeout(CLOSE_OK_WAIT, &mut writer_task)
@@ -295,7 +297,7 @@ async fn admit(
         .await
         .is_err()
     {
-        upstream.unpin(id);
+        upstream.unpin(id, true);
         events.handshake(HandshakeOutcome::abandoned);
         tracing::info!(client = id, %peer, %user, "client left before open-ok");
         return Err(Refusal::Drop);
@@ -420,6 +422,9 @@ struct Session {
     /// Once it has, the client stays on its upstream connection: it may own
     /// exclusive queues or consumers there even with no channel open.
     opened_a_channel: bool,
+    /// Until its first channel is granted, the client's pin holds a channel
+    /// in reserve on its upstream connection.
+    holds_reservation: bool,
     scratch: Vec<Bytes>,
     /// Whole small publishes not yet queued upstream. Those read from the
     /// socket in one go are queued together (one hand-off to the writer
@@ -954,6 +959,10 @@ impl Session {
         let Some(grant) = self.take_upstream_channel(channel, false).await else {
             return Some(self.no_free_channel());
         };
+        if self.holds_reservation {
+            self.upstream.reservation_used();
+            self.holds_reservation = false;
+        }
         let usage = Usage::new(grant.inherited.unwrap_or_default());
         self.insert_open(channel, grant, usage);
         // Open-Ok right away, for a kept channel and a new one alike: a
@@ -1041,7 +1050,7 @@ impl Session {
             to = quieter.id(),
             "client moved to a quieter upstream"
         );
-        self.upstream.unpin(self.id);
+        self.upstream.unpin(self.id, true);
         quieter.attach(self.link.clone());
         self.record.upstream.set(quieter.id());
         self.upstream = quieter;

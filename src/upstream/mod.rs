@@ -93,6 +93,9 @@ pub struct Grant {
 struct Occupancy {
     clients: usize,
     channels: usize,
+    /// Pinned clients that have not opened a channel yet: each is counted
+    /// as needing one, so it is sure to get its first.
+    waiting: usize,
     closed: bool,
 }
 
@@ -318,15 +321,23 @@ impl Upstream {
     }
 
     /// Reserves a place for one more client if the connection is alive and
-    /// has room for it by `room` (each pinned client is counted as needing
-    /// at least one channel).
+    /// has room for it by `room` (a client is counted as needing a channel
+    /// until it has one).
     pub fn try_pin(&self, room: Room) -> bool {
         let mut o = self.0.occupancy.lock().expect("occupancy lock");
-        if o.closed || !room.fits(o.channels + o.clients, self.0.capacity) {
+        if o.closed || !room.fits(o.channels + o.waiting, self.0.capacity) {
             return false;
         }
         o.clients += 1;
+        o.waiting += 1;
         true
+    }
+
+    /// The client's first channel was granted: it no longer needs the one
+    /// its pin reserved (the channel itself is counted now).
+    pub fn reservation_used(&self) {
+        let mut o = self.0.occupancy.lock().expect("occupancy lock");
+        o.waiting = o.waiting.saturating_sub(1);
     }
 
     /// More than half of the channels are taken: a client about to open its
@@ -334,7 +345,7 @@ impl Upstream {
     /// that open many channels do not crowd each other out.
     pub fn is_crowded(&self) -> bool {
         let o = self.0.occupancy.lock().expect("occupancy lock");
-        !Room::HalfFree.fits(o.channels + o.clients, self.0.capacity)
+        !Room::HalfFree.fits(o.channels + o.waiting, self.0.capacity)
     }
 
     /// Records `client` as the owner of exclusive queue `queue`, unless
@@ -381,11 +392,15 @@ impl Upstream {
         answer.await.ok()
     }
 
-    /// Undoes `try_pin` and `attach`.
-    pub fn unpin(&self, client: ClientId) {
+    /// Undoes `try_pin` and `attach`; `reserved`: the client never used
+    /// its reservation (see `reservation_used`).
+    pub fn unpin(&self, client: ClientId, reserved: bool) {
         let _ = self.0.commands.send(Command::Detach(client));
         let mut o = self.0.occupancy.lock().expect("occupancy lock");
         o.clients = o.clients.saturating_sub(1);
+        if reserved {
+            o.waiting = o.waiting.saturating_sub(1);
+        }
     }
 
     /// Reserves an upstream channel id routed to `client_channel` of `link`.
