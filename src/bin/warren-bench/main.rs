@@ -65,6 +65,10 @@ struct Args {
     /// Exit 1 when a target is missed
     #[arg(long)]
     require_targets: bool,
+    /// Measure nothing: print the table and draw the plot again from a
+    /// results.json of an earlier run (into --out, or next to it)
+    #[arg(long, value_name = "RESULTS_JSON")]
+    replot: Option<PathBuf>,
 }
 
 /// What every scenario group needs.
@@ -76,6 +80,8 @@ struct Bench {
     repeats: usize,
     smoke: bool,
     sizes: Vec<usize>,
+    /// Queues declared so far.
+    queues: Vec<String>,
     rows: Vec<Row>,
 }
 
@@ -101,6 +107,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<ExitCode> {
+    if let Some(results) = &args.replot {
+        let text =
+            std::fs::read_to_string(results).map_err(|e| format!("{}: {e}", results.display()))?;
+        let rows: Vec<Row> =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", results.display()))?;
+        let next_to_results = results.parent().map_or_else(PathBuf::new, PathBuf::from);
+        let dir = args.out.clone().unwrap_or(next_to_results);
+        return report_results(&rows, Some(&dir), args.require_targets);
+    }
     let (broker, login) = parse_broker(&args.broker)?;
     raise_open_files_limit();
     let warren_binary = match &args.warren {
@@ -117,25 +132,75 @@ async fn run(args: Args) -> Result<ExitCode> {
         repeats: if args.smoke { 1 } else { args.repeats.max(1) },
         smoke: args.smoke,
         sizes: args.sizes.clone(),
+        queues: Vec::new(),
         rows: Vec::new(),
     };
-    let wanted = |group: &str| args.only.is_empty() || args.only.iter().any(|g| g == group);
     println!("{}", machine());
-    let warren = Warren::start(&bench.warren_binary, broker).await?;
+    let measured = measure(&mut bench, &args).await;
+    bench.delete_queues().await;
+    measured?;
+    report_results(&bench.rows, args.out.as_deref(), args.require_targets)
+}
+
+/// Prints the table and writes results.json and ratios.svg into `out`.
+fn report_results(
+    rows: &[Row],
+    out: Option<&std::path::Path>,
+    require_targets: bool,
+) -> Result<ExitCode> {
+    println!("\n{}", report::table(rows));
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let json = serde_json::to_string_pretty(rows).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("results.json"), json).map_err(|e| e.to_string())?;
+        let svg = report::plot(rows, "warren-bench: throughput and churn");
+        std::fs::write(dir.join("ratios.svg"), svg).map_err(|e| e.to_string())?;
+        println!("wrote {}/results.json and ratios.svg", dir.display());
+    }
+    let missed = rows.iter().filter(|r| r.met() == Some(false)).count();
+    if missed > 0 {
+        println!("{missed} target(s) missed");
+    }
+    Ok(if require_targets && missed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs the scenario groups asked for, adding rows to `bench`.
+async fn measure(bench: &mut Bench, args: &Args) -> Result<()> {
+    let wanted = |group: &str| args.only.is_empty() || args.only.iter().any(|g| g == group);
+    let warren = Warren::start(&bench.warren_binary, bench.broker).await?;
     if wanted("publish") {
-        bench.publish(&warren).await?;
+        bench
+            .publish(&warren)
+            .await
+            .map_err(|e| format!("publish: {e}"))?;
     }
     if wanted("parallel") {
-        bench.parallel(&warren).await?;
+        bench
+            .parallel(&warren)
+            .await
+            .map_err(|e| format!("parallel: {e}"))?;
     }
     if wanted("consume") {
-        bench.consume(&warren).await?;
+        bench
+            .consume(&warren)
+            .await
+            .map_err(|e| format!("consume: {e}"))?;
     }
     if wanted("latency") {
-        bench.latency(&warren).await?;
+        bench
+            .latency(&warren)
+            .await
+            .map_err(|e| format!("latency: {e}"))?;
     }
     if wanted("churn") {
-        bench.churn(&warren).await?;
+        bench
+            .churn(&warren)
+            .await
+            .map_err(|e| format!("churn: {e}"))?;
     }
     drop(warren);
     if wanted("memory") {
@@ -145,32 +210,28 @@ async fn run(args: Args) -> Result<ExitCode> {
             args.idle_clients.clone()
         };
         for clients in counts {
-            bench.memory(clients).await?;
+            bench
+                .memory(clients)
+                .await
+                .map_err(|e| format!("memory: {e}"))?;
         }
     }
-    println!("\n{}", report::table(&bench.rows));
-    if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let json = serde_json::to_string_pretty(&bench.rows).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("results.json"), json).map_err(|e| e.to_string())?;
-        let svg = report::plot(&bench.rows, "warren-bench: throughput and churn");
-        std::fs::write(dir.join("ratios.svg"), svg).map_err(|e| e.to_string())?;
-        println!("wrote {}/results.json and ratios.svg", dir.display());
-    }
-    let missed = bench.rows.iter().filter(|r| r.met() == Some(false)).count();
-    if missed > 0 {
-        println!("{missed} target(s) missed");
-    }
-    Ok(if args.require_targets && missed > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(())
 }
 
 impl Bench {
-    fn queue(&self, what: &str) -> String {
-        format!("warren-bench-{}-{what}", std::process::id())
+    /// A queue name of this run; every one is deleted at the end, even
+    /// after a failure.
+    fn queue(&mut self, what: &str) -> String {
+        let name = format!("warren-bench-{}-{what}", std::process::id());
+        self.queues.push(name.clone());
+        name
+    }
+
+    async fn delete_queues(&mut self) {
+        for queue in std::mem::take(&mut self.queues) {
+            let _ = scenarios::delete_queue(&self.login, self.broker, &queue).await;
+        }
     }
 
     async fn publish(&mut self, warren: &Warren) -> Result<()> {
@@ -307,7 +368,7 @@ impl Bench {
         scenarios::prepare_queue(&self.login, self.broker, &queue).await?;
         for parallel in [1, 32] {
             let name = match parallel {
-                1 => "churn: connect, channel, publish, close; sequential".to_string(),
+                1 => "churn, sequential".to_string(),
                 n => format!("churn, {n} in parallel"),
             };
             let mut row = Row::new(name, "cycles/s", Compare::Ratio).goal(Goal::AtLeast(6.0));

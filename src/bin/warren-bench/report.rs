@@ -3,10 +3,10 @@
 
 use std::fmt::Write;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The values of one measurement over the repeats.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Series {
     pub runs: Vec<f64>,
 }
@@ -39,7 +39,7 @@ impl Series {
 }
 
 /// How warren's figure is compared with the baseline's.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compare {
     /// warren ÷ direct (throughputs: higher is better).
@@ -50,7 +50,7 @@ pub enum Compare {
     Own,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Goal {
     AtLeast(f64),
@@ -73,10 +73,10 @@ impl Goal {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     pub name: String,
-    pub unit: &'static str,
+    pub unit: String,
     pub direct: Option<Series>,
     pub warren: Series,
     pub compare: Compare,
@@ -84,10 +84,10 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(name: impl Into<String>, unit: &'static str, compare: Compare) -> Self {
+    pub fn new(name: impl Into<String>, unit: &str, compare: Compare) -> Self {
         Row {
             name: name.into(),
-            unit,
+            unit: unit.to_string(),
             direct: (compare != Compare::Own).then(Series::default),
             warren: Series::default(),
             compare,
@@ -153,7 +153,7 @@ pub fn table(rows: &[Row]) -> String {
         };
         lines.push([
             row.name.clone(),
-            row.unit.to_string(),
+            row.unit.clone(),
             row.direct.as_ref().map_or_else(String::new, cell),
             cell(&row.warren),
             comparison,
@@ -187,20 +187,24 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// An SVG bar chart of warren ÷ direct for the throughput rows, with the
-/// parity line and each row's target.
+/// parity line and each row's target, on a log scale (0.25x to the next
+/// power of two above the largest ratio), so 0.9x and 24x both read well.
 pub fn plot(rows: &[Row], title: &str) -> String {
     let ratios: Vec<&Row> = rows
         .iter()
         .filter(|r| r.compare == Compare::Ratio)
         .collect();
     let (label_width, bar_width, row_height, top) = (260.0, 520.0, 26.0, 56.0);
-    let max = ratios
+    let largest = ratios
         .iter()
         .map(|r| r.outcome())
-        .chain(std::iter::once(1.2))
-        .fold(0.0, f64::max)
-        .ceil();
-    let x = |value: f64| label_width + value / max * bar_width;
+        .filter(|r| r.is_finite())
+        .fold(2.0, f64::max);
+    let (low, high) = (-2.0, largest.log2().ceil());
+    let x = |value: f64| {
+        let position = (value.max(0.25).log2() - low) / (high - low);
+        label_width + position.clamp(0.0, 1.0) * bar_width
+    };
     let height = top + ratios.len() as f64 * row_height + 40.0;
     let width = label_width + bar_width + 90.0;
     let mut svg = String::new();
@@ -219,7 +223,7 @@ pub fn plot(rows: &[Row], title: &str) -> String {
     );
     let _ = writeln!(
         svg,
-        r##"<text x="12" y="44" fill="#555">warren ÷ direct, median of the runs; right of the grey line = faster through warren; ticks = targets</text>"##
+        r##"<text x="12" y="44" fill="#555">warren ÷ direct, median of the runs, log scale; right of the grey line = faster through warren; black ticks = targets</text>"##
     );
     for (i, row) in ratios.iter().enumerate() {
         let y = top + i as f64 * row_height;
@@ -263,11 +267,12 @@ pub fn plot(rows: &[Row], title: &str) -> String {
         r##"<line x1="{0:.1}" x2="{0:.1}" y1="{top}" y2="{bottom}" stroke="#999" stroke-dasharray="4 3"/>"##,
         x(1.0)
     );
-    for tick in 0..=(max as u32) {
+    for power in (low as i32)..=(high as i32) {
+        let tick = 2f64.powi(power);
         let _ = writeln!(
             svg,
             r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#555">{tick}x</text>"##,
-            x(f64::from(tick)),
+            x(tick),
             bottom + 18.0
         );
     }
