@@ -183,13 +183,14 @@ pub struct FrameReader<R> {
     buf: BytesMut,
     frame_max: usize,
     /// Room offered to the next read: grows while reads fill it (a bulk
-    /// stream then costs a syscall per 64 KiB, not per few KiB) and shrinks
+    /// stream then costs a syscall per 256 KiB, not per few KiB, and a
+    /// large frame rarely straddles two buffers) and shrinks
     /// back when they do not (an idle connection holds a small buffer).
     read_size: usize,
 }
 
 const MIN_READ: usize = 2 * 1024;
-const MAX_READ: usize = 64 * 1024;
+const MAX_READ: usize = 256 * 1024;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, frame_max: u32) -> Self {

@@ -18,6 +18,7 @@ pub mod frame;
 pub mod link;
 pub mod listener;
 pub mod logging;
+pub mod memory;
 pub mod method;
 pub mod net;
 pub mod outbox;

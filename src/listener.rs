@@ -10,12 +10,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::client::{self, Context};
 use crate::logging::RateLimit;
+use crate::memory;
 
 /// How often pools whose connections all closed are forgotten, and freed
 /// memory is looked at.
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
 /// After this many clients left, freed heap is given back to the system
-/// (see `give_back_freed_memory`).
+/// (see `memory::give_back_freed_memory`).
 const DEPARTURES_BEFORE_TRIM: u64 = 256;
 /// How long upstream connections get to close cleanly at exit.
 const UPSTREAM_CLOSE_WAIT: Duration = Duration::from_secs(3);
@@ -51,7 +52,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, stop: CancellationTok
                 ctx.pools.prune();
                 let departed = ctx.stats.departed_clients();
                 if departed >= departed_at_trim + DEPARTURES_BEFORE_TRIM {
-                    give_back_freed_memory();
+                    memory::give_back_freed_memory();
                     departed_at_trim = departed;
                 }
             }
@@ -82,18 +83,6 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, stop: CancellationTok
     }
     let all_closed = futures_join_all(upstreams.iter().map(|u| u.ended()));
     let _ = tokio::time::timeout(UPSTREAM_CLOSE_WAIT, all_closed).await;
-}
-
-/// glibc keeps memory freed by departed clients in its arenas; a burst of
-/// 10k clients would leave warren's RSS at its peak for good. malloc_trim
-/// hands whole free pages back (a few milliseconds, at most every
-/// `PRUNE_EVERY`, and only after many clients left).
-fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {

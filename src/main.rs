@@ -10,7 +10,7 @@ use warren::config::{Cli, Config};
 use warren::pool::Pools;
 use warren::stats::Stats;
 use warren::upstream::UpstreamSettings;
-use warren::{listener, logging};
+use warren::{listener, logging, memory};
 
 fn main() -> ExitCode {
     let config = match Config::from_cli(Cli::parse()) {
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         }
     };
     logging::init(&config.log_level, config.log_format);
+    memory::tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
