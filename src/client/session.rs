@@ -30,7 +30,7 @@ use crate::outbox::{outbox, Outbox};
 use crate::pool::PoolRef;
 use crate::reply::{
     self, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED,
-    NOT_IMPLEMENTED, RESOURCE_LOCKED,
+    NOT_IMPLEMENTED, RESOURCE_LOCKED, UNEXPECTED_FRAME,
 };
 use crate::stats::{
     ClientRecord, CloseScope, DisconnectReason, Events, HandshakeOutcome, Listed, PoolLabel,
@@ -690,8 +690,8 @@ impl Session {
         }
         if frame.kind() == FRAME_HEARTBEAT {
             return Some(Exit::Close(reply::close(
-                FRAME_ERROR,
-                "heartbeat frame on a non-zero channel",
+                UNEXPECTED_FRAME,
+                "type 8, all octets = <<>>",
             )));
         }
         let method_id = frame.method_id();
@@ -914,8 +914,8 @@ impl Session {
             )),
             Some(id) => Some(Exit::Close(
                 reply::close(
-                    COMMAND_INVALID,
-                    format!("{} is not supported on channel 0", method::name(id)),
+                    CHANNEL_ERROR,
+                    "unexpected method in connection state running",
                 )
                 .caused_by(id),
             )),
@@ -931,12 +931,15 @@ impl Session {
     }
 
     async fn open_channel(&mut self, channel: u16) -> Option<Exit> {
-        if channel > self.channel_max {
+        // RabbitMQ limits how many channels are open, not their numbers.
+        let opened = self.channels.len() - usize::from(self.channels.contains_key(&channel));
+        if opened >= usize::from(self.channel_max) {
             return Some(Exit::Close(
                 reply::close(
                     NOT_ALLOWED,
                     format!(
-                        "channel {channel} exceeds the negotiated channel_max {}",
+                        "number of channels opened ({opened}) has reached the negotiated \
+                         channel_max ({})",
                         self.channel_max
                     ),
                 )

@@ -129,3 +129,28 @@ def test_connection_blocked_reaches_only_clients_that_asked_for_it(broker, warre
     # The unaware client saw neither; its next reply is the channel close-ok.
     unaware.send(method(1, 20, 40, struct.pack("!H", 200) + shortstr("bye") + struct.pack("!HH", 0, 0)))
     assert unaware.read_method().method == (20, 41)
+
+
+def test_a_client_that_stalls_in_the_handshake_is_dropped(warren):
+    """Slowloris: a client that sends the protocol header and then nothing is
+    disconnected after the handshake timeout (10 s), and counted."""
+    sock = socket.create_connection(("127.0.0.1", warren.port), timeout=20)
+    sock.sendall(b"AMQP\x00\x00\x09\x01")
+    received = b""
+    started = time.monotonic()
+    while True:
+        chunk = sock.recv(4096)  # Connection.Start, then EOF when warren gives up
+        if not chunk:
+            break
+        received += chunk
+    assert received[:1] == b"\x01"  # it was answered, then dropped
+    assert time.monotonic() - started < 15
+    assert "client handshake timed out" in warren.log_text()
+    metrics = warren_metrics_text(warren)
+    assert 'warren_client_handshakes_total{outcome="timeout"} 1' in metrics
+
+
+def warren_metrics_text(warren):
+    import urllib.request
+    with urllib.request.urlopen(warren.http_url("/metrics"), timeout=5) as answer:
+        return answer.read().decode()

@@ -96,3 +96,93 @@ def test_a_consumer_that_stops_reading_is_disconnected_and_its_messages_requeue(
     assert received == [b"bystander-%d" % i for i in range(sent)]
     bystander.close()
     stalled.close()
+
+
+def _publish_method(channel):
+    from rawamqp import method, shortstr
+    import struct
+    return method(channel, 60, 40, struct.pack("!H", 0) + shortstr("") + shortstr("nowhere") + b"\x00")
+
+
+def _header(channel, size, class_id=60):
+    from rawamqp import frame
+    import struct
+    return frame(2, channel, struct.pack("!HHQH", class_id, 0, size, 0))
+
+
+def _raw_misbehaviours():
+    """Name -> (bytes sent on an open connection with channel 1 open, the
+    handshake's channel_max, the code expected when the broker itself drops
+    the socket without a Close, else None: the broker's own code)."""
+    import struct
+    from rawamqp import frame, method, shortstr
+    declare = method(1, 50, 10, struct.pack("!H", 0) + shortstr("iso.q") + b"\x00" + struct.pack("!I", 0))
+    return {
+        "unknown frame type": (frame(9, 1, b"x"), 2047, None),
+        "frame larger than frame_max": (struct.pack("!BHI", 3, 1, 200000) + b"x" * 16, 2047, None),
+        "bad frame end octet": (frame(1, 1, struct.pack("!HH", 60, 40))[:-1] + b"\x00", 2047, None),
+        "method on a channel never opened": (method(5, 50, 10, struct.pack("!H", 0) + shortstr("q") + b"\x00"
+                                                    + struct.pack("!I", 0)), 2047, None),
+        "second channel.open": (method(1, 20, 10, shortstr("")), 2047, None),
+        "body without a header": (_publish_method(1) + frame(3, 1, b"body"), 2047, None),
+        "header without a publish": (_header(1, 4) + frame(3, 1, b"body"), 2047, None),
+        "body larger than its header said": (_publish_method(1) + _header(1, 2) + frame(3, 1, b"toolong")
+                                             + declare, 2047, None),
+        "heartbeat on a channel": (frame(8, 1, b""), 2047, None),
+        # RabbitMQ drops the socket without a Close; warren says why.
+        "unknown method": (method(1, 60, 999), 2047, 540),
+        "server-only method": (method(1, 60, 60, struct.pack("!B", 0) + struct.pack("!QB", 1, 0)
+                                      + shortstr("") + shortstr("q")) + _header(1, 1) + frame(3, 1, b"x"),
+                               2047, None),
+        "method on channel 0 after open": (method(0, 60, 10, struct.pack("!IHB", 0, 1, 0)), 2047, None),
+        "more channels than channel_max": (method(2, 20, 10, shortstr("")), 1, None),
+    }
+
+
+RAW = sorted(_raw_misbehaviours())
+
+
+def _close_after(port, payload, channel_max):
+    """Opens a raw connection with channel 1, sends `payload`, and returns the
+    (code, text) of the Connection.Close that follows (None if the socket
+    just closes)."""
+    from rawamqp import Channel, RawClient
+    raw = RawClient(port, timeout=10)
+    raw.open(channel_max=channel_max)
+    Channel(raw, 1).open()
+    raw.send(payload)
+    try:
+        while True:
+            f = raw.read_method()
+            if f.method == (10, 50):
+                return f.close_reply()
+    except (EOFError, ConnectionError):
+        return None
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("name", RAW)
+def test_raw_misbehaviour_closes_the_offender_alone_with_the_brokers_code(broker, warren, queue, name):
+    """A client's malformed traffic is stopped in warren: the offender gets
+    the reply code RabbitMQ itself sends for it, and a bystander on the SAME
+    upstream connection, publishing and consuming around it, sees nothing."""
+    payload, channel_max, own_code = _raw_misbehaviours()[name]
+    direct = _close_after(broker.port, payload, channel_max)
+    expected = own_code if own_code is not None else direct and direct[0]
+    assert expected, f"the broker did not close the connection: {direct}"
+
+    bystander = warren.connect()
+    ch = bystander.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("", queue, b"before")
+    through = _close_after(warren.port, payload, channel_max)
+    ch.basic_publish("", queue, b"after")
+    bodies = [ch.basic_get(queue, auto_ack=True)[2] for _ in range(2)]
+
+    assert through is not None, "warren did not close the offender"
+    assert through[0] == expected, (direct, through)
+    assert bodies == [b"before", b"after"]
+    assert bystander.is_open
+    assert len(broker.warren_connections(user="guest")) == 1, "the shared upstream survived"
+    bystander.close()
