@@ -110,7 +110,11 @@ do_start() {
   fi
   [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || { log "rabbitmq-server is not installed: run scripts/setup.sh"; return 1; }
   local t0=$SECONDS
-  rm -rf "$BASE"
+  if [[ ${KEEP_DATA:-0} == 1 && -d $BASE/mnesia ]]; then
+    rm -f "$BASE"/*.pid  # a restart after a crash: the broker recovers its data
+  else
+    rm -rf "$BASE"
+  fi
   write_config
   if ! pid_of "$BASE/epmd.pid" epmd >/dev/null; then
     setsid epmd -address 127.0.0.1 -port "$EPMD_PORT" </dev/null >"$BASE/log/epmd.log" 2>&1 &

@@ -102,8 +102,11 @@ class Broker:
         subprocess.run([str(ROOT / "scripts" / "broker.sh"), "stop", str(self.port)],
                        check=True, timeout=120, env={**os.environ, "FAST_STOP": "1"})
 
-    def start(self):
-        subprocess.run([str(ROOT / "scripts" / "broker.sh"), "start", str(self.port)], check=True, timeout=180)
+    def start(self, keep_data=False):
+        """keep_data: recover queues and persistent messages (after a crash)."""
+        env = {**os.environ, "KEEP_DATA": "1" if keep_data else "0"}
+        subprocess.run([str(ROOT / "scripts" / "broker.sh"), "start", str(self.port)],
+                       check=True, timeout=180, env=env)
 
 
 @pytest.fixture(scope="session")

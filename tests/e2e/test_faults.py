@@ -154,3 +154,100 @@ def warren_metrics_text(warren):
     import urllib.request
     with urllib.request.urlopen(warren.http_url("/metrics"), timeout=5) as answer:
         return answer.read().decode()
+
+
+def _publish_confirmed_until_closed(conn, queue, limit):
+    """Publishes persistent, confirmed messages until the connection fails;
+    returns (bodies the broker confirmed, the exception, when it came)."""
+    ch = conn.channel()
+    ch.confirm_delivery()
+    confirmed = []
+    for i in range(limit):
+        body = b"m%d" % i
+        try:
+            ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+        except (pika.exceptions.AMQPError, OSError) as e:  # noqa: PERF203 - the end of the loop
+            return confirmed, e, time.monotonic()
+        confirmed.append(body)
+    raise AssertionError(f"the connection survived {limit} publishes")
+
+
+def test_broker_killed_while_clients_publish_with_confirms_loses_nothing_confirmed(broker, warren, queue):
+    import threading
+    from conftest import drain
+    conn = warren.connect()
+    killed_at = []
+
+    def kill_when_busy():
+        wait_until(lambda: broker.warren_channel_count() >= 1, 10, "the publisher's channel")
+        time.sleep(0.3)  # let a few hundred publishes through first; the kill is the event under test
+        killed_at.append(time.monotonic())
+        broker.stop()  # FAST_STOP: SIGKILL to the broker's VM
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    broker_back = False
+    try:
+        confirmed, error, failed_at = _publish_confirmed_until_closed(conn, queue, 10**6)
+        killer.join()
+        assert isinstance(error, pika.exceptions.ConnectionClosedByBroker), repr(error)
+        assert error.reply_code == 320
+        assert failed_at - killed_at[0] < 1.0, "the client heard of the broker's death late"
+        assert len(confirmed) > 10
+        broker.start(keep_data=True)
+        broker_back = True
+        back_at = time.monotonic()
+        with warren.connect() as fresh:
+            fresh.channel()
+        assert time.monotonic() - back_at < 1.0, "a new client waited for the broker's return"
+    finally:
+        killer.join()
+        if not broker_back:
+            broker.start(keep_data=True)
+    stored = set(drain(broker.port, queue))
+    missing = [b for b in confirmed if b.decode() not in stored]
+    assert not missing, f"{len(missing)} confirmed messages lost, e.g. {missing[:3]}"
+
+
+def test_upstream_connection_reset_mid_stream_closes_its_clients_and_the_next_ones_get_in(broker, warren, queue):
+    """An upstream TCP connection reset under load (ss -K aborts it and sends
+    a RST): its clients are closed with 320 at once, nothing they saw
+    confirmed is lost, and new clients get a fresh upstream connection."""
+    import subprocess
+    import threading
+    from conftest import drain
+    consumer = warren.connect()
+    consumer_channel = consumer.channel()
+    idle_queue = consumer_channel.queue_declare("", exclusive=True).method.queue
+    consumer_channel.basic_consume(idle_queue, lambda *a: None)
+    publisher = warren.connect()
+    reset_at = []
+
+    def reset_when_busy():
+        wait_until(lambda: broker.warren_channel_count() >= 2, 10, "both clients' channels")
+        time.sleep(0.3)  # let publishes flow; the reset is the event under test
+        pid = warren.proc.pid
+        lines = subprocess.run(["ss", "-tnpH", "state", "established", "dport", f"= :{broker.port}"],
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+        ports = [line.split()[2].rsplit(":", 1)[1] for line in lines if f"pid={pid}," in line]
+        assert len(ports) == 1, lines
+        reset_at.append(time.monotonic())
+        subprocess.run(["ss", "-K", "dport", f"= :{broker.port}", "sport", f"= :{ports[0]}"],
+                       capture_output=True, check=True)
+
+    resetter = threading.Thread(target=reset_when_busy)
+    resetter.start()
+    try:
+        confirmed, error, failed_at = _publish_confirmed_until_closed(publisher, queue, 10**6)
+    finally:
+        resetter.join()
+    assert isinstance(error, pika.exceptions.ConnectionClosedByBroker) and error.reply_code == 320, repr(error)
+    assert failed_at - reset_at[0] < 1.0
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        for _ in range(50):
+            consumer.process_data_events(time_limit=0.1)
+    assert closed.value.reply_code == 320
+    with warren.connect() as fresh:
+        fresh.channel().queue_declare(queue, passive=True)
+    stored = set(drain(broker.port, queue))
+    assert all(b.decode() in stored for b in confirmed)
