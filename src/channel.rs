@@ -965,5 +965,107 @@ mod tests {
                 }
             }
         }
+
+        /// Random client method sequences, with arguments that are valid or
+        /// garbage: the state machine never panics, a channel once unfit for
+        /// reuse never becomes fit again, and the methods that leave state
+        /// in the broker (a consumer, a delivery, a transaction, paused flow)
+        /// always make it unfit.
+        #[test]
+        fn a_channel_once_unfit_for_reuse_stays_unfit(
+            steps in prop::collection::vec(
+                (prop::sample::select(CLIENT_METHODS.to_vec()), any::<bool>(), prop::collection::vec(any::<u8>(), 0..24)),
+                0..40,
+            )
+        ) {
+            let mut usage = Usage::new(Inherited::default());
+            let mut unfit = false;
+            for (id, garbage, noise) in steps {
+                let args = if garbage { noise } else { valid_args(id) };
+                usage.on_method(id, &args);
+                let now_unfit = usage.dirty(u64::MAX, u64::MAX).is_some();
+                prop_assert!(!(unfit && !now_unfit), "{} made a dirty channel clean", method::name(id));
+                let leaves_state = matches!(id, method::BASIC_CONSUME | method::BASIC_GET | method::TX_SELECT);
+                if leaves_state && !garbage {
+                    prop_assert!(now_unfit, "{} left the channel fit for reuse", method::name(id));
+                }
+                unfit = now_unfit;
+            }
+        }
+    }
+
+    /// Methods a client sends on an open channel.
+    const CLIENT_METHODS: [method::MethodId; 12] = [
+        method::BASIC_QOS,
+        method::BASIC_CONSUME,
+        method::BASIC_CANCEL,
+        method::BASIC_PUBLISH,
+        method::BASIC_GET,
+        method::BASIC_ACK,
+        method::BASIC_RECOVER,
+        method::CONFIRM_SELECT,
+        method::TX_SELECT,
+        method::CHANNEL_FLOW,
+        method::QUEUE_DECLARE,
+        method::EXCHANGE_DECLARE,
+    ];
+
+    /// Well-formed arguments for each of `CLIENT_METHODS`.
+    fn valid_args(id: method::MethodId) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        let short = |b: &mut BytesMut, s: &str| {
+            b.put_u8(s.len() as u8);
+            b.put_slice(s.as_bytes());
+        };
+        match id {
+            method::BASIC_QOS => {
+                b.put_u32(0);
+                b.put_u16(10);
+                b.put_u8(0);
+            }
+            method::BASIC_CONSUME => {
+                b.put_u16(0);
+                short(&mut b, "q");
+                short(&mut b, "tag");
+                b.put_u8(0);
+                b.put_u32(0);
+            }
+            method::BASIC_CANCEL => {
+                short(&mut b, "tag");
+                b.put_u8(0);
+            }
+            method::BASIC_PUBLISH => {
+                b.put_u16(0);
+                short(&mut b, "");
+                short(&mut b, "q");
+                b.put_u8(0);
+            }
+            method::BASIC_GET => {
+                b.put_u16(0);
+                short(&mut b, "q");
+                b.put_u8(0);
+            }
+            method::BASIC_ACK => {
+                b.put_u64(1);
+                b.put_u8(0);
+            }
+            method::BASIC_RECOVER => b.put_u8(1),
+            method::CONFIRM_SELECT | method::TX_SELECT => b.put_u8(0),
+            method::CHANNEL_FLOW => b.put_u8(0),
+            method::QUEUE_DECLARE => {
+                b.put_u16(0);
+                short(&mut b, "q");
+                b.put_u8(0);
+                b.put_u32(0);
+            }
+            _ => {
+                b.put_u16(0);
+                short(&mut b, "x");
+                short(&mut b, "direct");
+                b.put_u8(0);
+                b.put_u32(0);
+            }
+        }
+        b.to_vec()
     }
 }

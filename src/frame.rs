@@ -284,6 +284,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::arbitrary::any;
 
     fn body_frame(channel: u16, payload: &[u8]) -> Bytes {
         build(FRAME_BODY, channel, |b| b.put_slice(payload))
@@ -346,5 +347,89 @@ mod tests {
             cursor = &cursor[size + FRAME_OVERHEAD..];
         }
         assert_eq!(rebuilt, payload);
+    }
+
+    /// A reader that hands out its input in the given pieces, one per read.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some(mut piece) = self.0.pop_front() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.0.push_front(piece.split_off(n));
+                }
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn cut(wire: &[u8], cuts: &[usize]) -> Pieces {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut pieces = std::collections::VecDeque::new();
+        let mut start = 0;
+        for point in points.into_iter().chain([wire.len()]) {
+            if point > start {
+                pieces.push_back(wire[start..point].to_vec());
+                start = point;
+            }
+        }
+        Pieces(pieces)
+    }
+
+    fn read_all(reader: Pieces, frame_max: u32) -> (Vec<Vec<u8>>, FrameError) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut r = FrameReader::new(reader, frame_max);
+            let mut frames = Vec::new();
+            loop {
+                match r.read_frame().await {
+                    Ok(frame) => frames.push(frame.as_bytes().to_vec()),
+                    Err(e) => return (frames, e),
+                }
+            }
+        })
+    }
+
+    proptest::proptest! {
+        /// However the bytes of valid frames are cut into reads, the same
+        /// frames come out, whole, and then the end of the stream.
+        #[test]
+        fn frames_survive_any_cutting(
+            frames in proptest::collection::vec(
+                (proptest::sample::select(vec![FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT]),
+                 any::<u16>(),
+                 proptest::collection::vec(any::<u8>(), 0..300)),
+                0..20),
+            cuts in proptest::collection::vec(any::<usize>(), 0..40),
+        ) {
+            let sent: Vec<Vec<u8>> = frames
+                .iter()
+                .map(|(kind, channel, payload)| build(*kind, *channel, |b| b.put_slice(payload)).to_vec())
+                .collect();
+            let (got, end) = read_all(cut(&sent.concat(), &cuts), 4096);
+            proptest::prop_assert_eq!(got, sent);
+            proptest::prop_assert!(matches!(end, FrameError::Closed));
+        }
+
+        /// Arbitrary bytes end in a frame error or the end of the stream,
+        /// never a panic, and no frame returned is larger than frame_max.
+        #[test]
+        fn garbage_never_panics(
+            wire in proptest::collection::vec(any::<u8>(), 0..2000),
+            cuts in proptest::collection::vec(any::<usize>(), 0..20),
+        ) {
+            let (got, _) = read_all(cut(&wire, &cuts), 4096);
+            proptest::prop_assert!(got.iter().all(|f| f.len() <= 4096 && f[f.len() - 1] == FRAME_END));
+        }
     }
 }
