@@ -111,6 +111,17 @@ pub(super) struct Router {
     heartbeat: Option<Duration>,
     settings: UpstreamSettings,
     scratch: Vec<Bytes>,
+    /// Channel requests waiting for a parked channel's fence to clear (see
+    /// `grant`).
+    waiting_for_kept: VecDeque<ChannelRequest>,
+}
+
+/// A client's request for an upstream channel.
+struct ChannelRequest {
+    link: Arc<ClientLink>,
+    client_channel: u16,
+    fresh: bool,
+    reply: oneshot::Sender<Grant>,
 }
 
 impl Router {
@@ -141,6 +152,7 @@ impl Router {
                 .then(|| Duration::from_secs(negotiated.heartbeat.into())),
             settings,
             scratch: Vec::new(),
+            waiting_for_kept: VecDeque::new(),
         }
     }
 
@@ -296,7 +308,12 @@ impl Router {
                 client_channel,
                 fresh,
                 reply,
-            } => self.grant(link, client_channel, fresh, reply),
+            } => self.grant(ChannelRequest {
+                link,
+                client_channel,
+                fresh,
+                reply,
+            }),
             Command::Closing(ch) => {
                 if let Some(Slot::Open { closing, .. }) = self.leased(ch) {
                     if !*closing {
@@ -382,13 +399,24 @@ impl Router {
     }
 
     /// Hands a kept channel (or a new id) to a client channel.
-    fn grant(
-        &mut self,
-        link: Arc<ClientLink>,
-        client_channel: u16,
-        fresh: bool,
-        reply: oneshot::Sender<Grant>,
-    ) {
+    ///
+    /// When every parked channel is still behind its fence (the broker is
+    /// slower than the clients), the request waits for one to clear rather
+    /// than take a new id: a new id costs the broker a channel open and,
+    /// with the park full, a close, so under sustained churn a lagging
+    /// broker would otherwise be handed ever more work and warren would
+    /// open ever more connections to hold the channels still closing.
+    fn grant(&mut self, request: ChannelRequest) {
+        if !request.fresh && self.all_fenced() {
+            self.waiting_for_kept.push_back(request);
+            return;
+        }
+        let ChannelRequest {
+            link,
+            client_channel,
+            fresh,
+            reply,
+        } = request;
         let reusable = if fresh { None } else { self.kept.pop() };
         let (id, kept) = match reusable {
             Some(id) => match std::mem::replace(&mut self.slots[id as usize], Slot::Free) {
@@ -515,6 +543,26 @@ impl Router {
         self.parked -= 1;
         self.slots[id as usize] = Slot::Free;
         self.free.push(id);
+        self.serve_waiting();
+    }
+
+    /// Grants waiting requests while a kept channel (or room to park) is
+    /// there for them.
+    fn serve_waiting(&mut self) {
+        while !self.all_fenced() {
+            let Some(request) = self.waiting_for_kept.pop_front() else {
+                return;
+            };
+            self.grant(request);
+        }
+    }
+
+    /// No kept channel is ready and the park is full: every parked channel
+    /// is behind its fence.
+    fn all_fenced(&self) -> bool {
+        self.kept.is_empty()
+            && self.settings.kept_channels > 0
+            && self.parked >= self.settings.kept_channels
     }
 
     /// Channels by state, for the admin API.
@@ -651,6 +699,7 @@ impl Router {
                     let kept = *kept;
                     *slot = Slot::Kept(kept);
                     self.kept.push(id);
+                    self.serve_waiting();
                 }
                 Some(method::CHANNEL_CLOSE) => {
                     self.send_upstream(method::channel_close_ok(id));

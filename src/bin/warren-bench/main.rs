@@ -52,8 +52,14 @@ struct Args {
     /// Idle client counts for the memory scenario
     #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
     idle_clients: Vec<usize>,
+    /// Seconds of the soak: idle clients held while 32 loops churn
+    #[arg(long, default_value_t = 60.0)]
+    soak_seconds: f64,
+    /// Idle clients held during the soak
+    #[arg(long, default_value_t = 1000)]
+    soak_clients: usize,
     /// Scenario groups to run [default: all]: publish, parallel, consume,
-    /// latency, churn, memory
+    /// latency, churn, memory, soak
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// A run of seconds, not minutes, for the test suite
@@ -215,6 +221,17 @@ async fn measure(bench: &mut Bench, args: &Args) -> Result<()> {
                 .await
                 .map_err(|e| format!("memory: {e}"))?;
         }
+    }
+    if wanted("soak") {
+        let (clients, seconds) = if args.smoke {
+            (20, 2.0)
+        } else {
+            (args.soak_clients, args.soak_seconds)
+        };
+        bench
+            .soak(clients, Duration::from_secs_f64(seconds))
+            .await
+            .map_err(|e| format!("soak: {e}"))?;
     }
     Ok(())
 }
@@ -430,6 +447,57 @@ impl Bench {
             kept.warren.push(kib(after.saturating_sub(baseline)));
         }
         self.rows.extend([per_client, upstreams, kept]);
+        Ok(())
+    }
+}
+
+impl Bench {
+    /// `clients` idle clients held while 32 loops connect, publish and
+    /// close for `duration`, against a fresh warren: its RSS and open file
+    /// descriptors before, and after everyone left, must be flat.
+    async fn soak(&mut self, clients: usize, duration: Duration) -> Result<()> {
+        let queue = self.queue("soak");
+        scenarios::prepare_queue(&self.login, self.broker, &queue).await?;
+        let warren = Warren::start(&self.warren_binary, self.broker).await?;
+        let wait = Duration::from_secs(60);
+        scenarios::close_all(scenarios::open_idle(&self.login, warren.addr, 1).await?).await?;
+        warren.wait_for_clients(0, wait).await?;
+        let (rss_before, fds_before) = (warren.rss_bytes(), warren.open_fds());
+        let idle = scenarios::open_idle(&self.login, warren.addr, clients).await?;
+        let rate = scenarios::churn(&self.login, warren.addr, &queue, 32, duration).await?;
+        let upstreams = warren.overview().await?["upstreams"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        scenarios::close_all(idle).await?;
+        warren.wait_for_clients(0, wait).await?;
+        let rss_after = warren
+            .rss_settled(rss_before, Duration::from_secs(12))
+            .await;
+        let fds_after = warren.open_fds();
+        let label = format!(
+            "soak, {clients} idle + 32 churning, {}s",
+            duration.as_secs()
+        );
+        let mut cycles = Row::new(format!("{label}: cycles"), "cycles", Compare::Own);
+        cycles.warren.push(rate * duration.as_secs_f64());
+        let mut connections = Row::new(
+            format!("{label}: upstream connections at the end"),
+            "conns",
+            Compare::Own,
+        );
+        connections.warren.push(upstreams);
+        let mut rss = Row::new(format!("{label}: RSS after - before"), "KiB", Compare::Own)
+            .goal(Goal::AtMost(4096.0));
+        rss.warren
+            .push((rss_after as f64 - rss_before as f64) / 1024.0);
+        let mut fds = Row::new(
+            format!("{label}: open fds after - before"),
+            "fds",
+            Compare::Own,
+        )
+        .goal(Goal::AtMost(0.0));
+        fds.warren.push(fds_after as f64 - fds_before as f64);
+        self.rows.extend([cycles, connections, rss, fds]);
         Ok(())
     }
 }

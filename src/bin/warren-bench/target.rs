@@ -67,6 +67,11 @@ impl Warren {
             .sum()
     }
 
+    /// File descriptors the process has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |fds| fds.count())
+    }
+
     /// Resident set size in bytes.
     pub fn rss_bytes(&self) -> u64 {
         let status =
