@@ -33,6 +33,8 @@ def test_smoke_run_measures_every_scenario(broker, tmp_path):
                     assert all(v >= 0 for v in row[side]["runs"]), row
     assert rows["publish 16 B"]["warren"]["runs"][0] > 0
     assert rows["upstream connections for 20 idle clients"]["warren"]["runs"] == [1.0]
+    # Nothing left open after the soak's clients all left.
+    assert rows["soak, 20 idle + 32 churning, 2s: open fds after - before"]["warren"]["runs"][0] <= 0
     assert "warren vs direct" in run.stdout and "publish 16 B" in run.stdout
     svg = ElementTree.parse(tmp_path / "ratios.svg").getroot()
     assert svg.tag.endswith("svg") and len(list(svg.iter("{http://www.w3.org/2000/svg}rect"))) > 5
