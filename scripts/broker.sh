@@ -120,6 +120,17 @@ do_start() {
     setsid epmd -address 127.0.0.1 -port "$EPMD_PORT" </dev/null >"$BASE/log/epmd.log" 2>&1 &
     echo $! >"$BASE/epmd.pid"
   fi
+  # The node registers with epmd as it boots: a node started before epmd
+  # listens fails with "nodistribution".
+  local epmd_deadline=$((SECONDS + 10))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$EPMD_PORT") 2>/dev/null; do
+    if ! pid_of "$BASE/epmd.pid" epmd >/dev/null || ((SECONDS > epmd_deadline)); then
+      log "epmd did not start on 127.0.0.1:$EPMD_PORT:"
+      cat "$BASE/log/epmd.log" >&2 || true
+      return 1
+    fi
+    sleep 0.05
+  done
   (cd "$BASE" && exec setsid /usr/lib/rabbitmq/bin/rabbitmq-server </dev/null >"$BASE/log/startup.out" 2>&1) &
   echo $! >"$BASE/server.pid"
   local deadline=$((SECONDS + ${STARTUP_TIMEOUT:-90}))

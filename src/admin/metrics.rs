@@ -142,50 +142,38 @@ impl Exposition {
 
     fn encode_traffic(&self, encoder: &mut DescriptorEncoder) -> Result<(), Error> {
         let traffic = &self.snapshot.traffic;
-        let mut frames = encoder.encode_descriptor(
+        labelled_by_pool(
+            encoder,
             "warren_frames",
             "AMQP frames received, by where from",
-            None,
-            MetricType::Counter,
+            traffic,
+            "direction",
+            &[
+                ("from_clients", |t| t.frames_from_clients),
+                ("from_broker", |t| t.frames_from_broker),
+            ],
         )?;
-        for (pool, t) in traffic {
-            for (direction, value) in [
-                ("from_clients", t.frames_from_clients),
-                ("from_broker", t.frames_from_broker),
-            ] {
-                ConstCounter::new(value)
-                    .encode(frames.encode_family(&labels(pool, ("direction", direction)))?)?;
-            }
-        }
-        let mut bytes = encoder.encode_descriptor(
+        labelled_by_pool(
+            encoder,
             "warren_bytes",
             "Bytes through warren's sockets, by direction",
-            None,
-            MetricType::Counter,
+            traffic,
+            "direction",
+            &[
+                ("from_clients", |t| t.bytes_from_clients),
+                ("to_clients", |t| t.bytes_to_clients),
+                ("from_broker", |t| t.bytes_from_broker),
+                ("to_broker", |t| t.bytes_to_broker),
+            ],
         )?;
-        for (pool, t) in traffic {
-            for (direction, value) in [
-                ("from_clients", t.bytes_from_clients),
-                ("to_clients", t.bytes_to_clients),
-                ("from_broker", t.bytes_from_broker),
-                ("to_broker", t.bytes_to_broker),
-            ] {
-                ConstCounter::new(value)
-                    .encode(bytes.encode_family(&labels(pool, ("direction", direction)))?)?;
-            }
-        }
-        let mut reuse = encoder.encode_descriptor(
+        labelled_by_pool(
+            encoder,
             "warren_channel_reuse",
             "Client channels served by a kept upstream channel (hit) or a new one (miss)",
-            None,
-            MetricType::Counter,
+            traffic,
+            "result",
+            &[("hit", |t| t.reuse_hits), ("miss", |t| t.reuse_misses)],
         )?;
-        for (pool, t) in traffic {
-            for (result, value) in [("hit", t.reuse_hits), ("miss", t.reuse_misses)] {
-                ConstCounter::new(value)
-                    .encode(reuse.encode_family(&labels(pool, ("result", result)))?)?;
-            }
-        }
         let per_pool: [(&str, &str, TrafficCount); 3] = [
             (
                 "warren_messages_published",
@@ -250,6 +238,26 @@ impl Exposition {
         }
         Ok(())
     }
+}
+
+/// A counter family labelled by pool and by `label`, one value per pool
+/// and label value.
+fn labelled_by_pool(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    traffic: &BTreeMap<PoolLabel, Traffic>,
+    label: &str,
+    values: &[(&str, TrafficCount)],
+) -> Result<(), Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (pool, t) in traffic {
+        for (value_label, pick) in values {
+            ConstCounter::new(pick(t))
+                .encode(metric.encode_family(&labels(pool, (label, value_label)))?)?;
+        }
+    }
+    Ok(())
 }
 
 fn labels<'a>(pool: &'a PoolLabel, extra: (&'a str, &'a str)) -> [(&'a str, &'a str); 3] {

@@ -91,10 +91,7 @@ pub async fn publish(
             publish_one(conn, &queue, size, confirms, deadline).await
         });
     }
-    let mut messages = 0;
-    while let Some(run) = runs.join_next().await {
-        messages += run.map_err(|e| e.to_string())??;
-    }
+    let messages = sum_of(runs).await?;
     Ok(Throughput {
         per_second: messages as f64 / started.elapsed().as_secs_f64(),
         messages,
@@ -158,6 +155,16 @@ async fn publish_one(
     let _ = published.send(Some(sent));
     let confirmed = bounded(async { confirmed.await.map_err(|e| e.to_string())? }).await?;
     Ok(confirmed)
+}
+
+/// Waits for every task and adds up what they counted; the first failure
+/// fails the sum.
+async fn sum_of(mut tasks: tokio::task::JoinSet<Result<u64>>) -> Result<u64> {
+    let mut total = 0;
+    while let Some(done) = tasks.join_next().await {
+        total += done.map_err(|e| e.to_string())??;
+    }
+    Ok(total)
 }
 
 /// Reads confirms, gives their window back, and returns once every publish
@@ -356,10 +363,7 @@ pub async fn churn(
             Ok::<_, String>(cycles)
         });
     }
-    let mut cycles = 0;
-    while let Some(run) = loops.join_next().await {
-        cycles += run.map_err(|e| e.to_string())??;
-    }
+    let cycles = sum_of(loops).await?;
     Ok(cycles as f64 / started.elapsed().as_secs_f64())
 }
 
