@@ -32,6 +32,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   case ${args[i]} in -p | --port) PORT=${args[i + 1]:-$PORT} ;; --port=*) PORT=${args[i]#--port=} ;; esac
 done
 echo "run: connect clients to amqp://guest:guest@127.0.0.1:$PORT/ (Ctrl-C stops)"
+echo "run: status page http://127.0.0.1:15673/ and metrics http://127.0.0.1:15673/metrics (unless --http-port says otherwise)"
 target/release/warren "$@" "$UPSTREAM" &
 WARREN_PID=$!
 trap 'kill -TERM $WARREN_PID 2>/dev/null || true' INT TERM
