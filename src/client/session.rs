@@ -223,9 +223,15 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
             CLIENT_QUEUE_BYTES >> 20
         ),
     };
+    let too_slow = matches!(exit, Exit::TooSlow);
     ctx.stats.events.disconnect(exit.reason());
     session.finish(exit, &mut reader, &ctx).await;
-    tracing::info!(client = id, %peer, %user, %vhost, reason, "client disconnected");
+    if too_slow {
+        // warren's decision, not the client's: worth an operator's look.
+        tracing::warn!(client = id, %peer, %user, %vhost, reason, "client disconnected");
+    } else {
+        tracing::info!(client = id, %peer, %user, %vhost, reason, "client disconnected");
+    }
     let Session {
         upstream,
         link,
