@@ -186,3 +186,47 @@ def test_raw_misbehaviour_closes_the_offender_alone_with_the_brokers_code(broker
     assert bystander.is_open
     assert len(broker.warren_connections(user="guest")) == 1, "the shared upstream survived"
     bystander.close()
+
+
+def test_a_flooding_publisher_does_not_starve_a_client_on_the_same_upstream(broker, warren):
+    """Clients share an upstream connection's write queue: one publishing
+    64 KiB messages as fast as it can must not hold a light client's
+    requests back for more than a moment (each waits its turn for the
+    queue's credit, in order)."""
+    import threading
+    import time
+    from conftest import wait_until
+    flood_queue = f"iso.flood.{time.monotonic_ns()}"
+    with connect(broker.port) as setup:
+        setup.channel().queue_declare(flood_queue, arguments={"x-max-length": 100})
+    stop = threading.Event()
+    published = []
+
+    def flood():
+        with warren.connect() as conn:
+            ch = conn.channel()
+            body = b"f" * 65536
+            while not stop.is_set() and len(published) < 200000:
+                ch.basic_publish("", flood_queue, body)
+                published.append(1)
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        wait_until(lambda: len(published) > 200, 10, "the flood to start")
+        light = warren.connect()
+        ch = light.channel()
+        assert len({c["upstream"] for c in warren.get_json("/api/clients")}) == 1
+        slowest = 0.0
+        for _ in range(20):
+            started = time.monotonic()
+            ch.queue_declare(flood_queue, passive=True)
+            slowest = max(slowest, time.monotonic() - started)
+        assert slowest < 1.0, f"a round trip took {slowest:.2f}s behind the flood"
+        light.close()
+    finally:
+        stop.set()
+        flooder.join(timeout=30)
+        with connect(broker.port) as cleanup:
+            cleanup.channel().queue_delete(flood_queue)
+    assert len(published) > 200
