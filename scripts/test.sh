@@ -38,7 +38,7 @@ echo "== unit tests"
 cargo test --release
 
 echo "== broker on 127.0.0.1:$PORT"
-stop_broker() { FAST_STOP=1 scripts/broker.sh stop "$PORT" >/dev/null 2>&1 || true; }
+stop_broker() { FAST_STOP=1 "$ROOT/scripts/broker.sh" stop "$PORT" >/dev/null 2>&1 || true; }
 trap stop_broker EXIT
 scripts/broker.sh start "$PORT"
 
