@@ -120,10 +120,12 @@ impl Inbox {
         self.queue.recv_many(batch, limit).await
     }
 
-    /// The credit taken by these frames (call before writing them: writing
-    /// consumes the buffers).
-    pub fn credit_of(&self, frames: &[Bytes]) -> usize {
-        frames.iter().map(|f| self.credit.cost(f)).sum()
+    /// The credit taken by these frames and their size in bytes, in one
+    /// pass (call before writing them: writing consumes the buffers).
+    pub fn credit_and_size_of(&self, frames: &[Bytes]) -> (usize, usize) {
+        frames.iter().fold((0, 0), |(credit, size), f| {
+            (credit + self.credit.cost(f), size + f.len())
+        })
     }
 
     /// Gives back the credit of frames that reached the socket, after
@@ -151,7 +153,7 @@ mod tests {
     async fn write_out(inbox: &mut Inbox) -> usize {
         let mut batch = Vec::new();
         let taken = inbox.recv_many(&mut batch, 8).await;
-        inbox.release(inbox.credit_of(&batch));
+        inbox.release(inbox.credit_and_size_of(&batch).0);
         taken
     }
 

@@ -422,6 +422,11 @@ impl Stats {
         self.live().upstreams.values().cloned().collect()
     }
 
+    /// The live client records (cheaper than a snapshot).
+    pub fn clients(&self) -> Vec<Arc<ClientRecord>> {
+        self.live().clients.values().cloned().collect()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let live = self.live();
         let mut traffic: BTreeMap<PoolLabel, Traffic> = live

@@ -51,8 +51,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             let _ = sink.shutdown().await;
             return Ok(());
         }
-        let credit = queue.credit_of(&batch);
-        let size: usize = batch.iter().map(Bytes::len).sum();
+        let (credit, size) = queue.credit_and_size_of(&batch);
         write_all(&mut sink, &mut batch).await?;
         queue.release(credit);
         sent.add(size as u64);

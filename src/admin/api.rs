@@ -177,8 +177,7 @@ pub async fn upstreams(admin: &Admin) -> Vec<Upstream> {
     admin
         .ctx
         .stats
-        .snapshot()
-        .upstreams
+        .upstreams()
         .iter()
         .map(|u| Upstream {
             id: u.id,
@@ -200,8 +199,7 @@ pub fn clients(admin: &Admin) -> Vec<Client> {
     admin
         .ctx
         .stats
-        .snapshot()
-        .clients
+        .clients()
         .iter()
         .map(|c| Client {
             id: c.id,

@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 
 use warren::auth::Credentials;
-use warren::frame::{self, Frame, FrameReader, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
+use warren::frame::{self, Frame, FrameReader, FRAME_BODY, FRAME_HEADER};
 use warren::method::{self, Close, MethodId};
 use warren::net::{split_tcp, ReadHalf, WriteHalf};
 use warren::upstream::handshake;
@@ -246,24 +246,22 @@ pub fn ack(channel: u16, tag: u64) -> Bytes {
     })
 }
 
-/// The delivery tag of a Basic.Deliver, or the tag and "multiple" flag of a
-/// Basic.Ack, from a method frame.
+/// The delivery tag of a Basic.Deliver.
 pub fn deliver_tag(frame: &Frame) -> Option<u64> {
     let mut d = Decoder::new(frame.method_args());
     d.short_str().ok()?;
     d.u64().ok()
 }
 
-pub fn ack_tag(frame: &Frame) -> Option<(u64, bool)> {
-    let mut d = Decoder::new(frame.method_args());
-    Some((d.u64().ok()?, d.u8().ok()? & 1 != 0))
+/// How many publishes are confirmed once this Basic.Ack or Nack is in, with
+/// `confirmed` before it (a "multiple" ack confirms everything up to its tag).
+pub fn confirmed_through(frame: &Frame, confirmed: u64) -> Option<u64> {
+    let tag = frame.ack_tag()?;
+    let multiple = frame.method_args().get(8)? & 1 != 0;
+    Some(if multiple { tag } else { confirmed + 1 })
 }
 
 /// The payload of a body frame.
 pub fn body(frame: &Frame) -> Option<&[u8]> {
     (frame.kind() == FRAME_BODY).then(|| frame.payload())
-}
-
-pub fn is_method(frame: &Frame, id: MethodId) -> bool {
-    frame.kind() == FRAME_METHOD && frame.method_id() == Some(id)
 }

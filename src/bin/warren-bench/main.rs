@@ -174,39 +174,29 @@ fn report_results(
     })
 }
 
+/// Runs a scenario group; its errors name it.
+async fn named(group: &str, run: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    run.await.map_err(|e| format!("{group}: {e}"))
+}
+
 /// Runs the scenario groups asked for, adding rows to `bench`.
 async fn measure(bench: &mut Bench, args: &Args) -> Result<()> {
     let wanted = |group: &str| args.only.is_empty() || args.only.iter().any(|g| g == group);
     let warren = Warren::start(&bench.warren_binary, bench.broker).await?;
     if wanted("publish") {
-        bench
-            .publish(&warren)
-            .await
-            .map_err(|e| format!("publish: {e}"))?;
+        named("publish", bench.publish(&warren)).await?;
     }
     if wanted("parallel") {
-        bench
-            .parallel(&warren)
-            .await
-            .map_err(|e| format!("parallel: {e}"))?;
+        named("parallel", bench.parallel(&warren)).await?;
     }
     if wanted("consume") {
-        bench
-            .consume(&warren)
-            .await
-            .map_err(|e| format!("consume: {e}"))?;
+        named("consume", bench.consume(&warren)).await?;
     }
     if wanted("latency") {
-        bench
-            .latency(&warren)
-            .await
-            .map_err(|e| format!("latency: {e}"))?;
+        named("latency", bench.latency(&warren)).await?;
     }
     if wanted("churn") {
-        bench
-            .churn(&warren)
-            .await
-            .map_err(|e| format!("churn: {e}"))?;
+        named("churn", bench.churn(&warren)).await?;
     }
     drop(warren);
     if wanted("memory") {
@@ -216,10 +206,7 @@ async fn measure(bench: &mut Bench, args: &Args) -> Result<()> {
             args.idle_clients.clone()
         };
         for clients in counts {
-            bench
-                .memory(clients)
-                .await
-                .map_err(|e| format!("memory: {e}"))?;
+            named("memory", bench.memory(clients)).await?;
         }
     }
     if wanted("soak") {
@@ -228,10 +215,11 @@ async fn measure(bench: &mut Bench, args: &Args) -> Result<()> {
         } else {
             (args.soak_clients, args.soak_seconds)
         };
-        bench
-            .soak(clients, Duration::from_secs_f64(seconds))
-            .await
-            .map_err(|e| format!("soak: {e}"))?;
+        named(
+            "soak",
+            bench.soak(clients, Duration::from_secs_f64(seconds)),
+        )
+        .await?;
     }
     Ok(())
 }

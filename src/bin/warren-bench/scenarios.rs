@@ -194,15 +194,16 @@ impl AckReader {
                     continue;
                 }
             };
-            if client::is_method(&frame, method::BASIC_ACK)
-                || client::is_method(&frame, method::BASIC_NACK)
-            {
-                let (tag, multiple) = client::ack_tag(&frame).ok_or("bad ack")?;
-                let newly = if multiple { tag - confirmed } else { 1 };
-                confirmed += newly;
-                self.window.add_permits(newly as usize);
-            } else if client::is_method(&frame, method::CHANNEL_CLOSE) {
-                return Err("the channel was closed while publishing".into());
+            match frame.method_id() {
+                Some(method::BASIC_ACK | method::BASIC_NACK) => {
+                    let now = client::confirmed_through(&frame, confirmed).ok_or("bad ack")?;
+                    self.window.add_permits((now - confirmed) as usize);
+                    confirmed = now;
+                }
+                Some(method::CHANNEL_CLOSE) => {
+                    return Err("the channel was closed while publishing".into());
+                }
+                _ => {}
             }
         }
     }
@@ -233,7 +234,7 @@ pub async fn consume(
             return Err(format!("only {received} of {messages} deliveries arrived"));
         }
         let frame = bounded(conn.read()).await?;
-        if !client::is_method(&frame, method::BASIC_DELIVER) {
+        if frame.method_id() != Some(method::BASIC_DELIVER) {
             continue;
         }
         started.get_or_insert_with(Instant::now);
@@ -275,11 +276,14 @@ async fn fill(login: &Login, broker: SocketAddr, queue: &str, messages: u64) -> 
     let mut confirmed = 0;
     while confirmed < messages {
         let frame = bounded(conn.read()).await?;
-        if client::is_method(&frame, method::BASIC_ACK) {
-            let (tag, multiple) = client::ack_tag(&frame).ok_or("bad ack")?;
-            confirmed = if multiple { tag } else { confirmed + 1 };
-        } else if client::is_method(&frame, method::BASIC_NACK) {
-            return Err("the broker refused a message while filling the queue".into());
+        match frame.method_id() {
+            Some(method::BASIC_ACK) => {
+                confirmed = client::confirmed_through(&frame, confirmed).ok_or("bad ack")?;
+            }
+            Some(method::BASIC_NACK) => {
+                return Err("the broker refused a message while filling the queue".into());
+            }
+            _ => {}
         }
     }
     let count = bounded(conn.message_count(channel, queue)).await?;
