@@ -5,9 +5,14 @@
 #   scripts/broker.sh start|stop|restart|status [PORT]     (default PORT 5772)
 #   scripts/broker.sh ctl [PORT] ARGS...                   rabbitmqctl for this node
 #
-# Listens on 127.0.0.1:PORT only. Data, logs, cookie and its own epmd live in
+# Listens on 127.0.0.1 only. Data, logs, cookie and its own epmd live in
 # $WARREN_BROKER_DIR (default /tmp/warren-broker)/PORT and are wiped on start.
-# Ports used besides PORT: dist PORT+20000, epmd PORT+30000.
+# Ports used besides PORT: TLS PORT+10000 (only with TLS_DIR), dist PORT+20000,
+# epmd PORT+30000.
+# TLS: with TLS_DIR set at start (a directory made by scripts/test-ca.sh), AMQP
+# over TLS also listens on 127.0.0.1:PORT+10000 with TLS_DIR/server.pem and
+# server.key (certificate for localhost and 127.0.0.1). Client certificates are
+# checked against TLS_DIR/ca.pem, and demanded if TLS_REQUIRE_CLIENT_CERT=true.
 # Users (from a definitions file): guest/guest on "/" and "/app" (administrator),
 # app/secret on "/app" only.
 # Only processes whose PIDs this script recorded are ever signalled.
@@ -19,6 +24,7 @@ shift || true
 if [[ $# -gt 0 && $1 =~ ^[0-9]+$ ]]; then PORT=$1; shift; fi
 PORT=${PORT:-5772}
 BASE=${WARREN_BROKER_DIR:-/tmp/warren-broker}/$PORT
+TLS_PORT=$((PORT + 10000))
 DIST_PORT=$((PORT + 20000))
 EPMD_PORT=$((PORT + 30000))
 NODENAME=warren$PORT@localhost
@@ -86,6 +92,16 @@ log.console = false
 log.file = rabbit.log
 log.file.level = info
 CONF
+  if [[ -n ${TLS_DIR:-} ]]; then
+    cat >>"$BASE/rabbitmq.conf" <<CONF
+listeners.ssl.default = 127.0.0.1:$TLS_PORT
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/server.pem
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = ${TLS_REQUIRE_CLIENT_CERT:-false}
+CONF
+  fi
   # Definitions imported at boot replace the default user and vhost, so both are listed.
   cat >"$BASE/definitions.json" <<'JSON'
 {
@@ -109,6 +125,14 @@ do_start() {
     return 0
   fi
   [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || { log "rabbitmq-server is not installed: run scripts/setup.sh"; return 1; }
+  if [[ -n ${TLS_DIR:-} ]]; then
+    local f
+    for f in ca.pem server.pem server.key; do
+      [[ -r $TLS_DIR/$f ]] || { log "TLS_DIR=$TLS_DIR has no $f: run scripts/test-ca.sh $TLS_DIR"; return 1; }
+    done
+    [[ ${TLS_REQUIRE_CLIENT_CERT:-false} =~ ^(true|false)$ ]] || { log "TLS_REQUIRE_CLIENT_CERT must be true or false"; return 1; }
+    TLS_DIR=$(cd "$TLS_DIR" && pwd)  # the broker runs from $BASE
+  fi
   local t0=$SECONDS
   if [[ ${KEEP_DATA:-0} == 1 && -d $BASE/mnesia ]]; then
     rm -f "$BASE"/*.pid  # a restart after a crash: the broker recovers its data
@@ -148,7 +172,20 @@ do_start() {
     fi
     sleep 0.2
   done
-  log "ready in $((SECONDS - t0))s on amqp://127.0.0.1:$PORT"
+  # The TLS listener starts right after the plain one: wait until it accepts too.
+  if [[ -n ${TLS_DIR:-} ]]; then
+    until (exec 3<>"/dev/tcp/127.0.0.1/$TLS_PORT") 2>/dev/null; do
+      if ((SECONDS > deadline)); then
+        log "TLS listener not up on 127.0.0.1:$TLS_PORT after ${STARTUP_TIMEOUT:-90}s"
+        tail -n 30 "$BASE"/log/*.log >&2 || true
+        return 1
+      fi
+      sleep 0.1
+    done
+    log "ready in $((SECONDS - t0))s on amqp://127.0.0.1:$PORT and amqps://localhost:$TLS_PORT"
+  else
+    log "ready in $((SECONDS - t0))s on amqp://127.0.0.1:$PORT"
+  fi
 }
 
 do_stop() {
@@ -183,5 +220,5 @@ case $CMD in
   ctl)
     pid_of "$BASE/epmd.pid" epmd >/dev/null || { log "not running"; exit 3; }
     exec /usr/lib/rabbitmq/bin/rabbitmqctl -n "$NODENAME" "$@" ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  *) sed -n '2,18p' "$0"; exit 2 ;;
 esac

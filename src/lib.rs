@@ -25,6 +25,7 @@ pub mod outbox;
 pub mod pool;
 pub mod reply;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
 pub mod wire;
 pub mod writer;

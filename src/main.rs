@@ -1,26 +1,43 @@
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use warren::admin::{self, Admin, Readiness};
 use warren::client::Context;
-use warren::config::{Cli, Config};
+use warren::config::{Cli, Config, ConfigError};
+use warren::listener::{self, Listeners};
+use warren::logging::{self, SetLevel};
 use warren::pool::Pools;
 use warren::stats::Stats;
-use warren::upstream::UpstreamSettings;
-use warren::{listener, logging, memory};
+use warren::upstream::{Nodes, UpstreamSettings};
+use warren::{memory, tls};
 
 fn main() -> ExitCode {
-    let config = match Config::from_cli(Cli::parse()) {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli).and_then(|config| {
+        // Built once here so a bad certificate is reported before anything starts.
+        nodes(&config)?;
+        Ok(config)
+    }) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("warren: {e}");
             return ExitCode::from(2);
         }
     };
-    logging::init(&config.log_level, config.log_format);
+    if cli.check_config.is_some() {
+        if let Some(tls) = &config.tls {
+            if let Err(e) = tls::server_config(tls) {
+                eprintln!("warren: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let set_level = logging::init(&config.log_level, config.log_format);
     memory::tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -32,14 +49,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(cli, config, set_level))
 }
 
-async fn run(config: Config) -> ExitCode {
-    let stats = Arc::new(Stats::default());
-    let settings = UpstreamSettings {
-        addr: config.upstream.clone(),
+/// The broker nodes, with the TLS client configuration if any is amqps://.
+fn nodes(config: &Config) -> Result<Arc<Nodes>, ConfigError> {
+    let tls = if config.upstreams.iter().any(|node| node.tls) {
+        Some(tls::client_config(&config.upstream_tls)?)
+    } else {
+        None
+    };
+    Ok(Nodes::new(config.upstreams.clone(), tls))
+}
+
+fn upstream_settings(
+    config: &Config,
+    nodes: Arc<Nodes>,
+    stats: &Arc<Stats>,
+    listening: &str,
+) -> UpstreamSettings {
+    UpstreamSettings {
+        nodes,
         connect_timeout: config.upstream_connect_timeout,
+        max_lifetime: config.upstream_max_lifetime,
+        max_connections: config.max_upstream_connections,
         channel_limit: config.max_upstream_channels,
         idle_timeout: config.idle_connection_timeout,
         kept_channels: if config.channel_reuse {
@@ -48,39 +81,39 @@ async fn run(config: Config) -> ExitCode {
             0
         },
         prewarm_channels: config.prewarm_channels.into(),
-        connection_name: format!(
-            "warren {} on {}:{}",
-            env!("CARGO_PKG_VERSION"),
-            config.listen_address,
-            config.port
-        ),
+        connection_name: format!("warren {} on {listening}", env!("CARGO_PKG_VERSION")),
         stats: stats.clone(),
-    };
-    let ctx = Arc::new(Context::new(config, Pools::new(settings), stats));
-    let listener = match listener::bind(&ctx).await {
-        Ok(listener) => listener,
+    }
+}
+
+async fn run(cli: Cli, config: Config, set_level: SetLevel) -> ExitCode {
+    if config.upstream_tls.insecure {
+        tracing::warn!("--upstream-insecure: broker certificates are NOT verified; anyone on the path can read and change the traffic, passwords included");
+    }
+    let listeners = match listener::bind(&config).await {
+        Ok(listeners) => Arc::new(listeners),
         Err(e) => {
-            eprintln!(
-                "warren: cannot listen on {}:{}: {e}",
-                ctx.config.listen_address, ctx.config.port
-            );
+            eprintln!("warren: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let http = match admin::bind(&ctx).await {
+    let http = match admin::bind(&config).await {
         Ok(http) => http,
         Err(e) => {
             eprintln!(
                 "warren: cannot listen for HTTP on {}:{} (--http-port, 0 turns it off): {e}",
-                ctx.config.http_address, ctx.config.http_port
+                config.http_address, config.http_port
             );
             return ExitCode::FAILURE;
         }
     };
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let addresses = listeners.describe();
+    let listening = addresses[0].clone();
+    let stats = Arc::new(Stats::default());
+    let nodes = nodes(&config).expect("checked at startup");
+    let settings = upstream_settings(&config, nodes, &stats, &listening);
+    let upstreams: Vec<String> = config.upstreams.iter().map(|u| u.to_string()).collect();
+    let ctx = Arc::new(Context::new(config, Pools::new(settings), stats));
     let stop = CancellationToken::new();
     let http_local = match http {
         Some(http) => {
@@ -88,17 +121,24 @@ async fn run(config: Config) -> ExitCode {
             let admin = Arc::new(Admin {
                 ctx: ctx.clone(),
                 draining: stop.clone(),
-                readiness: Readiness::new(ctx.config.upstream.clone()),
+                readiness: Readiness::default(),
             });
             tokio::spawn(admin::serve(http, admin));
             local
         }
         None => "off".into(),
     };
-    tracing::info!(listen = %local, http = %http_local, upstream = %ctx.config.upstream, "warren is ready");
+    tracing::info!(listen = %addresses.join(", "), http = %http_local, upstream = %upstreams.join(","), "warren is ready");
 
     tokio::spawn(watch_signals(stop.clone()));
-    listener::run(listener, ctx, stop).await;
+    tokio::spawn(reload_on_hangup(
+        cli,
+        ctx.clone(),
+        Arc::downgrade(&listeners),
+        set_level,
+        listening,
+    ));
+    listener::run(listeners, ctx, stop).await;
     tracing::info!("warren stopped");
     ExitCode::SUCCESS
 }
@@ -119,4 +159,71 @@ async fn watch_signals(stop: CancellationToken) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::warn!("second signal: exiting now");
     std::process::exit(130);
+}
+
+/// Settings a reload cannot change: they shape sockets already bound.
+const NEEDS_RESTART: &[&str] = &[
+    "listen",
+    "port",
+    "tls_port",
+    "socket_mode",
+    "reuse_port",
+    "http_port",
+    "http_address",
+    "log_format",
+];
+
+/// SIGHUP re-reads the configuration (file, with the command line and
+/// environment still on top). Limits, timeouts, log level, upstream nodes
+/// and TLS files apply to connections made from now on; a file that does
+/// not load is logged and the running configuration stays.
+async fn reload_on_hangup(
+    cli: Cli,
+    ctx: Arc<Context>,
+    listeners: Weak<Listeners>,
+    set_level: SetLevel,
+    listening: String,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let loaded = Config::load(&cli).and_then(|config| {
+            let nodes = nodes(&config)?;
+            if let Some(listeners) = listeners.upgrade() {
+                listeners.reload_tls(&config)?;
+            }
+            Ok((config, nodes))
+        });
+        let (config, nodes) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; the running configuration stays");
+                continue;
+            }
+        };
+        let current = ctx.config();
+        let changed = config.changed_from(&current);
+        let ignored: Vec<&str> = changed
+            .iter()
+            .copied()
+            .filter(|key| NEEDS_RESTART.contains(key))
+            .collect();
+        if !ignored.is_empty() {
+            tracing::warn!(settings = %ignored.join(", "), "these settings change only at a restart");
+        }
+        if let Err(e) = set_level(&config.log_level) {
+            tracing::error!(error = %e, "cannot change the log level");
+        }
+        let stats = ctx.stats.clone();
+        ctx.pools
+            .reconfigure(upstream_settings(&config, nodes, &stats, &listening));
+        if config.upstream_tls.insecure && !current.upstream_tls.insecure {
+            tracing::warn!("--upstream-insecure: broker certificates are NOT verified");
+        }
+        ctx.set_config(config);
+        tracing::info!(changed = %changed.join(", "), "configuration reloaded");
+    }
 }

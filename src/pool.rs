@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::auth::{Credentials, Fingerprint, Salt};
+use crate::reply::{self, NOT_ALLOWED};
 use crate::upstream::{ConnectError, PendingUpstream, Room, Upstream, UpstreamSettings};
 
 struct Pool {
@@ -36,6 +37,23 @@ impl Pool {
         let mut upstreams = self.upstreams.lock().expect("pool lock");
         upstreams.retain(|u| !u.is_closed());
         upstreams.is_empty()
+    }
+
+    /// Has a connection that still takes clients: the broker accepted these
+    /// credentials less than `--upstream-max-lifetime` ago.
+    fn vouches(&self) -> bool {
+        let upstreams = self.upstreams.lock().expect("pool lock");
+        upstreams.iter().any(|u| !u.is_closed() && !u.is_retired())
+    }
+
+    /// Connections that count against `--max-upstream-connections`: retired
+    /// ones are on their way out.
+    fn current_connections(&self) -> usize {
+        let upstreams = self.upstreams.lock().expect("pool lock");
+        upstreams
+            .iter()
+            .filter(|u| !u.is_closed() && !u.is_retired())
+            .count()
     }
 }
 
@@ -72,7 +90,8 @@ pub enum Admission {
 const LOGIN_WAIT: Duration = Duration::from_millis(250);
 
 pub struct Pools {
-    settings: UpstreamSettings,
+    /// Replaced on reload; connections keep the settings they opened with.
+    settings: RwLock<Arc<UpstreamSettings>>,
     salt: Salt,
     pools: Mutex<HashMap<PoolKey, Vec<Arc<Pool>>>>,
     next_upstream_id: AtomicU64,
@@ -86,13 +105,23 @@ pub struct Pools {
 impl Pools {
     pub fn new(settings: UpstreamSettings) -> Self {
         Pools {
-            settings,
+            settings: RwLock::new(Arc::new(settings)),
             salt: Salt::random(),
             pools: Mutex::new(HashMap::new()),
             next_upstream_id: AtomicU64::new(1),
             broker_frame_max: AtomicU32::new(131072),
             login_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// What new upstream connections are opened with.
+    pub fn settings(&self) -> Arc<UpstreamSettings> {
+        self.settings.read().expect("settings lock").clone()
+    }
+
+    /// Applies to connections opened from now on (a reload).
+    pub fn reconfigure(&self, settings: UpstreamSettings) {
+        *self.settings.write().expect("settings lock") = Arc::new(settings);
     }
 
     /// The largest frame the broker accepts, so clients are never offered
@@ -121,7 +150,7 @@ impl Pools {
         if self.is_known(&credentials.user, &fingerprint) {
             return Ok(Admission::Known);
         }
-        let pending = Upstream::login(&self.settings, credentials).await?;
+        let pending = Upstream::login(&self.settings(), credentials).await?;
         self.broker_frame_max
             .store(pending.frame_max(), Ordering::Relaxed);
         Ok(Admission::Fresh {
@@ -136,7 +165,7 @@ impl Pools {
             .iter()
             .filter(|((_, pool_user), _)| pool_user == user)
             .flat_map(|(_, candidates)| candidates)
-            .any(|p| p.fingerprint.matches(fingerprint) && !p.is_empty())
+            .any(|p| p.fingerprint.matches(fingerprint) && p.vouches())
     }
 
     fn login_lock(&self, user: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -162,7 +191,7 @@ impl Pools {
         };
         let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
         match pending
-            .open(&self.settings, &credentials.user, vhost, id)
+            .open(&self.settings(), &credentials.user, vhost, id)
             .await
         {
             Ok(upstream) => {
@@ -212,8 +241,19 @@ impl Pools {
         if let Some(upstream) = pool.try_pin(room) {
             return Ok(upstream);
         }
+        let settings = self.settings();
+        let limit = settings.max_connections;
+        if limit > 0 && pool.current_connections() >= limit {
+            return Err(ConnectError::Refused(reply::close(
+                NOT_ALLOWED,
+                format!(
+                    "warren: all {limit} upstream connections of user '{}' on vhost '{vhost}' are full",
+                    pool.credentials.user
+                ),
+            )));
+        }
         let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
-        let upstream = Upstream::connect(&self.settings, &pool.credentials, vhost, id).await?;
+        let upstream = Upstream::connect(&settings, &pool.credentials, vhost, id).await?;
         self.adopt(pool, &upstream);
         Ok(upstream)
     }

@@ -11,8 +11,8 @@
 //! Rare events (handshakes, closes, reuse decisions) go straight into
 //! shared Prometheus metrics.
 
+use crate::net::Peer;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -93,7 +93,7 @@ impl std::ops::AddAssign for Traffic {
 #[derive(Debug)]
 pub struct ClientRecord {
     pub id: ClientId,
-    pub peer: SocketAddr,
+    pub peer: Peer,
     pub pool: PoolLabel,
     pub connection_name: Option<String>,
     pub since: Instant,
@@ -111,7 +111,7 @@ pub struct ClientRecord {
 impl ClientRecord {
     pub fn new(
         id: ClientId,
-        peer: SocketAddr,
+        peer: Peer,
         pool: PoolLabel,
         connection_name: Option<String>,
         since: Instant,
@@ -223,6 +223,10 @@ pub enum HandshakeOutcome {
     timeout,
     /// The client went away during the handshake.
     abandoned,
+    /// `--max-clients` were connected already.
+    over_limit,
+    /// The TLS handshake failed.
+    tls_failed,
 }
 
 /// Why an admitted client's connection ended.
@@ -509,7 +513,7 @@ mod tests {
             vhost: vhost.into(),
             user: "guest".into(),
         };
-        let peer = "127.0.0.1:1".parse().unwrap();
+        let peer = Peer::Tcp("127.0.0.1:1".parse().unwrap());
         stats.client_connected(ClientRecord::new(id, peer, pool, None, Instant::now()))
     }
 

@@ -26,6 +26,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Context;
+use crate::config::Config;
+use crate::listener;
 pub use ready::Readiness;
 
 /// Connections served at once; more wait in the kernel's backlog. The
@@ -55,12 +57,13 @@ pub struct Admin {
     pub readiness: Readiness,
 }
 
-pub async fn bind(ctx: &Context) -> std::io::Result<Option<TcpListener>> {
-    let config = &ctx.config;
+/// Binds the endpoint, with SO_REUSEPORT like the AMQP listeners so a
+/// rolling restart's new warren can start while the old one drains.
+pub async fn bind(config: &Config) -> std::io::Result<Option<TcpListener>> {
     if config.http_port == 0 {
         return Ok(None);
     }
-    TcpListener::bind((config.http_address.as_str(), config.http_port))
+    listener::bind_tcp(&config.http_address, config.http_port, config.reuse_port)
         .await
         .map(Some)
 }
@@ -165,7 +168,7 @@ impl Admin {
         if heard_lately {
             return Ok(());
         }
-        self.readiness.probe().await
+        self.readiness.probe(&self.ctx.pools.settings().nodes).await
     }
 }
 

@@ -10,12 +10,11 @@
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::config::UpstreamAddr;
 use crate::frame::{FrameReader, PROTOCOL_HEADER};
 use crate::method;
+use crate::upstream::Nodes;
 
 /// How long one probe result stands.
 const FRESH_FOR: Duration = Duration::from_secs(1);
@@ -25,20 +24,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// properties are well under this.
 const START_FRAME_MAX: u32 = 1 << 20;
 
+#[derive(Default)]
 pub struct Readiness {
-    node: UpstreamAddr,
     last: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 impl Readiness {
-    pub fn new(node: UpstreamAddr) -> Self {
-        Readiness {
-            node,
-            last: Mutex::new(None),
-        }
-    }
-
-    pub async fn probe(&self) -> Result<(), String> {
+    /// Ready when any of `nodes` says hello (warren fails over to it).
+    pub async fn probe(&self, nodes: &Nodes) -> Result<(), String> {
         // Held across the probe: concurrent callers wait for its result.
         let mut last = self.last.lock().await;
         if let Some((at, result)) = last.as_ref() {
@@ -46,27 +39,37 @@ impl Readiness {
                 return result.clone();
             }
         }
-        let result = match tokio::time::timeout(PROBE_TIMEOUT, says_hello(&self.node)).await {
-            Ok(result) => result.map_err(|why| format!("broker {}: {why}", self.node)),
-            Err(_) => Err(format!(
-                "broker {} did not answer within {PROBE_TIMEOUT:?}",
-                self.node
-            )),
+        let mut failures = Vec::new();
+        for node in nodes.order(Instant::now()) {
+            let addr = &nodes.addrs()[node];
+            match tokio::time::timeout(PROBE_TIMEOUT, says_hello(nodes, node)).await {
+                Ok(Ok(())) => {
+                    failures.clear();
+                    break;
+                }
+                Ok(Err(why)) => failures.push(format!("broker {addr}: {why}")),
+                Err(_) => failures.push(format!(
+                    "broker {addr} did not answer within {PROBE_TIMEOUT:?}"
+                )),
+            }
+        }
+        let result = if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
         };
         *last = Some((Instant::now(), result.clone()));
         result
     }
 }
 
-async fn says_hello(node: &UpstreamAddr) -> Result<(), String> {
-    let mut stream = TcpStream::connect((node.host.as_str(), node.port))
-        .await
-        .map_err(|e| e.to_string())?;
-    stream
+async fn says_hello(nodes: &Nodes, node: usize) -> Result<(), String> {
+    let (read, mut write) = nodes.dial(node).await?;
+    write
         .write_all(PROTOCOL_HEADER)
         .await
         .map_err(|e| e.to_string())?;
-    let start = FrameReader::new(stream, START_FRAME_MAX)
+    let start = FrameReader::new(read, START_FRAME_MAX)
         .read_frame()
         .await
         .map_err(|e| format!("no connection.start: {e}"))?;

@@ -4,12 +4,12 @@
 mod handshake;
 mod session;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
-pub use session::serve;
+pub use session::{serve, Accepted};
 
 use crate::config::Config;
 use crate::link::ClientId;
@@ -18,27 +18,58 @@ use crate::stats::Stats;
 
 /// What every client session shares.
 pub struct Context {
-    pub config: Config,
+    /// Replaced on reload; a session reads it when it needs a setting.
+    config: RwLock<Arc<Config>>,
     pub pools: Pools,
     pub stats: Arc<Stats>,
     /// Cancelled when the shutdown grace period is over: sessions still open
     /// close their client with 320 CONNECTION_FORCED.
     pub force_close: CancellationToken,
     next_client_id: AtomicU64,
+    /// Clients past Connection.Open, for `--max-clients`.
+    admitted: AtomicUsize,
+}
+
+/// A place under `--max-clients`, given back on drop.
+pub struct Admission<'a>(&'a AtomicUsize);
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Context {
     pub fn new(config: Config, pools: Pools, stats: Arc<Stats>) -> Self {
         Context {
-            config,
+            config: RwLock::new(Arc::new(config)),
             pools,
             stats,
             force_close: CancellationToken::new(),
             next_client_id: AtomicU64::new(1),
+            admitted: AtomicUsize::new(0),
         }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().expect("config lock") = Arc::new(config);
     }
 
     pub fn next_client_id(&self) -> ClientId {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes a place for one more client, unless `limit` (0: none) are in.
+    pub fn admit_client(&self, limit: usize) -> Option<Admission<'_>> {
+        self.admitted
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (limit == 0 || n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admission(&self.admitted))
     }
 }

@@ -8,7 +8,6 @@
 //! queue directly; only channel lifecycle events come back to the session.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::handshake::{self, HandshakeError, Hello};
-use super::Context;
+use super::{Admission, Context};
 use crate::channel::{
     ChannelState, ContentAssembler, ContentVerdict, Delivered, Step, UpstreamChannel, Usage,
 };
@@ -25,7 +24,8 @@ use crate::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::logging::RateLimit;
 use crate::method::{self, Close, Tune};
-use crate::net::{split_client_tcp, ReadHalf, WriteHalf};
+pub use crate::net::Accepted;
+use crate::net::{Peer, ReadHalf, WriteHalf};
 use crate::outbox::{outbox, Outbox};
 use crate::pool::PoolRef;
 use crate::reply::{
@@ -109,12 +109,14 @@ impl Exit {
 }
 
 /// A client past the handshake, pinned to an upstream connection.
-struct Admitted {
+struct Admitted<'a> {
     hello: Hello,
     tune: Tune,
     vhost: String,
     upstream: Upstream,
     pool: PoolRef,
+    /// Held for the whole session.
+    place: Admission<'a>,
 }
 
 /// How a handshake step failed.
@@ -125,15 +127,31 @@ enum Refusal {
     Drop,
 }
 
-/// Serves one accepted TCP connection until it ends.
-pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+/// Serves one accepted connection until it ends.
+pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
     let id = ctx.next_client_id();
     let started = Instant::now();
-    ctx.stats.events.accepted.inc();
-    tracing::debug!(client = id, %peer, "client accepted");
-    let (read_half, mut write_half) = split_client_tcp(stream);
-    let mut reader = FrameReader::new(read_half, OFFERED_FRAME_MAX);
+    let peer = accepted.peer();
     let events = &ctx.stats.events;
+    events.accepted.inc();
+    tracing::debug!(client = id, %peer, "client accepted");
+    let limit = ctx.config().client_handshake_timeout;
+    let (read_half, mut write_half) = match tokio::time::timeout(limit, accepted.open()).await {
+        Ok(Ok(halves)) => halves,
+        Ok(Err(e)) => {
+            events.handshake(HandshakeOutcome::tls_failed);
+            static TLS_FAILED: RateLimit = RateLimit::new(REPEATED_ERRORS_EVERY);
+            if let Some(suppressed) = TLS_FAILED.check() {
+                tracing::warn!(client = id, %peer, error = %e, suppressed, "client TLS handshake failed");
+            }
+            return;
+        }
+        Err(_) => {
+            handshake_timed_out(id, peer, limit, events);
+            return;
+        }
+    };
+    let mut reader = FrameReader::new(read_half, OFFERED_FRAME_MAX);
     let admitted = match admit(id, peer, &mut reader, &mut write_half, &ctx).await {
         Ok(admitted) => admitted,
         Err(Refusal::Close(close)) => {
@@ -153,6 +171,7 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
         vhost,
         upstream,
         pool,
+        place: _place,
     } = admitted;
     let user = &hello.credentials.user;
     tracing::info!(
@@ -257,14 +276,14 @@ pub async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Con
 /// Runs the handshake in the broker's order: the login is checked (by the
 /// broker) right after Start-Ok, the vhost after Connection.Open, and
 /// Open-Ok is sent only once an upstream connection for this client exists.
-async fn admit(
+async fn admit<'a>(
     id: ClientId,
-    peer: SocketAddr,
+    peer: Peer,
     reader: &mut FrameReader<ReadHalf>,
     writer: &mut WriteHalf,
-    ctx: &Context,
-) -> Result<Admitted, Refusal> {
-    let config = &ctx.config;
+    ctx: &'a Context,
+) -> Result<Admitted<'a>, Refusal> {
+    let config = ctx.config();
     let limit = config.client_handshake_timeout;
     let events = &ctx.stats.events;
     let hello = client_step(
@@ -293,6 +312,20 @@ async fn admit(
         events,
         tokio::time::timeout(limit, handshake::tune_and_open(reader, writer, offer)).await,
     )?;
+    let Some(place) = ctx.admit_client(config.max_clients) else {
+        events.handshake(HandshakeOutcome::over_limit);
+        static OVER_LIMIT: RateLimit = RateLimit::new(REPEATED_ERRORS_EVERY);
+        if let Some(suppressed) = OVER_LIMIT.check() {
+            tracing::warn!(client = id, %peer, %user, %vhost, limit = config.max_clients, suppressed, "client refused: --max-clients reached");
+        }
+        return Err(Refusal::Close(reply::close(
+            NOT_ALLOWED,
+            format!(
+                "warren: client connection limit ({}) is reached",
+                config.max_clients
+            ),
+        )));
+    };
     let (upstream, pool) = ctx
         .pools
         .checkout(&hello.credentials, &vhost, admission)
@@ -314,13 +347,14 @@ async fn admit(
         vhost,
         upstream,
         pool,
+        place,
     })
 }
 
 /// Turns a failed or timed-out client handshake step into a refusal.
 fn client_step<T>(
     id: ClientId,
-    peer: SocketAddr,
+    peer: Peer,
     limit: Duration,
     events: &Events,
     result: Result<Result<T, HandshakeError>, tokio::time::error::Elapsed>,
@@ -338,13 +372,17 @@ fn client_step<T>(
             Err(Refusal::Drop)
         }
         Err(_) => {
-            events.handshake(HandshakeOutcome::timeout);
-            static TIMED_OUT: RateLimit = RateLimit::new(REPEATED_ERRORS_EVERY);
-            if let Some(suppressed) = TIMED_OUT.check() {
-                tracing::warn!(client = id, %peer, timeout = ?limit, suppressed, "client handshake timed out");
-            }
+            handshake_timed_out(id, peer, limit, events);
             Err(Refusal::Drop)
         }
+    }
+}
+
+fn handshake_timed_out(id: ClientId, peer: Peer, limit: Duration, events: &Events) {
+    events.handshake(HandshakeOutcome::timeout);
+    static TIMED_OUT: RateLimit = RateLimit::new(REPEATED_ERRORS_EVERY);
+    if let Some(suppressed) = TIMED_OUT.check() {
+        tracing::warn!(client = id, %peer, timeout = ?limit, suppressed, "client handshake timed out");
     }
 }
 
@@ -353,7 +391,7 @@ fn client_step<T>(
 /// cannot be reached.
 fn refusal(
     id: ClientId,
-    peer: SocketAddr,
+    peer: Peer,
     hello: &Hello,
     vhost: Option<&str>,
     events: &Events,
@@ -520,7 +558,7 @@ impl Session {
                 tracing::warn!(client = self.id, code = close.code, text = %close.text, "closing client connection");
                 if self.outbox.send(close.connection_frame()).await.is_ok() {
                     let wait = if ctx.force_close.is_cancelled() {
-                        ctx.config.term_client_close_timeout
+                        ctx.config().term_client_close_timeout
                     } else {
                         CLOSE_OK_WAIT
                     };
@@ -572,7 +610,7 @@ impl Session {
         (replies, confirmed): (u64, u64),
     ) -> bool {
         let why_not = match usage.dirty(replies, confirmed) {
-            None if self.ctx.config.channel_reuse => {
+            None if self.ctx.config().channel_reuse => {
                 self.upstream
                     .keep(upstream, usage.inherited(), usage.confirm_publishes);
                 return true;

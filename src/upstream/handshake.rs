@@ -23,6 +23,14 @@ pub enum ConnectError {
     Timeout,
 }
 
+impl ConnectError {
+    /// The broker judged the client (its login or its vhost): another node
+    /// of the same cluster would say the same.
+    pub fn is_final(&self) -> bool {
+        matches!(self, ConnectError::Refused(close) if matches!(close.code, 403 | 530))
+    }
+}
+
 /// What the broker granted.
 #[derive(Debug, Clone, Copy)]
 pub struct Negotiated {

@@ -8,6 +8,7 @@
 //! writer's queue, already rewritten to the upstream channel id.
 
 pub mod handshake;
+mod nodes;
 mod router;
 
 use std::collections::HashMap;
@@ -15,12 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use handshake::ConnectError;
 use handshake::Negotiated;
+pub use nodes::Nodes;
 
 use crate::auth::Credentials;
 use crate::channel::{Delivered, Inherited, UpstreamChannel};
@@ -28,7 +29,7 @@ use crate::config::UpstreamAddr;
 use crate::frame::FrameReader;
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::method::MethodId;
-use crate::net::{split_tcp, ReadHalf, WriteHalf};
+use crate::net::{ReadHalf, WriteHalf};
 use crate::outbox::{outbox, Outbox};
 use crate::reply::{self, CONNECTION_FORCED};
 use crate::stats::{LoginOutcome, PoolLabel, Stats, UpstreamRecord};
@@ -40,8 +41,13 @@ const WRITE_QUEUE_BYTES: usize = 4 << 20;
 /// How upstream connections are opened and kept.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
-    pub addr: UpstreamAddr,
+    pub nodes: Arc<Nodes>,
+    /// Per node tried.
     pub connect_timeout: Duration,
+    /// After this a connection takes no new clients (see `is_retired`).
+    pub max_lifetime: Option<Duration>,
+    /// Per pool; 0: no limit.
+    pub max_connections: usize,
     /// `--max-upstream-channels`; the broker's channel_max also applies.
     pub channel_limit: u16,
     pub idle_timeout: Duration,
@@ -107,11 +113,21 @@ struct Inner {
     capacity: usize,
     frame_max: u32,
     occupancy: Mutex<Occupancy>,
+    /// The broker node it is connected to.
+    node: UpstreamAddr,
+    /// When it stops taking new clients.
+    retire_at: Option<Instant>,
     /// Exclusive queues by the client that declared them. The broker scopes
     /// exclusivity to this connection, which many clients share; warren
     /// scopes it to the client, as a direct connection would.
     exclusive_owners: Mutex<HashMap<String, ClientId>>,
     ended: CancellationToken,
+}
+
+impl Inner {
+    fn is_retired(&self) -> bool {
+        self.retire_at.is_some_and(|at| Instant::now() >= at)
+    }
 }
 
 #[derive(Debug)]
@@ -174,11 +190,14 @@ impl Room {
 pub struct Upstream(Arc<Inner>);
 
 /// A logged-in broker connection waiting for its vhost.
-pub struct PendingUpstream(handshake::Authenticated);
+pub struct PendingUpstream {
+    authenticated: handshake::Authenticated,
+    node: UpstreamAddr,
+}
 
 impl PendingUpstream {
     pub fn frame_max(&self) -> u32 {
-        self.0.frame_max()
+        self.authenticated.frame_max()
     }
 
     pub async fn open(
@@ -188,47 +207,71 @@ impl PendingUpstream {
         vhost: &str,
         id: u64,
     ) -> Result<Upstream, ConnectError> {
-        let opened = tokio::time::timeout(settings.connect_timeout, self.0.open(vhost))
+        let opened = tokio::time::timeout(settings.connect_timeout, self.authenticated.open(vhost))
             .await
             .map_err(|_| ConnectError::Timeout)??;
-        Ok(Upstream::start(settings, opened, user, vhost, id))
+        Ok(Upstream::start(
+            settings, self.node, opened, user, vhost, id,
+        ))
     }
 }
 
 impl Upstream {
     /// Connects and logs in with the client's credentials; the broker
-    /// decides whether they are good.
+    /// decides whether they are good. Nodes are tried in turn (see
+    /// [`Nodes::order`]) until one answers; a node's answer, even a refusal
+    /// of the login, is final.
     pub async fn login(
         settings: &UpstreamSettings,
         credentials: &Credentials,
     ) -> Result<PendingUpstream, ConnectError> {
-        let addr = &settings.addr;
-        let started = Instant::now();
-        let connecting = async {
-            let stream = TcpStream::connect((addr.host.as_str(), addr.port))
+        let nodes = &settings.nodes;
+        let mut last_error = ConnectError::Unreachable("no broker node configured".into());
+        for node in nodes.order(Instant::now()) {
+            let started = Instant::now();
+            let connecting = async {
+                let socket = nodes.dial(node).await.map_err(ConnectError::Unreachable)?;
+                handshake::authenticate(
+                    socket,
+                    credentials,
+                    settings.channel_limit,
+                    &settings.connection_name,
+                )
                 .await
-                .map_err(|e| ConnectError::Unreachable(format!("{addr}: {e}")))?;
-            handshake::authenticate(
-                split_tcp(stream),
-                credentials,
-                settings.channel_limit,
-                &settings.connection_name,
-            )
-            .await
-        };
-        let authenticated = tokio::time::timeout(settings.connect_timeout, connecting)
-            .await
-            .map_err(|_| ConnectError::Timeout)
-            .and_then(|login| login);
-        let outcome = match &authenticated {
-            Ok(_) => LoginOutcome::ok,
-            Err(ConnectError::Refused(close)) if close.code == 403 => LoginOutcome::auth_failed,
-            Err(ConnectError::Refused(_)) => LoginOutcome::refused,
-            Err(ConnectError::Timeout) => LoginOutcome::timeout,
-            Err(_) => LoginOutcome::unreachable,
-        };
-        settings.stats.events.upstream_login(outcome, started);
-        Ok(PendingUpstream(authenticated?))
+            };
+            let authenticated = tokio::time::timeout(settings.connect_timeout, connecting)
+                .await
+                .map_err(|_| ConnectError::Timeout)
+                .and_then(|login| login);
+            let outcome = match &authenticated {
+                Ok(_) => LoginOutcome::ok,
+                Err(ConnectError::Refused(close)) if close.code == 403 => LoginOutcome::auth_failed,
+                Err(ConnectError::Refused(_)) => LoginOutcome::refused,
+                Err(ConnectError::Timeout) => LoginOutcome::timeout,
+                Err(_) => LoginOutcome::unreachable,
+            };
+            settings.stats.events.upstream_login(outcome, started);
+            let addr = nodes.addrs()[node].clone();
+            match authenticated {
+                Ok(authenticated) => {
+                    nodes.succeeded(node);
+                    return Ok(PendingUpstream {
+                        authenticated,
+                        node: addr,
+                    });
+                }
+                Err(e) if e.is_final() => {
+                    nodes.succeeded(node);
+                    return Err(e);
+                }
+                Err(e) => {
+                    let backoff = nodes.failed(node, Instant::now());
+                    tracing::warn!(node = %addr, error = %e, retry_in = ?backoff, "broker node failed; trying the next");
+                    last_error = e;
+                }
+            }
+        }
+        Err(last_error)
     }
 
     /// `login` and `PendingUpstream::open` in one step.
@@ -246,12 +289,12 @@ impl Upstream {
 
     fn start(
         settings: &UpstreamSettings,
+        node: UpstreamAddr,
         (reader, write_half, negotiated): (FrameReader<ReadHalf>, WriteHalf, Negotiated),
         user: &str,
         vhost: &str,
         id: u64,
     ) -> Upstream {
-        let addr = &settings.addr;
         let pool = PoolLabel {
             vhost: vhost.to_string(),
             user: user.to_string(),
@@ -259,7 +302,7 @@ impl Upstream {
         let record =
             settings
                 .stats
-                .upstream_opened(UpstreamRecord::new(id, addr.to_string(), pool));
+                .upstream_opened(UpstreamRecord::new(id, node.to_string(), pool));
         let (frames, queue) = outbox(WRITE_QUEUE_BYTES);
         let heartbeat = (negotiated.heartbeat > 0)
             .then(|| Duration::from_secs(negotiated.heartbeat.into()) / 2);
@@ -277,12 +320,17 @@ impl Upstream {
             capacity: negotiated.channel_max as usize,
             frame_max: negotiated.frame_max,
             occupancy: Mutex::new(Occupancy::default()),
+            retire_at: settings
+                .max_lifetime
+                .map(|lifetime| Instant::now() + lifetime),
+            node,
             exclusive_owners: Mutex::new(HashMap::new()),
             ended: CancellationToken::new(),
         });
         tracing::info!(
             upstream = id,
-            broker = %addr,
+            broker = %inner.node,
+            tls = inner.node.tls,
             user,
             vhost,
             channel_max = negotiated.channel_max,
@@ -315,6 +363,18 @@ impl Upstream {
         self.0.occupancy.lock().expect("occupancy lock").closed
     }
 
+    /// Past `--upstream-max-lifetime`: it serves the clients it has, takes
+    /// no new ones, and closes when they are gone. New clients log in
+    /// afresh, so a password revoked at the broker stops working here too.
+    pub fn is_retired(&self) -> bool {
+        self.0.is_retired()
+    }
+
+    /// The broker node it is connected to.
+    pub fn node(&self) -> &UpstreamAddr {
+        &self.0.node
+    }
+
     /// Clients pinned to this connection.
     pub fn client_count(&self) -> usize {
         self.0.occupancy.lock().expect("occupancy lock").clients
@@ -324,8 +384,9 @@ impl Upstream {
     /// has room for it by `room` (a client is counted as needing a channel
     /// until it has one).
     pub fn try_pin(&self, room: Room) -> bool {
+        let retired = self.is_retired();
         let mut o = self.0.occupancy.lock().expect("occupancy lock");
-        if o.closed || !room.fits(o.channels + o.waiting, self.0.capacity) {
+        if o.closed || retired || !room.fits(o.channels + o.waiting, self.0.capacity) {
             return false;
         }
         o.clients += 1;

@@ -236,8 +236,10 @@ impl Router {
                     }
                     if self.is_unused() {
                         let since = *idle_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= self.settings.idle_timeout && self.mark_closed_if_unused() {
-                            return End::Graceful("idle");
+                        let retired = self.inner.is_retired();
+                        let limit = if retired { Duration::ZERO } else { self.settings.idle_timeout };
+                        if since.elapsed() >= limit && self.mark_closed_if_unused() {
+                            return End::Graceful(if retired { "past its max lifetime" } else { "idle" });
                         }
                     } else {
                         idle_since = None;
@@ -250,7 +252,7 @@ impl Router {
     fn lost(&self, why: String) -> Close {
         reply::close(
             CONNECTION_FORCED,
-            format!("upstream connection to {} lost: {why}", self.settings.addr),
+            format!("upstream connection to {} lost: {why}", self.inner.node),
         )
     }
 

@@ -1,0 +1,148 @@
+//! The configuration file: native TOML (keys as [`Options`] fields), or
+//! amqproxy's INI so an amqproxy deployment can switch without rewriting it.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{err, ConfigError, Options};
+
+/// Reads `path` as TOML when it ends in `.toml`, else as INI.
+pub fn read(path: &Path) -> Result<Options, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
+    let parsed = if path.extension().is_some_and(|ext| ext == "toml") {
+        parse_toml(&text)
+    } else {
+        parse_ini(&text)
+    };
+    parsed.map_err(|e| err(format!("config file {}: {}", path.display(), e.0)))
+}
+
+fn parse_toml(text: &str) -> Result<Options, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start].matches('\n').count() + 1);
+        let message = e.message().replace('\n', " ");
+        err(match line {
+            Some(line) => format!("line {line}: {message}"),
+            None => message,
+        })
+    })
+}
+
+/// Keys of amqproxy's `[listen]` section that have another name here.
+fn ini_key<'a>(section: &str, key: &'a str) -> &'a str {
+    match (section, key) {
+        ("listen", "address" | "bind") => "listen",
+        _ => key,
+    }
+}
+
+/// Parses the INI file one `key = value` line at a time into the same
+/// [`Options`] as TOML: a value is typed as TOML would type it (number,
+/// boolean), else taken as a string, and `upstream` is a comma-separated
+/// list. Sections are `[main]` and `[listen]`, as in amqproxy.
+fn parse_ini(text: &str) -> Result<Options, ConfigError> {
+    let mut options = Options::default();
+    let mut section = String::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line_no = index + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_string();
+            if !matches!(section.as_str(), "main" | "listen") {
+                return Err(err(format!("line {line_no}: unknown section [{section}]")));
+            }
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| err(format!("line {line_no}: expected key = value")))?;
+        let (key, value) = (ini_key(&section, key.trim()), value.trim());
+        if section.is_empty() {
+            return Err(err(format!("line {line_no}: '{key}' outside any section")));
+        }
+        let typed = if key == "upstream" {
+            toml::Value::Array(
+                value
+                    .split(',')
+                    .map(|url| toml::Value::String(url.trim().to_string()))
+                    .collect(),
+            )
+        } else {
+            ini_value(value)
+        };
+        let single = toml::Table::from_iter([(key.to_string(), typed)]);
+        let parsed = Options::deserialize(single).map_err(|e| {
+            err(format!(
+                "line {line_no}: [{section}] {key} = '{value}': {}",
+                e.message().replace('\n', " ")
+            ))
+        })?;
+        options = parsed.or(options);
+    }
+    Ok(options)
+}
+
+fn ini_value(value: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut table| table.remove("v"))
+        .filter(|v| !matches!(v, toml::Value::Table(_) | toml::Value::Array(_)))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ini_reads_amqproxy_keys_and_names_bad_lines() {
+        let options = parse_ini(
+            "[main]\nupstream = amqp://b:5800, amqp://c\nidle_connection_timeout = 9\n\
+             term_timeout = -1\n[listen]\nbind = 0.0.0.0\nport = 6000\nsocket_mode = 0600\n",
+        )
+        .unwrap();
+        assert_eq!(
+            options.upstream,
+            Some(vec!["amqp://b:5800".to_string(), "amqp://c".to_string()])
+        );
+        assert_eq!(options.idle_connection_timeout, Some(9));
+        assert_eq!(options.term_timeout, Some(-1));
+        assert_eq!(options.listen.as_deref(), Some("0.0.0.0"));
+        assert_eq!(options.port, Some(6000));
+        assert_eq!(options.socket_mode.as_deref(), Some("0600"));
+
+        let bad = parse_ini("[listen]\nport = 70000\n").unwrap_err().0;
+        assert!(bad.contains("line 2") && bad.contains("port"), "{bad}");
+        let unknown = parse_ini("[main]\nupstreams = x\n").unwrap_err().0;
+        assert!(unknown.contains("unknown field `upstreams`"), "{unknown}");
+        let word = parse_ini("[main]\nheartbeat = often\n").unwrap_err().0;
+        assert!(
+            word.contains("line 2") && word.contains("heartbeat"),
+            "{word}"
+        );
+    }
+
+    #[test]
+    fn toml_reads_lists_and_names_the_line_of_a_mistake() {
+        let options =
+            parse_toml("upstream = [\"amqp://a\", \"amqps://b\"]\nmax_clients = 10\n").unwrap();
+        assert_eq!(options.upstream.unwrap().len(), 2);
+        assert_eq!(options.max_clients, Some(10));
+        let bad = parse_toml("port = 5673\nchannel_max = \"many\"\n")
+            .unwrap_err()
+            .0;
+        assert!(bad.starts_with("line 2:"), "{bad}");
+        let unknown = parse_toml("\n\nlisten_port = 1\n").unwrap_err().0;
+        assert!(
+            bad.lines().count() == 1 && unknown.contains("line 3"),
+            "{unknown}"
+        );
+    }
+}

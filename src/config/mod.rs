@@ -1,0 +1,463 @@
+//! Settings from the command line, the environment and a configuration file
+//! (TOML, or amqproxy's INI), merged with precedence CLI > environment >
+//! file > default, then validated into a [`Config`].
+//!
+//! Errors are one line that names the offending option or file line.
+
+mod cli;
+mod file;
+mod options;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use cli::Cli;
+pub use options::Options;
+
+/// A broker node upstream connections may go to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamAddr {
+    pub host: String,
+    pub port: u16,
+    /// amqps://: TLS, with the certificate checked against `host`.
+    pub tls: bool,
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Where plain AMQP clients connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// An address or host name, with `port` (and `tls_port`).
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+/// The TLS listener's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub port: u16,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Clients must present a certificate signed by one of these.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How amqps:// brokers are trusted, and who warren is to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Instead of the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Certificate chain and key for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub insecure: bool,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub upstreams: Vec<UpstreamAddr>,
+    pub listen: Listen,
+    /// 0: no plain TCP listener.
+    pub port: u16,
+    pub tls: Option<ListenerTls>,
+    pub socket_mode: u32,
+    pub reuse_port: bool,
+    /// 0: no HTTP endpoint.
+    pub http_port: u16,
+    pub http_address: String,
+    pub upstream_tls: UpstreamTls,
+    pub idle_connection_timeout: Duration,
+    /// 0: no limit.
+    pub max_clients: usize,
+    /// Per pool; 0: no limit.
+    pub max_upstream_connections: usize,
+    pub max_upstream_channels: u16,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+    /// Keep clean upstream channels for the next client.
+    pub channel_reuse: bool,
+    pub max_kept_channels: u16,
+    pub prewarm_channels: u16,
+    /// Limit on a client's handshake, from accept to Connection.Open.
+    pub client_handshake_timeout: Duration,
+    /// Limit on TCP connect plus AMQP handshake with one broker node.
+    pub upstream_connect_timeout: Duration,
+    /// `None`: upstream connections take new clients for as long as they live.
+    pub upstream_max_lifetime: Option<Duration>,
+    /// `None` waits for clients without limit.
+    pub term_timeout: Option<Duration>,
+    pub term_client_close_timeout: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Every setting with its effective value, for `--check-config` and for
+    /// telling what a reload changed.
+    pub effective: Options,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl Config {
+    /// The configuration the command line, environment and file give now;
+    /// also what SIGHUP re-reads.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let from_file = match cli.file() {
+            Some(path) => file::read(path)?,
+            None => Options::default(),
+        };
+        Self::from_options(cli.options().or(from_file).or(Options::defaults()))
+    }
+
+    fn from_options(options: Options) -> Result<Self, ConfigError> {
+        let o = options.clone();
+        let given = |value: Option<String>| value.filter(|v| !v.is_empty());
+        let upstream_urls = o.upstream.filter(|urls| !urls.is_empty()).ok_or_else(|| {
+            err("missing upstream: give UPSTREAM_URL, set AMQP_URL, or set upstream in the config file")
+        })?;
+        let upstreams = upstream_urls
+            .iter()
+            .map(|url| parse_upstream_url(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let log_level = o.log_level.unwrap_or_default();
+        if !matches!(
+            log_level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            return Err(err(format!(
+                "invalid log level '{log_level}': expected error, warn, info, debug or trace"
+            )));
+        }
+        let log_format = match o.log_format.as_deref() {
+            Some("json") => LogFormat::Json,
+            Some("text") | None => LogFormat::Text,
+            Some(other) => {
+                return Err(err(format!(
+                    "invalid --log-format '{other}': expected text or json"
+                )))
+            }
+        };
+        let at_least_one = |name: &str, value: Option<u16>| match value {
+            Some(0) => Err(err(format!("invalid --{name} 0: must be at least 1"))),
+            other => Ok(other.unwrap_or_default()),
+        };
+        let max_upstream_channels = at_least_one("max-upstream-channels", o.max_upstream_channels)?;
+        let channel_max = at_least_one("channel-max", o.channel_max)?;
+        let listen = match o.listen.unwrap_or_default() {
+            l if l.is_empty() => return Err(err("invalid --listen '': give an address")),
+            l => match l.strip_prefix("unix:") {
+                Some(path) if path.starts_with('/') => Listen::Unix(PathBuf::from(path)),
+                Some(path) => {
+                    return Err(err(format!(
+                        "invalid --listen 'unix:{path}': the socket path must be absolute"
+                    )))
+                }
+                None => Listen::Tcp(l),
+            },
+        };
+        let socket_mode = o.socket_mode.unwrap_or_default();
+        let socket_mode = u32::from_str_radix(&socket_mode, 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| {
+                err(format!(
+                    "invalid --socket-mode '{socket_mode}': expected octal permissions such as 0660"
+                ))
+            })?;
+        let tls = match (given(o.tls_cert), given(o.tls_key)) {
+            (Some(cert), Some(key)) => Some(ListenerTls {
+                port: o.tls_port.unwrap_or_default(),
+                cert: cert.into(),
+                key: key.into(),
+                client_ca: given(o.tls_client_ca).map(PathBuf::from),
+            }),
+            (None, None) => {
+                if given(o.tls_client_ca).is_some() {
+                    return Err(err(
+                        "--tls-client-ca needs --tls-cert and --tls-key (the TLS listener)",
+                    ));
+                }
+                None
+            }
+            (Some(_), None) => return Err(err("--tls-cert needs --tls-key")),
+            (None, Some(_)) => return Err(err("--tls-key needs --tls-cert")),
+        };
+        if tls.is_some() && matches!(listen, Listen::Unix(_)) {
+            return Err(err(
+                "the TLS listener needs an IP --listen address, not a Unix socket",
+            ));
+        }
+        let client_cert = match (given(o.upstream_cert), given(o.upstream_key)) {
+            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+            (None, None) => None,
+            (Some(_), None) => return Err(err("--upstream-cert needs --upstream-key")),
+            (None, Some(_)) => return Err(err("--upstream-key needs --upstream-cert")),
+        };
+        let seconds = |value: Option<u64>| Duration::from_secs(value.unwrap_or_default());
+        let at_least_a_second = |name: &str, value: Option<u64>| match value {
+            Some(0) => Err(err(format!("invalid --{name} 0: must be at least 1"))),
+            other => Ok(seconds(other)),
+        };
+        Ok(Config {
+            upstreams,
+            listen,
+            port: o.port.unwrap_or_default(),
+            tls,
+            socket_mode,
+            reuse_port: o.reuse_port.unwrap_or_default(),
+            http_port: o.http_port.unwrap_or_default(),
+            http_address: o.http_address.unwrap_or_default(),
+            upstream_tls: UpstreamTls {
+                ca: given(o.upstream_ca).map(PathBuf::from),
+                client_cert,
+                insecure: o.upstream_insecure.unwrap_or_default(),
+            },
+            idle_connection_timeout: seconds(o.idle_connection_timeout),
+            max_clients: o.max_clients.unwrap_or_default() as usize,
+            max_upstream_connections: o.max_upstream_connections.unwrap_or_default() as usize,
+            max_upstream_channels,
+            channel_max,
+            heartbeat: o.heartbeat.unwrap_or_default(),
+            channel_reuse: o.channel_reuse.unwrap_or_default(),
+            max_kept_channels: o.max_kept_channels.unwrap_or_default(),
+            prewarm_channels: o.prewarm_channels.unwrap_or_default(),
+            client_handshake_timeout: at_least_a_second(
+                "client-handshake-timeout",
+                o.client_handshake_timeout,
+            )?,
+            upstream_connect_timeout: at_least_a_second(
+                "upstream-connect-timeout",
+                o.upstream_connect_timeout,
+            )?,
+            upstream_max_lifetime: o
+                .upstream_max_lifetime
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
+            term_timeout: o
+                .term_timeout
+                .and_then(|s| u64::try_from(s).ok())
+                .map(Duration::from_secs),
+            term_client_close_timeout: seconds(o.term_client_close_timeout),
+            log_level,
+            log_format,
+            effective: options,
+        })
+    }
+
+    /// The effective configuration as TOML, passwords in URLs hidden.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.effective.clone();
+        shown.upstream = shown
+            .upstream
+            .map(|urls| urls.iter().map(|u| redact_url(u)).collect());
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+
+    /// The settings that differ from `other`, by file key.
+    pub fn changed_from(&self, other: &Config) -> Vec<&'static str> {
+        let ours = toml::Table::try_from(&self.effective).unwrap_or_default();
+        let theirs = toml::Table::try_from(&other.effective).unwrap_or_default();
+        options::KEYS
+            .iter()
+            .copied()
+            .filter(|key| ours.get(*key) != theirs.get(*key))
+            .collect()
+    }
+}
+
+/// A URL with its password replaced, for logs, errors and
+/// `--check-config`; works on URLs too broken to parse.
+pub fn redact_url(raw: &str) -> String {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return raw.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:redacted@{host}{path}")
+        }
+        _ => raw.to_string(),
+    }
+}
+
+/// Parses `amqp[s]://[user:pass@]host[:port][/vhost]`. Only scheme, host
+/// and port are used; credentials and vhost belong to each client.
+pub fn parse_upstream_url(raw: &str) -> Result<UpstreamAddr, ConfigError> {
+    let shown = redact_url(raw);
+    let url =
+        url::Url::parse(raw).map_err(|e| err(format!("invalid upstream URL '{shown}': {e}")))?;
+    let (tls, default_port) = match url.scheme() {
+        "amqp" => (false, 5672),
+        "amqps" => (true, 5671),
+        other => {
+            return Err(err(format!(
+                "invalid upstream URL '{shown}': scheme '{other}' is not amqp:// or amqps://"
+            )))
+        }
+    };
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| err(format!("invalid upstream URL '{shown}': no host")))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(UpstreamAddr {
+        host,
+        port: url.port().unwrap_or(default_port),
+        tls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("warren").chain(args.iter().copied())).unwrap()
+    }
+
+    fn load(args: &[&str]) -> Result<Config, ConfigError> {
+        let cli = cli(args);
+        Config::from_options(cli.options().or(Options::defaults()))
+    }
+
+    #[test]
+    fn upstream_url_defaults_port_by_scheme_and_ignores_credentials() {
+        assert_eq!(
+            parse_upstream_url("amqp://user:pw@broker/%2Fvh").unwrap(),
+            UpstreamAddr {
+                host: "broker".into(),
+                port: 5672,
+                tls: false,
+            }
+        );
+        let tls = parse_upstream_url("amqps://broker").unwrap();
+        assert!(tls.tls && tls.port == 5671);
+        assert_eq!(parse_upstream_url("amqp://[::1]:5800").unwrap().host, "::1");
+        assert!(parse_upstream_url("http://x")
+            .unwrap_err()
+            .0
+            .contains("scheme 'http'"));
+        let bad = parse_upstream_url("amqp://u:hunter2@").unwrap_err().0;
+        assert!(
+            bad.contains("invalid upstream URL") && !bad.contains("hunter2"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn several_upstreams_and_unix_listen_are_understood() {
+        let config = load(&["-l", "unix:/run/warren.sock", "amqp://a", "amqps://b:1"]).unwrap();
+        assert_eq!(config.upstreams.len(), 2);
+        assert!(config.upstreams[1].tls);
+        assert_eq!(config.listen, Listen::Unix("/run/warren.sock".into()));
+        assert_eq!(config.socket_mode, 0o660);
+        let relative = load(&["-l", "unix:warren.sock", "amqp://a"]).unwrap_err().0;
+        assert!(relative.contains("absolute"), "{relative}");
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        for (args, needle) in [
+            (&["--socket-mode", "999", "amqp://a"][..], "--socket-mode"),
+            (
+                &["--tls-cert", "c.pem", "amqp://a"],
+                "--tls-cert needs --tls-key",
+            ),
+            (
+                &["--upstream-key", "k.pem", "amqp://a"],
+                "--upstream-key needs",
+            ),
+            (&["--channel-max", "0", "amqp://a"], "--channel-max 0"),
+            (
+                &["--client-handshake-timeout", "0", "amqp://a"],
+                "--client-handshake-timeout",
+            ),
+            (
+                &[
+                    "-l",
+                    "unix:/s",
+                    "--tls-cert",
+                    "c",
+                    "--tls-key",
+                    "k",
+                    "amqp://a",
+                ],
+                "TLS listener",
+            ),
+        ] {
+            let e = load(args).unwrap_err().0;
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn command_line_beats_file_and_defaults_fill_the_rest() {
+        let dir = std::env::temp_dir().join(format!("warren-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("warren.toml");
+        std::fs::write(
+            &file,
+            "upstream = [\"amqp://file-host\"]\nport = 7000\nmax_clients = 5\n",
+        )
+        .unwrap();
+        let config =
+            Config::load(&cli(&["-c", file.to_str().unwrap(), "-p", "7001", "-d"])).unwrap();
+        assert_eq!(config.upstreams[0].host, "file-host");
+        assert_eq!(config.port, 7001);
+        assert_eq!(config.max_clients, 5);
+        assert_eq!(config.listen, Listen::Tcp("127.0.0.1".into()));
+        assert_eq!(config.log_level, "debug");
+        assert_eq!(config.term_timeout, None);
+        assert_eq!(
+            config.upstream_max_lifetime,
+            Some(Duration::from_secs(3600))
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn printed_config_hides_passwords_and_reads_back_the_same() {
+        let config = load(&["amqp://u:hunter2@a", "--max-clients", "7"]).unwrap();
+        let printed = config.to_toml();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        let again: Options = toml::from_str(&printed).unwrap();
+        let reloaded = Config::from_options(again).unwrap();
+        assert_eq!(reloaded.max_clients, 7);
+        assert_eq!(reloaded.changed_from(&config), vec!["upstream"]);
+    }
+
+    #[test]
+    fn missing_upstream_is_a_clear_error() {
+        let cli = Cli::try_parse_from(["warren", "-p", "1"]).unwrap();
+        if cli.upstream.is_empty() {
+            let e = Config::load(&cli).unwrap_err().0;
+            assert!(e.contains("missing upstream"), "{e}");
+        }
+    }
+}

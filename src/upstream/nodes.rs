@@ -1,0 +1,162 @@
+//! The broker nodes upstream connections go to: which to try next, and
+//! backing off from one that failed so clients are not held up by it while
+//! another is up.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::UpstreamAddr;
+use crate::net::{self, ReadHalf, WriteHalf};
+use crate::tls;
+
+/// The first wait after a failure; it doubles with each further failure.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Health {
+    /// Failures in a row.
+    failures: u32,
+    /// Skipped while healthy nodes are left, until then.
+    retry_at: Option<Instant>,
+}
+
+/// The nodes, in the order given, and what is known of their health.
+pub struct Nodes {
+    addrs: Vec<UpstreamAddr>,
+    health: Mutex<Vec<Health>>,
+    /// Where the next round starts, so connections spread over the nodes.
+    next: AtomicUsize,
+    tls: Option<TlsConnector>,
+}
+
+impl std::fmt::Debug for Nodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nodes").field("addrs", &self.addrs).finish()
+    }
+}
+
+impl Nodes {
+    /// `tls` is needed when any address is amqps://.
+    pub fn new(addrs: Vec<UpstreamAddr>, tls: Option<Arc<rustls::ClientConfig>>) -> Arc<Self> {
+        Arc::new(Nodes {
+            health: Mutex::new(vec![Health::default(); addrs.len()]),
+            addrs,
+            next: AtomicUsize::new(0),
+            tls: tls.map(TlsConnector::from),
+        })
+    }
+
+    pub fn addrs(&self) -> &[UpstreamAddr] {
+        &self.addrs
+    }
+
+    /// Node indices in the order to try them: healthy ones first, starting
+    /// one further along each call, then the ones backing off, soonest
+    /// retry first (when every node failed, trying beats refusing).
+    pub fn order(&self, now: Instant) -> Vec<usize> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let health = self.health.lock().expect("nodes lock");
+        let count = self.addrs.len();
+        let rotated = (0..count).map(|i| (start + i) % count);
+        let (mut ready, mut waiting): (Vec<usize>, Vec<usize>) =
+            rotated.partition(|&i| health[i].retry_at.is_none_or(|at| at <= now));
+        waiting.sort_by_key(|&i| health[i].retry_at);
+        ready.append(&mut waiting);
+        ready
+    }
+
+    /// The node could not be reached or did not answer in time.
+    pub fn failed(&self, node: usize, now: Instant) -> Duration {
+        let mut health = self.health.lock().expect("nodes lock");
+        let h = &mut health[node];
+        h.failures = h.failures.saturating_add(1);
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << (h.failures - 1).min(5))
+            .min(MAX_BACKOFF);
+        h.retry_at = Some(now + backoff);
+        backoff
+    }
+
+    pub fn succeeded(&self, node: usize) {
+        self.health.lock().expect("nodes lock")[node] = Health::default();
+    }
+
+    /// Opens a TCP (and for amqps://, TLS) connection to `node`.
+    pub async fn dial(&self, node: usize) -> Result<(ReadHalf, WriteHalf), String> {
+        let addr = &self.addrs[node];
+        let stream = TcpStream::connect((addr.host.as_str(), addr.port))
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        if !addr.tls {
+            return Ok(net::split_tcp(stream));
+        }
+        let connector = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| format!("{addr}: no TLS configuration"))?;
+        net::no_delay(&stream);
+        let name = tls::server_name(&addr.host)?;
+        let stream = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("{addr}: TLS: {e}"))?;
+        Ok(net::split(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(count: u16) -> Arc<Nodes> {
+        let addrs = (0..count)
+            .map(|i| UpstreamAddr {
+                host: "127.0.0.1".into(),
+                port: 5000 + i,
+                tls: false,
+            })
+            .collect();
+        Nodes::new(addrs, None)
+    }
+
+    #[test]
+    fn healthy_nodes_take_turns_first() {
+        let nodes = nodes(3);
+        let now = Instant::now();
+        let firsts: Vec<usize> = (0..6).map(|_| nodes.order(now)[0]).collect();
+        assert_eq!(firsts, vec![0, 1, 2, 0, 1, 2]);
+        assert_eq!(nodes.order(now).len(), 3);
+    }
+
+    #[test]
+    fn a_failed_node_goes_last_until_its_backoff_ends() {
+        let nodes = nodes(2);
+        let now = Instant::now();
+        assert_eq!(nodes.failed(0, now), FIRST_BACKOFF);
+        for _ in 0..4 {
+            assert_eq!(nodes.order(now), vec![1, 0]);
+        }
+        let later = now + FIRST_BACKOFF;
+        let firsts: Vec<usize> = (0..2).map(|_| nodes.order(later)[0]).collect();
+        assert!(firsts.contains(&0), "{firsts:?}");
+        nodes.succeeded(0);
+        assert_eq!(nodes.order(now).len(), 2);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_limit_and_all_down_still_tries_soonest_first() {
+        let nodes = nodes(2);
+        let now = Instant::now();
+        let waits: Vec<Duration> = (0..8).map(|_| nodes.failed(0, now)).collect();
+        assert_eq!(waits[1], 2 * FIRST_BACKOFF);
+        assert_eq!(waits[2], 4 * FIRST_BACKOFF);
+        assert_eq!(*waits.last().unwrap(), MAX_BACKOFF);
+        nodes.failed(1, now);
+        assert_eq!(nodes.order(now), vec![1, 0]);
+    }
+}
