@@ -18,7 +18,8 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 PORT=${WARREN_TEST_BROKER_PORT:-}
 if [[ -z $PORT ]]; then
   for candidate in 5772 5782 5792 5802 5812; do
-    if port_free "$candidate" && port_free $((candidate + 20000)) && port_free $((candidate + 30000)); then
+    if port_free "$candidate" && port_free $((candidate + 10000)) && port_free $((candidate + 20000)) &&
+      port_free $((candidate + 30000)); then
       PORT=$candidate
       break
     fi
@@ -37,10 +38,22 @@ cargo build --release
 echo "== unit tests"
 cargo test --release
 
+echo "== cargo install"
+# What the README tells a user to run works (reusing this build's artifacts).
+INSTALL_ROOT=$(mktemp -d)
+CARGO_TARGET_DIR=$ROOT/target cargo install --quiet --locked --offline --path . --root "$INSTALL_ROOT"
+"$INSTALL_ROOT/bin/warren" --version
+rm -rf "$INSTALL_ROOT"
+
+echo "== test certificates"
+export WARREN_TEST_TLS_DIR=$ROOT/target/test-ca
+scripts/test-ca.sh "$WARREN_TEST_TLS_DIR"
+
 echo "== broker on 127.0.0.1:$PORT"
 stop_broker() { FAST_STOP=1 "$ROOT/scripts/broker.sh" stop "$PORT" >/dev/null 2>&1 || true; }
 trap stop_broker EXIT
-scripts/broker.sh start "$PORT"
+# With a TLS listener on PORT+10000 for the TLS tests.
+TLS_DIR=$WARREN_TEST_TLS_DIR scripts/broker.sh start "$PORT"
 
 echo "== end-to-end tests"
 export WARREN_TEST_LOGS=${WARREN_TEST_LOGS:-$ROOT/target/e2e-logs}

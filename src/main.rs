@@ -17,8 +17,12 @@ use warren::{memory, tls};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli).and_then(|config| {
-        // Built once here so a bad certificate is reported before anything starts.
+        // Built once here so a bad certificate is a configuration error,
+        // reported before anything starts.
         nodes(&config)?;
+        if let Some(tls) = &config.tls {
+            tls::server_config(tls)?;
+        }
         Ok(config)
     }) {
         Ok(config) => config,
@@ -28,12 +32,6 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config.is_some() {
-        if let Some(tls) = &config.tls {
-            if let Err(e) = tls::server_config(tls) {
-                eprintln!("warren: {e}");
-                return ExitCode::from(2);
-            }
-        }
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }

@@ -19,6 +19,10 @@ WARREN = ROOT / "target" / "release" / "warren"
 BROKER_PORT = int(os.environ.get("WARREN_TEST_BROKER_PORT", "5772"))
 PYTHON = str(ROOT / ".cache" / "venv" / "bin" / "python")
 CLIENTS = ROOT / "tests" / "clients"
+# The throwaway CA (scripts/test-ca.sh) whose certificates the test broker's
+# TLS listener (on BROKER_PORT + 10000) and the TLS tests use.
+TLS_DIR = Path(os.environ.get("WARREN_TEST_TLS_DIR", ROOT / "target" / "test-ca"))
+BROKER_TLS_PORT = BROKER_PORT + 10000
 
 
 def free_port():
@@ -58,10 +62,11 @@ def connect(port, **kw):
 
 class Broker:
     port = BROKER_PORT
+    env = {}
 
     def ctl(self, *args, check=True):
         out = subprocess.run([str(ROOT / "scripts" / "broker.sh"), "ctl", str(self.port), *args],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, env={**os.environ, **self.env})
         if check and out.returncode != 0:
             raise RuntimeError(f"rabbitmqctl {args} failed: {out.stderr}")
         return out.stdout
@@ -104,9 +109,32 @@ class Broker:
 
     def start(self, keep_data=False):
         """keep_data: recover queues and persistent messages (after a crash)."""
-        env = {**os.environ, "KEEP_DATA": "1" if keep_data else "0"}
+        env = {**os.environ, **self.env, "KEEP_DATA": "1" if keep_data else "0"}
         subprocess.run([str(ROOT / "scripts" / "broker.sh"), "start", str(self.port)],
                        check=True, timeout=180, env=env)
+
+
+class ExtraBroker(Broker):
+    """A second, independent broker (another node for warren), started by
+    the tests that need one, on a port whose companions are free too."""
+
+    def __init__(self):
+        self.port = next(p for p in range(BROKER_PORT + 3, BROKER_PORT + 60)
+                         if all(_port_free(p + d) for d in (0, 10000, 20000, 30000)))
+        self.env = {"TLS_DIR": ""}
+
+
+def _port_free(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture(scope="module")
+def extra_broker():
+    b = ExtraBroker()
+    b.start()
+    yield b
+    b.stop()
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +150,8 @@ def broker():
 class Warren:
     latest_port = None
 
-    def __init__(self, args, upstream_port):
+    def __init__(self, args, upstream_port, upstreams=None):
+        """upstreams: broker URLs instead of the test broker's."""
         self.port = free_port()
         self.http_port = free_port()
         # A later --http-port in args wins (0 turns HTTP off).
@@ -133,7 +162,7 @@ class Warren:
         self.proc = subprocess.Popen(
             [str(WARREN), "-p", str(self.port), "--http-port", str(self.http_port),
              "--log-level", "debug", *args,
-             f"amqp://127.0.0.1:{upstream_port}"],
+             *(upstreams or [f"amqp://127.0.0.1:{upstream_port}"])],
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_until(self._accepting, 10, "warren to listen")
 
@@ -141,9 +170,10 @@ class Warren:
         if self.proc.poll() is not None:
             raise AssertionError(f"warren exited with {self.proc.returncode}: {self.log_text()}")
         try:
-            # The HTTP endpoint is bound after the AMQP port.
-            for port in (self.port,) if self.http_off else (self.port, self.http_port):
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            # The HTTP endpoint is bound after the AMQP listeners (which may
+            # be TLS only, or a Unix socket).
+            port = self.port if self.http_off else self.http_port
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return True
         except OSError:
             return False
@@ -153,6 +183,10 @@ class Warren:
 
     def http_url(self, path="/"):
         return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def http_get(self, path):
+        with urllib.request.urlopen(self.http_url(path), timeout=5) as answer:
+            return answer.read().decode()
 
     def get_json(self, path):
         with urllib.request.urlopen(self.http_url(path), timeout=5) as answer:
@@ -175,8 +209,8 @@ class Warren:
 def warren_factory(broker):
     started = []
 
-    def start(*args, upstream_port=None):
-        w = Warren(["--term-timeout", "0", *args], upstream_port or broker.port)
+    def start(*args, upstream_port=None, upstreams=None):
+        w = Warren(["--term-timeout", "0", *args], upstream_port or broker.port, upstreams)
         started.append(w)
         return w
 

@@ -146,14 +146,9 @@ def test_a_client_that_stalls_in_the_handshake_is_dropped(warren):
     assert received[:1] == b"\x01"  # it was answered, then dropped
     assert time.monotonic() - started < 15
     assert "client handshake timed out" in warren.log_text()
-    metrics = warren_metrics_text(warren)
+    metrics = warren.http_get("/metrics")
     assert 'warren_client_handshakes_total{outcome="timeout"} 1' in metrics
 
-
-def warren_metrics_text(warren):
-    import urllib.request
-    with urllib.request.urlopen(warren.http_url("/metrics"), timeout=5) as answer:
-        return answer.read().decode()
 
 
 def _publish_confirmed_until_closed(conn, queue, limit):

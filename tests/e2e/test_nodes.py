@@ -1,0 +1,124 @@
+"""Several upstream nodes: new upstream connections spread over the nodes
+that answer, a dead or silent node is skipped (with backoff) so clients do
+not wait on it, and losing a node leaves the others serving."""
+import socket
+import time
+
+import pika
+import pytest
+
+from conftest import amqp_url, params, wait_until
+
+
+def sample_value(metrics, series):
+    return next((float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(series + " ")), 0)
+
+
+def upstream_nodes(warren):
+    return sorted(u["node"] for u in warren.get_json("/api/upstreams"))
+
+
+def hold_channels(warren, clients, channels):
+    """Opens `clients` connections with `channels` channels each."""
+    held = []
+    for _ in range(clients):
+        conn = warren.connect()
+        for _ in range(channels):
+            conn.channel()
+        held.append(conn)
+    return held
+
+
+def test_upstream_connections_spread_over_the_nodes(broker, extra_broker, warren_factory):
+    # Four channels fill an upstream connection, so each client needs a new one.
+    w = warren_factory("--max-upstream-channels", "4", "--channel-max", "4",
+                       upstreams=[f"amqp://127.0.0.1:{broker.port}", f"amqp://127.0.0.1:{extra_broker.port}"])
+    held = hold_channels(w, 4, 4)
+    try:
+        nodes = upstream_nodes(w)
+        assert nodes.count(f"127.0.0.1:{broker.port}") == 2, nodes
+        assert nodes.count(f"127.0.0.1:{extra_broker.port}") == 2, nodes
+        assert len(extra_broker.warren_connections(port=w.port)) == 2
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def test_a_refusing_node_is_skipped(broker, warren_factory):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]  # bound, never listening: connections are refused
+        w = warren_factory(upstreams=[f"amqp://127.0.0.1:{dead}", f"amqp://127.0.0.1:{broker.port}"])
+        held = [w.connect(), w.connect(user="app", password="secret", vhost="/app")]
+        for conn in held:
+            conn.channel().queue_declare("", exclusive=True)
+        assert upstream_nodes(w) == [f"127.0.0.1:{broker.port}"] * 2
+        assert "broker node failed" in w.log_text()
+        for conn in held:
+            conn.close()
+
+
+def test_a_silent_node_costs_one_connect_timeout_then_is_skipped(broker, warren_factory):
+    # Accepts TCP (the kernel does, into the backlog) but never speaks AMQP.
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as silent:
+        port = silent.getsockname()[1]
+        w = warren_factory("--upstream-connect-timeout", "1", "--idle-connection-timeout", "0",
+                           upstreams=[f"amqp://127.0.0.1:{port}", f"amqp://127.0.0.1:{broker.port}"])
+        for _ in range(5):
+            # A new login each time (idle upstreams close at once): each one
+            # picks a node; the silent one is tried again only after its backoff.
+            wait_until(lambda: not broker.warren_connections(), 10, "the idle upstream to close")
+            started = time.monotonic()
+            with w.connect() as conn:
+                conn.channel()
+            # At most one connect timeout (1 s) on the silent node, never more.
+            assert time.monotonic() - started < 1 + 3
+        metrics = w.http_get("/metrics")
+        assert 'warren_upstream_logins_total{outcome="ok"} 5' in metrics, metrics
+        timeouts = sample_value(metrics, 'warren_upstream_logins_total{outcome="timeout"}')
+        assert 1 <= timeouts <= 3, metrics
+
+
+def test_losing_a_node_leaves_the_other_serving(broker, extra_broker, warren_factory):
+    w = warren_factory(upstreams=[f"amqp://127.0.0.1:{extra_broker.port}", f"amqp://127.0.0.1:{broker.port}"])
+    on_extra = None
+    held = []
+    for _ in range(2):  # the first login goes to the first node, the next to the other
+        conn = w.connect(user="app", password="secret", vhost="/app") if held else w.connect()
+        conn.channel()
+        held.append(conn)
+    nodes = {u["user"]: u["node"] for u in w.get_json("/api/upstreams")}
+    on_extra = [user for user, node in nodes.items() if node == f"127.0.0.1:{extra_broker.port}"]
+    assert on_extra, nodes
+    extra_broker.stop()
+    try:
+        # Its clients are told; new clients of every user still get in, on the other node.
+        victim = held[0] if on_extra == ["guest"] else held[1]
+        with pytest.raises(pika.exceptions.AMQPError):
+            for _ in range(100):
+                victim.process_data_events(time_limit=0.1)
+        for user, password, vhost in (("guest", "guest", "/"), ("app", "secret", "/app")):
+            with pika.BlockingConnection(params(w.port, user=user, password=password, vhost=vhost)) as conn:
+                conn.channel().queue_declare("", exclusive=True)
+        assert set(upstream_nodes(w)) == {f"127.0.0.1:{broker.port}"}
+    finally:
+        for conn in held:
+            try:
+                conn.close()
+            except pika.exceptions.AMQPError:
+                pass
+        extra_broker.start()
+
+
+def test_several_urls_from_the_environment_and_the_file(broker, tmp_path):
+    import subprocess
+    from conftest import WARREN
+    cfg = tmp_path / "warren.ini"
+    cfg.write_text("[main]\nupstream = amqp://127.0.0.1:1, amqp://127.0.0.1:2\n")
+    out = subprocess.run([str(WARREN), "--check-config", str(cfg)], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    assert 'upstream = ["amqp://127.0.0.1:1", "amqp://127.0.0.1:2"]' in out.stdout, out.stdout
+    out = subprocess.run([str(WARREN), "--check-config", str(cfg)], capture_output=True, text=True, timeout=10,
+                         env={"AMQP_URL": f"{amqp_url(1)},amqps://b:5"})
+    assert out.returncode == 0, out.stderr
+    assert 'upstream = ["amqp://guest:redacted@127.0.0.1:1/%2F", "amqps://b:5"]' in out.stdout, out.stdout
