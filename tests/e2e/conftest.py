@@ -150,9 +150,10 @@ def broker():
 class Warren:
     latest_port = None
 
-    def __init__(self, args, upstream_port, upstreams=None):
-        """upstreams: broker URLs instead of the test broker's."""
-        self.port = free_port()
+    def __init__(self, args, upstream_port, upstreams=None, port=None):
+        """upstreams: broker URLs instead of the test broker's ([]: none
+        on the command line). port: the AMQP port, free by default."""
+        self.port = port or free_port()
         self.http_port = free_port()
         # A later --http-port in args wins (0 turns HTTP off).
         self.http_off = "--http-port" in args and args[args.index("--http-port") + 1] == "0"
@@ -162,7 +163,7 @@ class Warren:
         self.proc = subprocess.Popen(
             [str(WARREN), "-p", str(self.port), "--http-port", str(self.http_port),
              "--log-level", "debug", *args,
-             *(upstreams or [f"amqp://127.0.0.1:{upstream_port}"])],
+             *(upstreams if upstreams is not None else [f"amqp://127.0.0.1:{upstream_port}"])],
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_until(self._accepting, 10, "warren to listen")
 
@@ -209,8 +210,8 @@ class Warren:
 def warren_factory(broker):
     started = []
 
-    def start(*args, upstream_port=None, upstreams=None):
-        w = Warren(["--term-timeout", "0", *args], upstream_port or broker.port, upstreams)
+    def start(*args, upstream_port=None, upstreams=None, port=None):
+        w = Warren(["--term-timeout", "0", *args], upstream_port or broker.port, upstreams, port)
         started.append(w)
         return w
 

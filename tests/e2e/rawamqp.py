@@ -59,8 +59,14 @@ class Frame:
 
 
 class RawClient:
-    def __init__(self, port, timeout=10):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port=None, timeout=10, unix=None):
+        """Connects to 127.0.0.1:port, or to the Unix socket at `unix`."""
+        if unix:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(timeout)
+            self.sock.connect(unix)
+        else:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buf = b""
 
     def send(self, data):
