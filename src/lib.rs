@@ -14,6 +14,7 @@ pub mod channel;
 pub mod client;
 pub mod config;
 pub mod confirms;
+pub mod content;
 pub mod frame;
 pub mod link;
 pub mod listener;

@@ -204,11 +204,14 @@ async fn reload_on_hangup(
         };
         let current = ctx.config();
         let changed = config.changed_from(&current);
-        let ignored: Vec<&str> = changed
+        let mut ignored: Vec<&str> = changed
             .iter()
             .copied()
             .filter(|key| NEEDS_RESTART.contains(key))
             .collect();
+        if config.tls.is_some() != current.tls.is_some() {
+            ignored.push("tls_cert and tls_key (turning the TLS listener on or off)");
+        }
         if !ignored.is_empty() {
             tracing::warn!(settings = %ignored.join(", "), "these settings change only at a restart");
         }

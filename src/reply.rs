@@ -14,6 +14,7 @@ pub const SYNTAX_ERROR: u16 = 502;
 pub const COMMAND_INVALID: u16 = 503;
 pub const CHANNEL_ERROR: u16 = 504;
 pub const UNEXPECTED_FRAME: u16 = 505;
+pub const RESOURCE_ERROR: u16 = 506;
 pub const NOT_ALLOWED: u16 = 530;
 pub const NOT_IMPLEMENTED: u16 = 540;
 pub const INTERNAL_ERROR: u16 = 541;
@@ -31,7 +32,7 @@ pub fn code_name(code: u16) -> &'static str {
         COMMAND_INVALID => "COMMAND_INVALID",
         CHANNEL_ERROR => "CHANNEL_ERROR",
         UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
-        506 => "RESOURCE_ERROR",
+        RESOURCE_ERROR => "RESOURCE_ERROR",
         NOT_ALLOWED => "NOT_ALLOWED",
         NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
         INTERNAL_ERROR => "INTERNAL_ERROR",

@@ -29,6 +29,7 @@ pub async fn render(admin: &Admin) -> String {
         pools: admin.ctx.pools.summary().len(),
         snapshot: admin.ctx.stats.snapshot(),
         stats: admin.ctx.stats.clone(),
+        held_publish_bytes: admin.ctx.held_bytes.used(),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(exposition));
@@ -48,6 +49,7 @@ struct Exposition {
     channels: HashMap<u64, ChannelCounts>,
     pools: usize,
     stats: Arc<Stats>,
+    held_publish_bytes: u64,
 }
 
 impl Collector for Exposition {
@@ -113,6 +115,12 @@ impl Exposition {
             "warren_upstream_connections_blocked",
             "Upstream connections the broker has blocked (resource alarm)",
             snapshot.upstreams.iter().filter(|u| u.is_blocked()).count() as u64,
+        )?;
+        gauge(
+            encoder,
+            "warren_held_publish_bytes",
+            "Bytes of partly received large messages held until whole (budget: --max-held-publish-mib)",
+            self.held_publish_bytes,
         )
     }
 

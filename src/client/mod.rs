@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 pub use session::{serve, Accepted};
 
 use crate::config::Config;
+use crate::content::HeldBytes;
 use crate::link::ClientId;
 use crate::pool::Pools;
 use crate::stats::Stats;
@@ -28,6 +29,8 @@ pub struct Context {
     next_client_id: AtomicU64,
     /// Clients past Connection.Open, for `--max-clients`.
     admitted: AtomicUsize,
+    /// Bytes held in partly received publishes, for `--max-held-publish-mib`.
+    pub held_bytes: Arc<HeldBytes>,
 }
 
 /// A place under `--max-clients`, given back on drop.
@@ -42,6 +45,7 @@ impl Drop for Admission<'_> {
 impl Context {
     pub fn new(config: Config, pools: Pools, stats: Arc<Stats>) -> Self {
         Context {
+            held_bytes: HeldBytes::new(config.max_held_publish_bytes),
             config: RwLock::new(Arc::new(config)),
             pools,
             stats,
@@ -56,6 +60,7 @@ impl Context {
     }
 
     pub fn set_config(&self, config: Config) {
+        self.held_bytes.set_limit(config.max_held_publish_bytes);
         *self.config.write().expect("config lock") = Arc::new(config);
     }
 

@@ -17,9 +17,8 @@ use tokio::sync::mpsc;
 
 use super::handshake::{self, HandshakeError, Hello};
 use super::{Admission, Context};
-use crate::channel::{
-    ChannelState, ContentAssembler, ContentVerdict, Delivered, Step, UpstreamChannel, Usage,
-};
+use crate::channel::{ChannelState, Delivered, Step, UpstreamChannel, Usage};
+use crate::content::{ContentAssembler, ContentVerdict, PublishBudget};
 use crate::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::logging::RateLimit;
@@ -230,6 +229,7 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
         holds_reservation: true,
         scratch: Vec::new(),
         small_messages: BytesMut::new(),
+        publish_budget: PublishBudget::new(ctx.held_bytes.clone()),
         record,
     };
     let exit = session.run(&mut reader, &mut events, heartbeat, &ctx).await;
@@ -475,6 +475,8 @@ struct Session {
     /// instead of one each); anything else sent upstream, and every event,
     /// goes after them.
     small_messages: BytesMut,
+    /// This client's share of the bytes held in partly received publishes.
+    publish_budget: Arc<PublishBudget>,
     record: Listed<ClientRecord>,
 }
 
@@ -878,7 +880,7 @@ impl Session {
         else {
             return None;
         };
-        match content.accept(frame) {
+        match content.accept(frame, &self.publish_budget) {
             ContentVerdict::Forward(frame) => self.send_upstream(frame, upstream.id).await,
             ContentVerdict::Held => {}
             ContentVerdict::Complete(frames) => {

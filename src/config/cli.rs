@@ -96,6 +96,12 @@ pub struct Cli {
     /// all are full a client is refused with 530. 0: no limit [default: 100]
     #[arg(long, env = "MAX_UPSTREAM_CONNECTIONS", value_name = "N")]
     pub max_upstream_connections: Option<u32>,
+    /// MiB of partly received messages warren holds for all clients
+    /// together (a message is forwarded once whole); a client whose next
+    /// frame would go over is closed with 506. One client may hold at most
+    /// 256 MiB [default: 1024]
+    #[arg(long, env = "MAX_HELD_PUBLISH_MIB", value_name = "MIB")]
+    pub max_held_publish_mib: Option<u32>,
     /// Most channels warren opens on one upstream connection; the broker's
     /// own channel_max also applies [default: 65535]
     #[arg(long, env = "MAX_UPSTREAM_CHANNELS", value_name = "N")]
@@ -191,6 +197,7 @@ impl Cli {
             idle_connection_timeout: self.idle_connection_timeout,
             max_clients: self.max_clients,
             max_upstream_connections: self.max_upstream_connections,
+            max_held_publish_mib: self.max_held_publish_mib,
             max_upstream_channels: self.max_upstream_channels,
             channel_max: self.channel_max,
             heartbeat: self.heartbeat,

@@ -80,6 +80,8 @@ pub struct Config {
     pub max_clients: usize,
     /// Per pool; 0: no limit.
     pub max_upstream_connections: usize,
+    /// For all clients' partly received publishes together.
+    pub max_held_publish_bytes: u64,
     pub max_upstream_channels: u16,
     pub channel_max: u16,
     pub heartbeat: u16,
@@ -234,6 +236,15 @@ impl Config {
             idle_connection_timeout: seconds(o.idle_connection_timeout),
             max_clients: o.max_clients.unwrap_or_default() as usize,
             max_upstream_connections: o.max_upstream_connections.unwrap_or_default() as usize,
+            max_held_publish_bytes: match o.max_held_publish_mib {
+                Some(mib @ 128..) => u64::from(mib) << 20,
+                other => {
+                    return Err(err(format!(
+                        "invalid --max-held-publish-mib {}: must be at least 128 (one message of the largest size)",
+                        other.unwrap_or_default()
+                    )))
+                }
+            },
             max_upstream_channels,
             channel_max,
             heartbeat: o.heartbeat.unwrap_or_default(),

@@ -56,6 +56,7 @@ options! {
     idle_connection_timeout: u64 = Some(5);
     max_clients: u32 = Some(16384);
     max_upstream_connections: u32 = Some(100);
+    max_held_publish_mib: u32 = Some(1024);
     max_upstream_channels: u16 = Some(65535);
     channel_max: u16 = Some(2047);
     heartbeat: u16 = Some(60);

@@ -230,3 +230,55 @@ def test_a_flooding_publisher_does_not_starve_a_client_on_the_same_upstream(brok
         with connect(broker.port) as cleanup:
             cleanup.channel().queue_delete(flood_queue)
     assert len(published) > 200
+
+
+@pytest.mark.parametrize("flags,channels,limit_text", [
+    # Unfinished 100 MiB messages, 75 MiB sent of each: over the 128 MiB
+    # shared budget at the second...
+    (["--max-held-publish-mib", "128"], 2, "its 128 MiB for partly received messages of all clients"),
+    # ...or, with a large shared budget, over one client's 256 MiB at the fourth.
+    (["--max-held-publish-mib", "4096"], 4, "more than 256 MiB of partly received messages held"),
+])
+def test_holding_too_many_partial_messages_closes_that_client_with_506(broker, warren_factory, queue,
+                                                                        flags, channels, limit_text):
+    """A client that starts large messages on many channels and never finishes
+    them is closed before warren's memory grows without bound; nothing it
+    held reaches the broker, and a bystander on the same upstream is unharmed."""
+    import struct
+    from rawamqp import RawClient, frame, method, shortstr
+    w = warren_factory(*flags)
+    bystander = w.connect()
+    ch = bystander.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("", queue, b"before")
+
+    raw = RawClient(w.port, timeout=30)
+    raw.open()
+    body = frame(3, 0, b"x" * (131072 - 8))
+    closed = None
+    try:
+        for number in range(1, channels + 1):
+            raw.send(method(number, 20, 10, shortstr(""))
+                     + method(number, 60, 40, struct.pack("!H", 0) + shortstr("") + shortstr(queue) + b"\x00")
+                     + frame(2, number, struct.pack("!HHQH", 60, 0, 100 << 20, 0)))
+            on_channel = body[:1] + struct.pack("!H", number) + body[3:]
+            raw.send(on_channel * 600)  # 75 MiB of the announced 100
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # warren closed the socket while we were still sending
+    try:
+        while closed is None:
+            f = raw.read_method()  # Channel.Open-Oks, then the Close
+            if f.method == (10, 50):
+                closed = f.close_reply()
+    except (EOFError, ConnectionError):
+        pass
+    raw.close()
+    assert closed is not None and closed[0] == 506 and limit_text in closed[1], closed
+
+    ch.basic_publish("", queue, b"after")
+    bodies = [ch.basic_get(queue, auto_ack=True)[2] for _ in range(3)]
+    assert bodies == [b"before", b"after", None], "a partial message reached the queue"
+    assert bystander.is_open
+    bystander.close()
+    metrics = w.http_get("/metrics")
+    assert "\nwarren_held_publish_bytes 0\n" in metrics, "the budget was given back"
