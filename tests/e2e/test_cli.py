@@ -73,3 +73,22 @@ def _try_connect(port):
         return connect(port)
     except Exception:  # noqa: BLE001
         return None
+
+
+def test_every_option_is_documented_with_its_flag_variable_and_key(tmp_path):
+    """docs/configuration.md stays true: each flag and environment variable
+    in --help, and each file key --check-config prints, appears in it; and
+    the documented example file is valid."""
+    import re
+    from conftest import ROOT
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    help_text = run("--help").stdout
+    flags = set(re.findall(r"(--[a-z][a-z-]+)", help_text)) - {"--help", "--version"}
+    variables = set(re.findall(r"\[env: ([A-Z_]+)=", help_text))
+    example = ROOT / "packaging" / "warren.toml"
+    printed = run("--check-config", str(example))
+    assert printed.returncode == 0, printed.stderr
+    keys = {line.split(" = ")[0] for line in printed.stdout.splitlines() if " = " in line}
+    assert len(flags) > 30 and len(variables) > 25 and len(keys) > 25, (flags, variables, keys)
+    missing = sorted(name for name in flags | variables | keys if name not in doc)
+    assert missing == [], f"not in docs/configuration.md: {missing}"
