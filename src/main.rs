@@ -2,6 +2,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Weak};
 
 use clap::Parser;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use warren::admin::{self, Admin, Readiness};
@@ -12,7 +13,7 @@ use warren::logging::{self, SetLevel};
 use warren::pool::Pools;
 use warren::stats::Stats;
 use warren::upstream::{Nodes, UpstreamSettings};
-use warren::{memory, tls};
+use warren::{fd_limit, memory, tls};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
     }
     let set_level = logging::init(&config.log_level, config.log_format);
     memory::tune_allocator();
+    fd_limit::check(fd_limit::raise(), config.max_clients);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,6 +87,20 @@ fn upstream_settings(
 }
 
 async fn run(cli: Cli, config: Config, set_level: SetLevel) -> ExitCode {
+    // Installed first: a SIGHUP or SIGTERM arriving while the listeners bind
+    // must not kill the process with the default action.
+    let signals = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(int), Ok(hangup)) => (term, int, hangup),
+        _ => {
+            eprintln!("warren: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (term, int, hangups) = signals;
     if config.upstream_tls.insecure {
         tracing::warn!("--upstream-insecure: broker certificates are NOT verified; anyone on the path can read and change the traffic, passwords included");
     }
@@ -128,8 +144,9 @@ async fn run(cli: Cli, config: Config, set_level: SetLevel) -> ExitCode {
     };
     tracing::info!(listen = %addresses.join(", "), http = %http_local, upstream = %upstreams.join(","), "warren is ready");
 
-    tokio::spawn(watch_signals(stop.clone()));
+    tokio::spawn(watch_signals(term, int, stop.clone()));
     tokio::spawn(reload_on_hangup(
+        hangups,
         cli,
         ctx.clone(),
         Arc::downgrade(&listeners),
@@ -142,15 +159,7 @@ async fn run(cli: Cli, config: Config, set_level: SetLevel) -> ExitCode {
 }
 
 /// The first SIGTERM/SIGINT starts a graceful drain; a second one exits now.
-async fn watch_signals(stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+async fn watch_signals(mut term: Signal, mut int: Signal, stop: CancellationToken) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::info!("shutdown requested; send the signal again to exit at once");
     stop.cancel();
@@ -176,17 +185,13 @@ const NEEDS_RESTART: &[&str] = &[
 /// and TLS files apply to connections made from now on; a file that does
 /// not load is logged and the running configuration stays.
 async fn reload_on_hangup(
+    mut hangups: Signal,
     cli: Cli,
     ctx: Arc<Context>,
     listeners: Weak<Listeners>,
     set_level: SetLevel,
     listening: String,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; reload is off");
-        return;
-    };
     while hangups.recv().await.is_some() {
         let loaded = Config::load(&cli).and_then(|config| {
             let nodes = nodes(&config)?;

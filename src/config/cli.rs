@@ -130,7 +130,8 @@ pub struct Cli {
     #[arg(long, env = "CLIENT_HANDSHAKE_TIMEOUT", value_name = "SECONDS")]
     pub client_handshake_timeout: Option<u64>,
     /// Seconds to connect and log in to a broker node before trying the
-    /// next [default: 10]
+    /// next; short enough that a silent node leaves time for the next within
+    /// clients' own timeouts (php-amqplib's is 3 s) [default: 3]
     #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT", value_name = "SECONDS")]
     pub upstream_connect_timeout: Option<u64>,
     /// Seconds after which an upstream connection takes no new clients and

@@ -64,7 +64,7 @@ options! {
     max_kept_channels: u16 = Some(64);
     prewarm_channels: u16 = Some(0);
     client_handshake_timeout: u64 = Some(10);
-    upstream_connect_timeout: u64 = Some(10);
+    upstream_connect_timeout: u64 = Some(3);
     upstream_max_lifetime: u64 = Some(3600);
     term_timeout: i64 = Some(-1);
     term_client_close_timeout: u64 = Some(0);
