@@ -104,8 +104,8 @@ async fn run(cli: Cli, config: Config, set_level: SetLevel) -> ExitCode {
     if config.upstream_tls.insecure {
         tracing::warn!("--upstream-insecure: broker certificates are NOT verified; anyone on the path can read and change the traffic, passwords included");
     }
-    let listeners = match listener::bind(&config).await {
-        Ok(listeners) => Arc::new(listeners),
+    let mut listeners = match listener::bind(&config).await {
+        Ok(listeners) => listeners,
         Err(e) => {
             eprintln!("warren: {e}");
             return ExitCode::FAILURE;
@@ -121,6 +121,11 @@ async fn run(cli: Cli, config: Config, set_level: SetLevel) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = listeners.publish() {
+        eprintln!("warren: {e}");
+        return ExitCode::FAILURE;
+    }
+    let listeners = Arc::new(listeners);
     let addresses = listeners.describe();
     let listening = addresses[0].clone();
     let stats = Arc::new(Stats::default());
@@ -195,6 +200,7 @@ async fn reload_on_hangup(
     while hangups.recv().await.is_some() {
         let loaded = Config::load(&cli).and_then(|config| {
             let nodes = nodes(&config)?;
+            nodes.carry_health_from(&ctx.pools.settings().nodes);
             if let Some(listeners) = listeners.upgrade() {
                 listeners.reload_tls(&config)?;
             }

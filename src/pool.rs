@@ -189,16 +189,24 @@ impl Pools {
                 .await
                 .map(|u| (u, PoolRef(pool)));
         };
+        let settings = self.settings();
+        // Logins run in parallel (one waits for another only so long); the
+        // pool may have filled meanwhile.
+        let _opening = pool.opening.lock().await;
+        if let Err(full) = Self::has_room_for_another(&pool, &settings, vhost) {
+            pending.discard(&settings, vhost);
+            return match pool.try_pin(Room::Any) {
+                Some(upstream) => Ok((upstream, PoolRef(pool.clone()))),
+                None => Err(full),
+            };
+        }
         let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
-        match pending
-            .open(&self.settings(), &credentials.user, vhost, id)
-            .await
-        {
+        match pending.open(&settings, &credentials.user, vhost, id).await {
             Ok(upstream) => {
                 // Adopted before the login turn (`_turn`) is given up, so the
                 // clients waiting for it find this connection.
                 self.adopt(&pool, &upstream);
-                Ok((upstream, PoolRef(pool)))
+                Ok((upstream, PoolRef(pool.clone())))
             }
             Err(e) => {
                 self.remove_if_empty(credentials, vhost, &pool);
@@ -242,6 +250,19 @@ impl Pools {
             return Ok(upstream);
         }
         let settings = self.settings();
+        Self::has_room_for_another(pool, &settings, vhost)?;
+        let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
+        let upstream = Upstream::connect(&settings, &pool.credentials, vhost, id).await?;
+        self.adopt(pool, &upstream);
+        Ok(upstream)
+    }
+
+    /// `--max-upstream-connections` allows one more connection in `pool`.
+    fn has_room_for_another(
+        pool: &Pool,
+        settings: &UpstreamSettings,
+        vhost: &str,
+    ) -> Result<(), ConnectError> {
         let limit = settings.max_connections;
         if limit > 0 && pool.current_connections() >= limit {
             return Err(ConnectError::Refused(reply::close(
@@ -252,10 +273,7 @@ impl Pools {
                 ),
             )));
         }
-        let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
-        let upstream = Upstream::connect(&settings, &pool.credentials, vhost, id).await?;
-        self.adopt(pool, &upstream);
-        Ok(upstream)
+        Ok(())
     }
 
     /// Adds a new connection to `pool`, pinned by its first client.

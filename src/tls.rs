@@ -139,9 +139,10 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string()).map_err(|e| format!("'{host}' is not a TLS name: {e}"))
 }
 
-/// `--upstream-insecure`: accepts any certificate, but still checks that
-/// the handshake was signed by it, so the session is at least not trivially
-/// forged by a passive party.
+/// `--upstream-insecure`: accepts any certificate. The handshake signature
+/// is still checked against it, which proves only that the peer holds that
+/// certificate's key: anyone in the middle can present their own, so this
+/// gives no protection against an active attacker.
 #[derive(Debug)]
 struct AnyCertificate(Arc<CryptoProvider>);
 

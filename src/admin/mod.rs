@@ -168,7 +168,9 @@ impl Admin {
         if heard_lately {
             return Ok(());
         }
-        self.readiness.probe(&self.ctx.pools.settings().nodes).await
+        self.readiness
+            .probe(self.ctx.pools.settings().nodes.clone())
+            .await
     }
 }
 

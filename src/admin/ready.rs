@@ -7,10 +7,12 @@
 //! credentials. Results are shared for a second, so a burst of probes (or a
 //! misconfigured scraper) costs the broker one connection.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
+use tokio::task::JoinSet;
 
 use crate::frame::{FrameReader, PROTOCOL_HEADER};
 use crate::method;
@@ -31,7 +33,8 @@ pub struct Readiness {
 
 impl Readiness {
     /// Ready when any of `nodes` says hello (warren fails over to it).
-    pub async fn probe(&self, nodes: &Nodes) -> Result<(), String> {
+    /// All are asked at once, so a silent node does not hold up the answer.
+    pub async fn probe(&self, nodes: Arc<Nodes>) -> Result<(), String> {
         // Held across the probe: concurrent callers wait for its result.
         let mut last = self.last.lock().await;
         if let Some((at, result)) = last.as_ref() {
@@ -39,25 +42,33 @@ impl Readiness {
                 return result.clone();
             }
         }
+        let mut probes = JoinSet::new();
+        for node in 0..nodes.addrs().len() {
+            let nodes = nodes.clone();
+            probes.spawn(async move {
+                let addr = &nodes.addrs()[node];
+                match tokio::time::timeout(PROBE_TIMEOUT, says_hello(&nodes, node)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(why)) => Err(format!("broker {addr}: {why}")),
+                    Err(_) => Err(format!(
+                        "broker {addr} did not answer within {PROBE_TIMEOUT:?}"
+                    )),
+                }
+            });
+        }
         let mut failures = Vec::new();
-        for node in nodes.order(Instant::now()) {
-            let addr = &nodes.addrs()[node];
-            match tokio::time::timeout(PROBE_TIMEOUT, says_hello(nodes, node)).await {
+        let mut result = Err("no broker node configured".to_string());
+        while let Some(answer) = probes.join_next().await {
+            match answer {
                 Ok(Ok(())) => {
-                    failures.clear();
+                    result = Ok(());
                     break;
                 }
-                Ok(Err(why)) => failures.push(format!("broker {addr}: {why}")),
-                Err(_) => failures.push(format!(
-                    "broker {addr} did not answer within {PROBE_TIMEOUT:?}"
-                )),
+                Ok(Err(why)) => failures.push(why),
+                Err(e) => failures.push(format!("probe failed: {e}")),
             }
+            result = Err(failures.join("; "));
         }
-        let result = if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(failures.join("; "))
-        };
         *last = Some((Instant::now(), result.clone()));
         result
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
-pub use session::{serve, Accepted};
+pub use session::serve;
 
 use crate::config::Config;
 use crate::content::HeldBytes;

@@ -134,8 +134,12 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
     let events = &ctx.stats.events;
     events.accepted.inc();
     tracing::debug!(client = id, %peer, "client accepted");
+    // One deadline for the whole handshake, TLS included: a client gets
+    // the limit once, not once per step.
     let limit = ctx.config().client_handshake_timeout;
-    let (read_half, mut write_half) = match tokio::time::timeout(limit, accepted.open()).await {
+    let deadline = tokio::time::Instant::now() + limit;
+    let (read_half, mut write_half) = match tokio::time::timeout_at(deadline, accepted.open()).await
+    {
         Ok(Ok(halves)) => halves,
         Ok(Err(e)) => {
             events.handshake(HandshakeOutcome::tls_failed);
@@ -151,7 +155,7 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
         }
     };
     let mut reader = FrameReader::new(read_half, OFFERED_FRAME_MAX);
-    let admitted = match admit(id, peer, &mut reader, &mut write_half, &ctx).await {
+    let admitted = match admit(id, peer, deadline, &mut reader, &mut write_half, &ctx).await {
         Ok(admitted) => admitted,
         Err(Refusal::Close(close)) => {
             events.close(CloseScope::connection, close.code);
@@ -170,7 +174,7 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
         vhost,
         upstream,
         pool,
-        place: _place,
+        place,
     } = admitted;
     let user = &hello.credentials.user;
     tracing::info!(
@@ -233,6 +237,9 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
         record,
     };
     let exit = session.run(&mut reader, &mut events, heartbeat, &ctx).await;
+    // Given back before the client hears its Close-Ok, so a client that
+    // reconnects at once finds its place free.
+    drop(place);
     let reason = match &exit {
         Exit::ClientClosed => "client closed the connection".to_string(),
         Exit::Close(close) => format!("closed by warren: {} {}", close.code, close.text),
@@ -279,6 +286,7 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
 async fn admit<'a>(
     id: ClientId,
     peer: Peer,
+    deadline: tokio::time::Instant,
     reader: &mut FrameReader<ReadHalf>,
     writer: &mut WriteHalf,
     ctx: &'a Context,
@@ -291,14 +299,21 @@ async fn admit<'a>(
         peer,
         limit,
         events,
-        tokio::time::timeout(limit, handshake::greet(reader, writer)).await,
+        tokio::time::timeout_at(deadline, handshake::greet(reader, writer)).await,
     )?;
     let user = &hello.credentials.user;
-    let admission = ctx
-        .pools
-        .authenticate(&hello.credentials)
-        .await
-        .map_err(|e| refusal(id, peer, &hello, None, events, e))?;
+    // A client over --max-clients costs no login at the broker: it is
+    // refused at Connection.Open, where RabbitMQ refuses its own limits.
+    let place = ctx.admit_client(config.max_clients);
+    let admission = match place {
+        Some(_) => Some(
+            ctx.pools
+                .authenticate(&hello.credentials)
+                .await
+                .map_err(|e| refusal(id, peer, &hello, None, events, e))?,
+        ),
+        None => None,
+    };
 
     let offer = Tune {
         channel_max: config.channel_max.min(config.max_upstream_channels),
@@ -310,9 +325,9 @@ async fn admit<'a>(
         peer,
         limit,
         events,
-        tokio::time::timeout(limit, handshake::tune_and_open(reader, writer, offer)).await,
+        tokio::time::timeout_at(deadline, handshake::tune_and_open(reader, writer, offer)).await,
     )?;
-    let Some(place) = ctx.admit_client(config.max_clients) else {
+    let (Some(place), Some(admission)) = (place, admission) else {
         events.handshake(HandshakeOutcome::over_limit);
         static OVER_LIMIT: RateLimit = RateLimit::new(REPEATED_ERRORS_EVERY);
         if let Some(suppressed) = OVER_LIMIT.check() {

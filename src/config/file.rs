@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{err, ConfigError, Options};
+use super::{err, redact_text, ConfigError, Options};
 
 /// Reads `path` as TOML when it ends in `.toml`, else as INI.
 pub fn read(path: &Path) -> Result<Options, ConfigError> {
@@ -16,7 +16,13 @@ pub fn read(path: &Path) -> Result<Options, ConfigError> {
     } else {
         parse_ini(&text)
     };
-    parsed.map_err(|e| err(format!("config file {}: {}", path.display(), e.0)))
+    parsed.map_err(|e| {
+        err(format!(
+            "config file {}: {}",
+            path.display(),
+            redact_text(&e.0)
+        ))
+    })
 }
 
 fn parse_toml(text: &str) -> Result<Options, ConfigError> {
@@ -67,15 +73,16 @@ fn parse_ini(text: &str) -> Result<Options, ConfigError> {
         if section.is_empty() {
             return Err(err(format!("line {line_no}: '{key}' outside any section")));
         }
-        let typed = if key == "upstream" {
-            toml::Value::Array(
+        let typed = match key {
+            "upstream" => toml::Value::Array(
                 value
                     .split(',')
-                    .map(|url| toml::Value::String(url.trim().to_string()))
+                    .map(|url| toml::Value::String(ini_string(url.trim())))
                     .collect(),
-            )
-        } else {
-            ini_value(value)
+            ),
+            // Octal digits, not a number: 0660 and 660 mean the same.
+            "socket_mode" => toml::Value::String(ini_string(value)),
+            _ => ini_value(value),
         };
         let single = toml::Table::from_iter([(key.to_string(), typed)]);
         let parsed = Options::deserialize(single).map_err(|e| {
@@ -87,6 +94,14 @@ fn parse_ini(text: &str) -> Result<Options, ConfigError> {
         options = parsed.or(options);
     }
     Ok(options)
+}
+
+/// A value as a string, without the quotes around it if it has them.
+fn ini_string(value: &str) -> String {
+    match ini_value(value) {
+        toml::Value::String(unquoted) => unquoted,
+        _ => value.to_string(),
+    }
 }
 
 fn ini_value(value: &str) -> toml::Value {
@@ -105,7 +120,7 @@ mod tests {
     fn ini_reads_amqproxy_keys_and_names_bad_lines() {
         let options = parse_ini(
             "[main]\nupstream = amqp://b:5800, amqp://c\nidle_connection_timeout = 9\n\
-             term_timeout = -1\n[listen]\nbind = 0.0.0.0\nport = 6000\nsocket_mode = 0600\n",
+             term_timeout = -1\n[listen]\nbind = \"0.0.0.0\"\nport = 6000\nsocket_mode = 600\n",
         )
         .unwrap();
         assert_eq!(
@@ -116,7 +131,12 @@ mod tests {
         assert_eq!(options.term_timeout, Some(-1));
         assert_eq!(options.listen.as_deref(), Some("0.0.0.0"));
         assert_eq!(options.port, Some(6000));
-        assert_eq!(options.socket_mode.as_deref(), Some("0600"));
+        assert_eq!(options.socket_mode.as_deref(), Some("600"));
+        let quoted = parse_ini("[main]\nupstream = \"amqp://a\", 'amqp://b'\n").unwrap();
+        assert_eq!(
+            quoted.upstream,
+            Some(vec!["amqp://a".to_string(), "amqp://b".to_string()])
+        );
 
         let bad = parse_ini("[listen]\nport = 70000\n").unwrap_err().0;
         assert!(bad.contains("line 2") && bad.contains("port"), "{bad}");
@@ -134,6 +154,10 @@ mod tests {
         let options =
             parse_toml("upstream = [\"amqp://a\", \"amqps://b\"]\nmax_clients = 10\n").unwrap();
         assert_eq!(options.upstream.unwrap().len(), 2);
+        let one = parse_toml("upstream = \"amqp://a\"\n").unwrap();
+        assert_eq!(one.upstream, Some(vec!["amqp://a".to_string()]));
+        let wrong = parse_toml("upstream = 5\n").unwrap_err().0;
+        assert!(wrong.contains("a URL or a list of URLs"), "{wrong}");
         assert_eq!(options.max_clients, Some(10));
         let bad = parse_toml("port = 5673\nchannel_max = \"many\"\n")
             .unwrap_err()

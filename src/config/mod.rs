@@ -296,20 +296,39 @@ impl Config {
 }
 
 /// A URL with its password replaced, for logs, errors and
-/// `--check-config`; works on URLs too broken to parse.
+/// `--check-config`; works on URLs too broken to parse. Everything up to the
+/// last `@` counts as user information, since a password may hold `/`, `?`
+/// or `#` unescaped.
 pub fn redact_url(raw: &str) -> String {
     let Some((scheme, rest)) = raw.split_once("://") else {
         return raw.to_string();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) if userinfo.contains(':') => {
             let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:redacted@{host}{path}")
+            format!("{scheme}://{user}:redacted@{host}")
         }
         _ => raw.to_string(),
     }
+}
+
+/// `text` with every URL in it redacted (see [`redact_url`]): for error
+/// messages that may quote a configuration value.
+pub fn redact_text(text: &str) -> String {
+    text.split_inclusive(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '`' | ','))
+        .map(|word| {
+            let end = word.len()
+                - word.chars().last().map_or(0, |c| {
+                    if c.is_whitespace() || matches!(c, '\'' | '"' | '`' | ',') {
+                        c.len_utf8()
+                    } else {
+                        0
+                    }
+                });
+            let (token, separator) = word.split_at(end);
+            format!("{}{separator}", redact_url(token))
+        })
+        .collect()
 }
 
 /// Parses `amqp[s]://[user:pass@]host[:port][/vhost]`. Only scheme, host
@@ -379,6 +398,22 @@ mod tests {
             bad.contains("invalid upstream URL") && !bad.contains("hunter2"),
             "{bad}"
         );
+        let slashed = parse_upstream_url("amqp://u:hun/ter#2@host:x")
+            .unwrap_err()
+            .0;
+        assert!(
+            !slashed.contains("hun") && !slashed.contains("ter"),
+            "{slashed}"
+        );
+    }
+
+    #[test]
+    fn urls_in_any_message_are_redacted() {
+        assert_eq!(
+            redact_text("bad 'amqps://u:p@h/v' and amqp://x:y@z, end"),
+            "bad 'amqps://u:redacted@h/v' and amqp://x:redacted@z, end"
+        );
+        assert_eq!(redact_text("no url here"), "no url here");
     }
 
     #[test]
@@ -465,10 +500,7 @@ mod tests {
 
     #[test]
     fn missing_upstream_is_a_clear_error() {
-        let cli = Cli::try_parse_from(["warren", "-p", "1"]).unwrap();
-        if cli.upstream.is_empty() {
-            let e = Config::load(&cli).unwrap_err().0;
-            assert!(e.contains("missing upstream"), "{e}");
-        }
+        let e = Config::from_options(Options::defaults()).unwrap_err().0;
+        assert!(e.contains("missing upstream"), "{e}");
     }
 }

@@ -4,7 +4,27 @@
 //! Each field is an `Option` so sources merge with "the first that gives
 //! it wins"; the same struct, fully filled, is what `--check-config` prints.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// `upstream = "amqp://a"` as well as `upstream = ["amqp://a", "amqp://b"]`.
+/// The error names neither value: a URL may hold a password.
+fn one_or_many<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(deserializer) {
+        Ok(OneOrMany::One(url)) => Ok(Some(vec![url])),
+        Ok(OneOrMany::Many(urls)) => Ok(Some(urls)),
+        Err(_) => Err(serde::de::Error::custom(
+            "upstream must be a URL or a list of URLs",
+        )),
+    }
+}
 
 /// Declares [`Options`] and its field-wise merge from one list, so a new
 /// setting cannot be added to one and forgotten in the other.
@@ -35,7 +55,8 @@ macro_rules! options {
 }
 
 options! {
-    /// Broker URLs, amqp:// or amqps://.
+    /// Broker URLs, amqp:// or amqps://: a list, or one string.
+    #[serde(default, deserialize_with = "one_or_many")]
     upstream: Vec<String> = None;
     /// IP address, host name, or `unix:/path` for a Unix socket.
     listen: String = Some("127.0.0.1".into());

@@ -6,6 +6,7 @@ use crate::auth::Credentials;
 use crate::frame::{FrameError, FrameReader, PROTOCOL_HEADER};
 use crate::method::{self, Close, Start, Tune};
 use crate::net::{ReadHalf, WriteHalf};
+use crate::reply::REPLY_SUCCESS;
 use crate::wire::{FieldTable, FieldValue};
 
 /// Why an upstream connection could not be opened.
@@ -188,6 +189,19 @@ impl Authenticated {
                 Err(refused)
             }
             Err(other) => Err(other),
+        }
+    }
+
+    /// Closes a login that turned out not to be needed. RabbitMQ takes a
+    /// Connection.Close only once the vhost is open (before, it logs an
+    /// error), so the vhost is opened first; the broker sees a clean close.
+    pub async fn discard(self, vhost: &str) {
+        let Ok((mut reader, mut writer, _)) = self.open(vhost).await else {
+            return;
+        };
+        let close = Close::new(REPLY_SUCCESS, "warren: connection not needed");
+        if writer.write_all(&close.connection_frame()).await.is_ok() {
+            let _ = expect(&mut reader, method::CONNECTION_CLOSE_OK).await;
         }
     }
 }

@@ -200,6 +200,15 @@ impl PendingUpstream {
         self.authenticated.frame_max()
     }
 
+    /// Closes it cleanly in the background: the pool filled while it was
+    /// logging in.
+    pub fn discard(self, settings: &UpstreamSettings, vhost: &str) {
+        let (limit, vhost) = (settings.connect_timeout, vhost.to_string());
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(limit, self.authenticated.discard(&vhost)).await;
+        });
+    }
+
     pub async fn open(
         self,
         settings: &UpstreamSettings,
@@ -368,11 +377,6 @@ impl Upstream {
     /// afresh, so a password revoked at the broker stops working here too.
     pub fn is_retired(&self) -> bool {
         self.0.is_retired()
-    }
-
-    /// The broker node it is connected to.
-    pub fn node(&self) -> &UpstreamAddr {
-        &self.0.node
     }
 
     /// Clients pinned to this connection.

@@ -51,6 +51,18 @@ impl Nodes {
         })
     }
 
+    /// After a reload: what is known of nodes that are still listed carries
+    /// over (a node backing off keeps backing off).
+    pub fn carry_health_from(&self, old: &Nodes) {
+        let old_health = old.health.lock().expect("nodes lock");
+        let mut health = self.health.lock().expect("nodes lock");
+        for (i, addr) in self.addrs.iter().enumerate() {
+            if let Some(j) = old.addrs.iter().position(|a| a == addr) {
+                health[i] = old_health[j];
+            }
+        }
+    }
+
     pub fn addrs(&self) -> &[UpstreamAddr] {
         &self.addrs
     }
@@ -146,6 +158,16 @@ mod tests {
         assert!(firsts.contains(&0), "{firsts:?}");
         nodes.succeeded(0);
         assert_eq!(nodes.order(now).len(), 2);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_backoff_of_nodes_still_listed() {
+        let old = nodes(2);
+        let now = Instant::now();
+        old.failed(1, now);
+        let fresh = nodes(3);
+        fresh.carry_health_from(&old);
+        assert_eq!(fresh.order(now).last(), Some(&1));
     }
 
     #[test]

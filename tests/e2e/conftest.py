@@ -62,7 +62,8 @@ def connect(port, **kw):
 
 class Broker:
     port = BROKER_PORT
-    env = {}
+    # Restarts (fault tests) keep the TLS listener scripts/test.sh gave it.
+    env = {"TLS_DIR": str(TLS_DIR)}
 
     def ctl(self, *args, check=True):
         out = subprocess.run([str(ROOT / "scripts" / "broker.sh"), "ctl", str(self.port), *args],

@@ -29,6 +29,14 @@ def test_bad_input_is_one_line_naming_it(args, message):
     assert message in out.stderr, out.stderr
 
 
+def test_a_password_in_a_bad_config_value_is_not_printed(tmp_path):
+    cfg = tmp_path / "warren.toml"
+    cfg.write_text('upstream = ["amqp://127.0.0.1"]\nhttp_port = "amqp://user:hunter2@host"\n')
+    out = run("--check-config", str(cfg))
+    assert out.returncode == 2 and "line 2" in out.stderr, out.stderr
+    assert "hunter2" not in out.stderr and "user:redacted@host" in out.stderr, out.stderr
+
+
 def test_bad_config_file_names_the_line(tmp_path):
     cfg = tmp_path / "warren.ini"
     cfg.write_text("[main]\nupstream = amqp://127.0.0.1\n[listen]\nport = lots\n")

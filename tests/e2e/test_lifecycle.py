@@ -7,6 +7,7 @@ import subprocess
 import threading
 
 import pika
+import pytest
 
 from conftest import CLIENTS, WARREN, Warren, free_port, params, wait_until
 from rawamqp import Channel, RawClient
@@ -84,7 +85,11 @@ def test_sighup_applies_new_limits_and_a_bad_file_keeps_the_running_config(broke
     assert w.proc.poll() is None
 
 
-def test_rolling_restart_on_the_same_port_refuses_no_client(broker, tmp_path):
+@pytest.mark.parametrize("stopped", ["old", "new"])
+def test_rolling_restart_on_the_same_port_refuses_no_client(broker, stopped):
+    """Two warrens on one port; whichever gets SIGTERM (the old one in an
+    upgrade, the new one in a rollback) hands new connections to the other
+    and drains, while clients keep connecting: none is refused or reset."""
     port = free_port()
     old = Warren(["--term-timeout", "30"], broker.port, port=port)
     new = None
@@ -108,11 +113,12 @@ def test_rolling_restart_on_the_same_port_refuses_no_client(broker, tmp_path):
         t.start()
     try:
         wait_until(lambda: served["count"] >= 50, 30, "clients cycling through the old warren")
-        new = Warren(["--term-timeout", "0"], broker.port, port=port)
+        new = Warren(["--term-timeout", "30"], broker.port, port=port)
+        leaving, staying = (old, new) if stopped == "old" else (new, old)
         before = served["count"]
-        old.proc.send_signal(signal.SIGTERM)
-        assert old.proc.wait(timeout=40) == 0
-        wait_until(lambda: served["count"] >= before + 200, 60, "clients cycling through the new warren")
+        leaving.proc.send_signal(signal.SIGTERM)
+        assert leaving.proc.wait(timeout=40) == 0
+        wait_until(lambda: served["count"] >= before + 200, 60, "clients cycling through the remaining warren")
     finally:
         done.set()
         for t in threads:
@@ -121,7 +127,7 @@ def test_rolling_restart_on_the_same_port_refuses_no_client(broker, tmp_path):
             assert new.terminate() == 0
         old.terminate()
     assert errors == [], errors[:5]
-    assert "stopped accepting" in old.log_text()
+    assert "stopped accepting" in leaving.log_text()
 
 
 def test_unix_socket_listener_serves_real_and_raw_clients(warren_factory, tmp_path):
@@ -139,6 +145,32 @@ def test_unix_socket_listener_serves_real_and_raw_clients(warren_factory, tmp_pa
     assert "peer=unix" in w.log_text()
     assert w.terminate() == 0
     assert not path.exists(), "the socket file is removed at exit"
+
+
+def test_a_warren_that_fails_to_start_leaves_the_running_ones_socket(broker, warren_factory, tmp_path):
+    path = tmp_path / "warren.sock"
+    running = warren_factory("-l", f"unix:{path}")
+    inode = os.stat(path).st_ino
+    # The HTTP port is taken (by the running warren): the new one exits
+    # after binding its socket, which must not have replaced the path.
+    out = subprocess.run([str(WARREN), "-l", f"unix:{path}", "--http-port", str(running.http_port),
+                          "--no-reuse-port", f"amqp://127.0.0.1:{broker.port}"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 1 and "cannot listen for HTTP" in out.stderr, out.stderr
+    assert os.stat(path).st_ino == inode
+    assert [p.name for p in tmp_path.iterdir()] == ["warren.sock"], "no staging left behind"
+    raw = RawClient(unix=str(path))
+    raw.open()
+    raw.close()
+
+
+def test_a_unix_socket_path_that_is_not_a_socket_is_refused(broker, tmp_path):
+    path = tmp_path / "important.txt"
+    path.write_text("keep me")
+    out = subprocess.run([str(WARREN), "-l", f"unix:{path}", "--http-port", "0", f"amqp://127.0.0.1:{broker.port}"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 1 and "is not a socket" in out.stderr, out.stderr
+    assert path.read_text() == "keep me"
 
 
 def test_a_new_warren_takes_over_a_unix_socket_without_a_gap(warren_factory, tmp_path):

@@ -68,6 +68,7 @@ def test_a_changed_password_stops_working_after_the_upstream_lifetime(broker, wa
     w = warren_factory("--upstream-max-lifetime", "2")
     holder = w.connect(user=user, password=password)
     holder.channel()
+    [holder_upstream] = [c["upstream"] for c in w.get_json("/api/clients")]
     broker.ctl("change_password", user, "second-password")
     # The pool vouched for the old password until its connection retired;
     # after that every new client is checked by the broker again.
@@ -78,8 +79,10 @@ def test_a_changed_password_stops_working_after_the_upstream_lifetime(broker, wa
     # The client on the retired connection keeps working, as it would on a
     # direct connection; the connection closes once it leaves.
     holder.channel().queue_declare("", exclusive=True)
+    assert holder_upstream in [u["id"] for u in w.get_json("/api/upstreams")]
     holder.close()
-    wait_until(lambda: len(broker.warren_connections(user=user)) <= 1, 10, "the retired upstream to close")
+    wait_until(lambda: holder_upstream not in [u["id"] for u in w.get_json("/api/upstreams")], 10,
+               "the retired upstream to close")
 
 
 def test_a_retired_upstream_closes_when_its_last_client_leaves(broker, warren_factory):

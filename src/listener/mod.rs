@@ -4,19 +4,23 @@
 //! Listeners are bound with SO_REUSEPORT (unless `--no-reuse-port`) and a
 //! Unix socket is put in place by rename, so a new warren can take over the
 //! same address while the old one drains: a rolling restart refuses nobody
-//! (see [`Listeners::hand_over`]).
+//! (see [`handover`]).
+
+mod bind;
+mod handover;
 
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, UnixListener};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+pub use bind::tcp as bind_tcp;
+use bind::UnixSocket;
+use handover::Probe;
 
 use crate::client::{self, Context};
 use crate::config::{Config, ConfigError, Listen};
@@ -37,17 +41,10 @@ const UPSTREAM_CLOSE_WAIT: Duration = Duration::from_secs(3);
 /// routed here before the hand-over) are accepted for this long before the
 /// listeners close: closing a listener resets what waits in its backlog.
 const HANDOVER: Duration = Duration::from_millis(500);
-/// Pending connections per listener.
-const BACKLOG: u32 = 1024;
-/// Linux's SO_ATTACH_REUSEPORT_CBPF (asm-generic/socket.h), missing from
-/// the libc crate for Linux.
-const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 
 enum Plain {
     Tcp(TcpListener),
-    /// With the path it was renamed to and its inode, to remove it at exit
-    /// only if no successor has put its own socket there.
-    Unix(UnixListener, PathBuf, u64),
+    Unix(UnixSocket),
 }
 
 /// The bound listeners.
@@ -57,23 +54,24 @@ pub struct Listeners {
 }
 
 /// Binds the listeners `config` asks for; the error names the address.
+/// A Unix socket is not reachable until [`Listeners::publish`].
 pub async fn bind(config: &Config) -> Result<Listeners, String> {
     let plain = match &config.listen {
         Listen::Tcp(_) if config.port == 0 => None,
         Listen::Tcp(host) => Some(Plain::Tcp(
-            bind_tcp(host, config.port, config.reuse_port)
+            bind::tcp(host, config.port, config.reuse_port)
                 .await
                 .map_err(|e| format!("cannot listen on {host}:{}: {e}", config.port))?,
         )),
-        Listen::Unix(path) => Some(
-            bind_unix(path, config.socket_mode)
+        Listen::Unix(path) => Some(Plain::Unix(
+            UnixSocket::bind(path, config.socket_mode)
                 .map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))?,
-        ),
+        )),
     };
     let tls = match (&config.tls, &config.listen) {
         (Some(tls), Listen::Tcp(host)) => {
             let acceptor = TlsAcceptor::from(tls::server_config(tls).map_err(|e| e.0)?);
-            let listener = bind_tcp(host, tls.port, config.reuse_port)
+            let listener = bind::tcp(host, tls.port, config.reuse_port)
                 .await
                 .map_err(|e| format!("cannot listen for TLS on {host}:{}: {e}", tls.port))?;
             Some((listener, RwLock::new(acceptor)))
@@ -86,53 +84,24 @@ pub async fn bind(config: &Config) -> Result<Listeners, String> {
     Ok(Listeners { plain, tls })
 }
 
-/// Binds like `TcpListener::bind` (each address `host` resolves to, in
-/// turn), with SO_REUSEPORT when `reuse_port`.
-pub async fn bind_tcp(host: &str, port: u16, reuse_port: bool) -> io::Result<TcpListener> {
-    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
-    for addr in tokio::net::lookup_host((host, port)).await? {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(reuse_port)?;
-        match socket.bind(addr).and_then(|()| socket.listen(BACKLOG)) {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last_error = e,
-        }
-    }
-    Err(last_error)
-}
-
-/// Binds next to `path` and renames into place: an old warren's socket is
-/// replaced atomically, so clients never find the path missing.
-fn bind_unix(path: &Path, mode: u32) -> io::Result<Plain> {
-    let mut fresh = path.as_os_str().to_owned();
-    fresh.push(format!(".{}.new", std::process::id()));
-    let fresh = PathBuf::from(fresh);
-    let _ = std::fs::remove_file(&fresh);
-    let listener = UnixListener::bind(&fresh)?;
-    let placed = std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(mode))
-        .and_then(|()| std::fs::rename(&fresh, path))
-        .and_then(|()| std::fs::metadata(path));
-    match placed {
-        Ok(meta) => Ok(Plain::Unix(listener, path.to_path_buf(), meta.ino())),
-        Err(e) => {
-            let _ = std::fs::remove_file(&fresh);
-            Err(e)
-        }
-    }
-}
-
 impl Listeners {
+    /// Puts a Unix socket at its path: the last step of starting, so a
+    /// warren that fails earlier leaves a running one's socket alone.
+    pub fn publish(&mut self) -> Result<(), String> {
+        match &mut self.plain {
+            Some(Plain::Unix(socket)) => socket
+                .publish()
+                .map_err(|e| format!("cannot listen on unix:{}: {e}", socket.path().display())),
+            _ => Ok(()),
+        }
+    }
+
     /// Where clients can connect, plain listener first.
     pub fn describe(&self) -> Vec<String> {
         let mut parts = Vec::new();
         match &self.plain {
             Some(Plain::Tcp(l)) => parts.push(local(l)),
-            Some(Plain::Unix(_, path, _)) => parts.push(format!("unix:{}", path.display())),
+            Some(Plain::Unix(socket)) => parts.push(format!("unix:{}", socket.path().display())),
             None => {}
         }
         if let Some((l, _)) = &self.tls {
@@ -155,7 +124,11 @@ impl Listeners {
         let plain = async {
             match &self.plain {
                 Some(Plain::Tcp(l)) => l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
-                Some(Plain::Unix(l, _, _)) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+                Some(Plain::Unix(socket)) => socket
+                    .listener
+                    .accept()
+                    .await
+                    .map(|(s, _)| Accepted::Unix(s)),
                 None => std::future::pending().await,
             }
         };
@@ -175,56 +148,40 @@ impl Listeners {
         }
     }
 
-    /// Steers new TCP connections to the other listener of the port's
-    /// SO_REUSEPORT group: a successor warren bound after this one. The
-    /// group's sockets are numbered in the order they joined and a closing
-    /// one's place is taken by the last, so with two sockets the old one is
-    /// 0 and the successor 1; a filter that answers 1 sends every new
-    /// connection there, and with no successor the kernel ignores the
-    /// out-of-range answer and keeps choosing as before.
-    fn hand_over(&self) {
-        let tcp = [
-            match &self.plain {
-                Some(Plain::Tcp(l)) => Some(l),
-                _ => None,
-            },
-            self.tls.as_ref().map(|(l, _)| l),
-        ];
-        for listener in tcp.into_iter().flatten() {
-            let mut always_second = [libc::sock_filter {
-                code: (libc::BPF_RET | libc::BPF_K) as u16,
-                jt: 0,
-                jf: 0,
-                k: 1,
-            }];
-            let program = libc::sock_fprog {
-                len: 1,
-                filter: always_second.as_mut_ptr(),
-            };
-            // SAFETY: the fd is a live listening socket owned by `listener`;
-            // the kernel copies the program during the call.
-            let attached = unsafe {
-                libc::setsockopt(
-                    listener.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    SO_ATTACH_REUSEPORT_CBPF,
-                    &program as *const libc::sock_fprog as *const libc::c_void,
-                    std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-                )
-            };
-            if attached != 0 {
-                tracing::debug!(error = %io::Error::last_os_error(), "cannot steer connections to a successor");
-            }
-        }
+    fn tcp_listeners(&self) -> [Option<&TcpListener>; 2] {
+        let plain = match &self.plain {
+            Some(Plain::Tcp(l)) => Some(l),
+            _ => None,
+        };
+        [plain, self.tls.as_ref().map(|(l, _)| l)]
     }
 
-    /// Removes the Unix socket file unless a successor's socket replaced it.
-    fn remove_socket_file(&self) {
-        if let Some(Plain::Unix(_, path, inode)) = &self.plain {
-            if std::fs::metadata(path).is_ok_and(|meta| meta.ino() == *inode) {
-                let _ = std::fs::remove_file(path);
+    /// Steers new TCP connections to a successor (see [`handover`]).
+    async fn hand_over(&self) -> Vec<Probe> {
+        let mut probes = Vec::new();
+        for (index, listener) in self.tcp_listeners().into_iter().enumerate() {
+            if let Some(probe) = match listener {
+                Some(listener) => handover::steer_away(listener, index).await,
+                None => None,
+            } {
+                probes.push(probe);
             }
         }
+        probes
+    }
+
+    /// Whether `accepted` is one of our probes; if so, it came back to us.
+    fn is_probe(&self, accepted: &Accepted, probes: &[Probe]) -> bool {
+        let (Accepted::Tcp(_, peer) | Accepted::Tls(_, peer, _)) = accepted else {
+            return false;
+        };
+        let Some(probe) = probes.iter().find(|p| p.from == *peer) else {
+            return false;
+        };
+        if let Some(listener) = self.tcp_listeners()[probe.listener] {
+            handover::probe_returned(listener);
+        }
+        true
     }
 }
 
@@ -237,9 +194,9 @@ fn local(listener: &TcpListener) -> String {
 
 /// Serves clients until `stop` is cancelled, then drains: hands new
 /// connections over to a successor, closes the listeners (this must hold
-/// the only strong reference), waits up to the term timeout for
-/// clients to leave, closes the rest with 320, and closes the upstream
-/// connections cleanly.
+/// the only strong reference), waits up to the term timeout for clients to
+/// leave, closes the rest with 320, and closes the upstream connections
+/// cleanly.
 pub async fn run(listeners: Arc<Listeners>, ctx: Arc<Context>, stop: CancellationToken) {
     let sessions = TaskTracker::new();
     let mut prune = tokio::time::interval(PRUNE_EVERY);
@@ -258,16 +215,19 @@ pub async fn run(listeners: Arc<Listeners>, ctx: Arc<Context>, stop: Cancellatio
             _ = stop.cancelled() => break,
         }
     }
-    listeners.hand_over();
     let handover_ends = tokio::time::sleep(HANDOVER);
+    let probes = listeners.hand_over().await;
     tokio::pin!(handover_ends);
     loop {
         tokio::select! {
-            accepted = listeners.accept() => spawn_or_back_off(accepted, &sessions, &ctx).await,
+            accepted = listeners.accept() => match accepted {
+                Ok(accepted) if listeners.is_probe(&accepted, &probes) => {}
+                other => spawn_or_back_off(other, &sessions, &ctx).await,
+            },
             _ = &mut handover_ends => break,
         }
     }
-    listeners.remove_socket_file();
+    drop(probes);
     drop(listeners);
     sessions.close();
     tracing::info!(
@@ -290,7 +250,7 @@ pub async fn run(listeners: Arc<Listeners>, ctx: Arc<Context>, stop: Cancellatio
     for upstream in &upstreams {
         upstream.shutdown();
     }
-    let all_closed = futures_join_all(upstreams.iter().map(|u| u.ended()));
+    let all_closed = wait_all(upstreams.iter().map(|u| u.ended()));
     let _ = tokio::time::timeout(UPSTREAM_CLOSE_WAIT, all_closed).await;
 }
 
@@ -314,7 +274,8 @@ async fn spawn_or_back_off(
     }
 }
 
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
+/// Waits for every future, one after the other.
+async fn wait_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
     for future in futures {
         future.await;
     }
