@@ -226,16 +226,18 @@ async fn reload_on_hangup(
         if !ignored.is_empty() {
             tracing::warn!(settings = %ignored.join(", "), "these settings change only at a restart");
         }
-        if let Err(e) = set_level(&config.log_level) {
-            tracing::error!(error = %e, "cannot change the log level");
-        }
         let stats = ctx.stats.clone();
         ctx.pools
             .reconfigure(upstream_settings(&config, nodes, &stats, &listening));
         if config.upstream_tls.insecure && !current.upstream_tls.insecure {
             tracing::warn!("--upstream-insecure: broker certificates are NOT verified");
         }
+        let level = config.log_level.clone();
         ctx.set_config(config);
         tracing::info!(changed = %changed.join(", "), "configuration reloaded");
+        // Last, so the line above is written at the level it was asked under.
+        if let Err(e) = set_level(&level) {
+            tracing::error!(error = %e, "cannot change the log level");
+        }
     }
 }

@@ -333,22 +333,23 @@ impl Pools {
         pools.retain(|_, candidates| !candidates.is_empty());
     }
 
-    /// Every pool with a live connection, by vhost and user.
+    /// Every pool, by vhost and user; one whose connections all closed is
+    /// listed (with none) until the next `prune` forgets it.
     pub fn summary(&self) -> Vec<PoolSummary> {
         let pools = self.pools.lock().expect("pools lock");
         let mut summary: Vec<PoolSummary> = pools
             .iter()
             .flat_map(|((vhost, user), candidates)| {
-                candidates.iter().filter_map(move |pool| {
+                candidates.iter().map(move |pool| {
                     let upstreams = pool.upstreams.lock().expect("pool lock");
                     let live: Vec<&Upstream> =
                         upstreams.iter().filter(|u| !u.is_closed()).collect();
-                    (!live.is_empty()).then(|| PoolSummary {
+                    PoolSummary {
                         vhost: vhost.clone(),
                         user: user.clone(),
                         upstreams: live.len(),
                         clients: live.iter().map(|u| u.client_count()).sum(),
-                    })
+                    }
                 })
             })
             .collect();

@@ -107,7 +107,7 @@ impl Exposition {
         gauge(
             encoder,
             "warren_pools",
-            "Pools (vhost, user and password) with an open connection",
+            "Pools (vhost, user and password) warren holds; one whose connections all closed is forgotten within 5 s",
             self.pools as u64,
         )?;
         gauge(

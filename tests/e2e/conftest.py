@@ -151,9 +151,10 @@ def broker():
 class Warren:
     latest_port = None
 
-    def __init__(self, args, upstream_port, upstreams=None, port=None):
+    def __init__(self, args, upstream_port, upstreams=None, port=None, log_level="debug"):
         """upstreams: broker URLs instead of the test broker's ([]: none
-        on the command line). port: the AMQP port, free by default."""
+        on the command line). port: the AMQP port, free by default.
+        log_level: given on the command line unless None."""
         self.port = port or free_port()
         self.http_port = free_port()
         # A later --http-port in args wins (0 turns HTTP off).
@@ -163,10 +164,15 @@ class Warren:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [str(WARREN), "-p", str(self.port), "--http-port", str(self.http_port),
-             "--log-level", "debug", *args,
+             *(["--log-level", log_level] if log_level else []), *args,
              *(upstreams if upstreams is not None else [f"amqp://127.0.0.1:{upstream_port}"])],
             stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until(self._accepting, 10, "warren to listen")
+        try:
+            wait_until(self._accepting, 10, "warren to listen")
+        except BaseException:
+            self.proc.kill()  # never leave a process behind a failed start
+            self.proc.wait(10)
+            raise
 
     def _accepting(self):
         if self.proc.poll() is not None:
@@ -211,8 +217,8 @@ class Warren:
 def warren_factory(broker):
     started = []
 
-    def start(*args, upstream_port=None, upstreams=None, port=None):
-        w = Warren(["--term-timeout", "0", *args], upstream_port or broker.port, upstreams, port)
+    def start(*args, upstream_port=None, upstreams=None, port=None, log_level="debug"):
+        w = Warren(["--term-timeout", "0", *args], upstream_port or broker.port, upstreams, port, log_level)
         started.append(w)
         return w
 

@@ -95,3 +95,14 @@ def test_a_retired_upstream_closes_when_its_last_client_leaves(broker, warren_fa
     wait_until(lambda: not broker.warren_connections(), 10, "the retired upstream to close")
     with connect(w.port) as conn:
         conn.channel()
+
+
+def test_a_pool_whose_connections_closed_is_forgotten(warren_factory):
+    w = warren_factory("--idle-connection-timeout", "1")
+    with w.connect(user="app", password="secret", vhost="/app") as conn:
+        conn.channel()
+        assert [(p["vhost"], p["user"]) for p in w.get_json("/api/pools")] == [("/app", "app")]
+    # The idle upstream closes after 1 s; the pool, and the password it
+    # kept to open more connections, go at the next prune (every 5 s).
+    wait_until(lambda: w.get_json("/api/pools") == [], 15, "the empty pool to be removed")
+    assert "\nwarren_pools 0\n" in w.http_get("/metrics")

@@ -1,6 +1,7 @@
 """Several upstream nodes: new upstream connections spread over the nodes
 that answer, a dead or silent node is skipped (with backoff) so clients do
 not wait on it, and losing a node leaves the others serving."""
+import signal
 import socket
 import time
 
@@ -122,3 +123,26 @@ def test_several_urls_from_the_environment_and_the_file(broker, tmp_path):
                          env={"AMQP_URL": f"{amqp_url(1)},amqps://b:5"})
     assert out.returncode == 0, out.stderr
     assert 'upstream = ["amqp://guest:redacted@127.0.0.1:1/%2F", "amqps://b:5"]' in out.stdout, out.stdout
+
+
+def test_sighup_moves_new_logins_to_new_nodes_and_changes_the_log_level(broker, extra_broker, warren_factory,
+                                                                        tmp_path):
+    cfg = tmp_path / "warren.toml"
+    cfg.write_text(f'upstream = ["amqp://127.0.0.1:{broker.port}"]\nlog_level = "info"\n')
+    w = warren_factory("-c", str(cfg), upstreams=[], log_level=None)
+    held = w.connect()
+    held.channel()
+    assert upstream_nodes(w) == [f"127.0.0.1:{broker.port}"]
+    assert "client connected" in w.log_text()
+
+    cfg.write_text(f'upstream = ["amqp://127.0.0.1:{extra_broker.port}"]\nlog_level = "warn"\n')
+    w.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in w.log_text() or None, 10, "the reload")
+    logged = w.log_text().count("client connected")
+    # A new login (another user) goes to the new node; the open connection stays.
+    with w.connect(user="app", password="secret", vhost="/app") as other:
+        other.channel().queue_declare("", exclusive=True)
+        assert sorted(upstream_nodes(w)) == sorted([f"127.0.0.1:{broker.port}", f"127.0.0.1:{extra_broker.port}"])
+    held.channel().queue_declare("", exclusive=True)
+    held.close()
+    assert w.log_text().count("client connected") == logged, "info lines after the level went to warn"
