@@ -155,21 +155,26 @@ impl ContentAssembler {
         self.held.is_empty()
     }
 
-    /// Takes the client's next frame on this channel; bytes held beyond a
-    /// small allowance are charged to `budget`.
-    pub fn accept(&mut self, frame: Frame, budget: &Arc<PublishBudget>) -> ContentVerdict {
-        let verdict = self.assemble(frame);
-        if matches!(verdict, ContentVerdict::Held) {
+    /// Holds a frame of the message; unless it completes the message (which
+    /// is then released at once), bytes held beyond a small allowance are
+    /// charged to `budget`. On refusal the message is dropped.
+    #[inline]
+    fn hold(&mut self, frame: Frame, budget: &Arc<PublishBudget>) -> Result<(), ContentVerdict> {
+        self.held_bytes += frame.len() as u64;
+        self.held.push(frame);
+        let completes = self.expected == Some(self.received);
+        if self.held_bytes > UNCOUNTED_PER_CHANNEL && !completes {
             if let Err(close) = self.charge(budget) {
                 self.reset();
-                return ContentVerdict::ConnectionError(close);
+                return Err(ContentVerdict::ConnectionError(close));
             }
         }
-        verdict
+        Ok(())
     }
 
+    #[cold]
     fn charge(&mut self, budget: &Arc<PublishBudget>) -> Result<(), Close> {
-        let due = self.held_bytes.saturating_sub(UNCOUNTED_PER_CHANNEL);
+        let due = self.held_bytes - UNCOUNTED_PER_CHANNEL;
         let charged = self.charge.as_ref().map_or(0, |c| c.bytes);
         if due > charged {
             budget.take(due - charged)?;
@@ -183,12 +188,8 @@ impl ContentAssembler {
         Ok(())
     }
 
-    fn hold(&mut self, frame: Frame) {
-        self.held_bytes += frame.len() as u64;
-        self.held.push(frame);
-    }
-
-    fn assemble(&mut self, frame: Frame) -> ContentVerdict {
+    /// Takes the client's next frame on this channel.
+    pub fn accept(&mut self, frame: Frame, budget: &Arc<PublishBudget>) -> ContentVerdict {
         match frame.kind() {
             FRAME_METHOD => {
                 let id = frame.method_id().unwrap_or((0, 0));
@@ -200,7 +201,9 @@ impl ContentAssembler {
                     ));
                 }
                 if method::carries_content(id) {
-                    self.hold(frame);
+                    if let Err(refused) = self.hold(frame, budget) {
+                        return refused;
+                    }
                     ContentVerdict::Held
                 } else {
                     ContentVerdict::Forward(frame)
@@ -227,7 +230,9 @@ impl ContentAssembler {
                     ));
                 }
                 self.expected = Some(size);
-                self.hold(frame);
+                if let Err(refused) = self.hold(frame, budget) {
+                    return refused;
+                }
                 self.complete_if_done()
             }
             FRAME_BODY => {
@@ -241,7 +246,9 @@ impl ContentAssembler {
                         self.received
                     ));
                 }
-                self.hold(frame);
+                if let Err(refused) = self.hold(frame, budget) {
+                    return refused;
+                }
                 self.complete_if_done()
             }
             other => self.unexpected(format!("unexpected frame type {other} on a channel")),

@@ -23,8 +23,7 @@ use crate::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::logging::RateLimit;
 use crate::method::{self, Close, Tune};
-pub use crate::net::Accepted;
-use crate::net::{Peer, ReadHalf, WriteHalf};
+use crate::net::{Accepted, Peer, ReadHalf, WriteHalf};
 use crate::outbox::{outbox, Outbox};
 use crate::pool::PoolRef;
 use crate::reply::{
