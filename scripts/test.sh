@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (as root):
 # installs what it needs, checks formatting and lints, builds, runs the Rust
-# unit tests, starts a throwaway RabbitMQ on loopback and runs the end-to-end
-# tests with real clients through warren. Stops only what it started.
+# unit tests, fuzzes for a minute (scripts/fuzz.sh), starts a throwaway
+# RabbitMQ on loopback and runs the end-to-end tests with real clients
+# through warren. Stops only what it started.
 #
 #   scripts/test.sh [PYTEST_ARGS...]      e.g. scripts/test.sh -k heartbeat
 #
@@ -37,6 +38,9 @@ cargo build --release
 
 echo "== unit tests"
 cargo test --release
+
+echo "== fuzzing (cargo-fuzz, 20 s per target)"
+scripts/fuzz.sh "${WARREN_FUZZ_SECONDS:-20}"
 
 echo "== cargo install"
 # What the README tells a user to run works (reusing this build's artifacts).

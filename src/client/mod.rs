@@ -1,7 +1,8 @@
 //! Client connections: the server-side handshake and the session that
 //! serves a client until it leaves.
 
-mod handshake;
+/// Public for the fuzz targets (`fuzz/`).
+pub mod handshake;
 mod session;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
