@@ -89,18 +89,17 @@ fn upstream_settings(
 async fn run(cli: Cli, config: Config, set_level: SetLevel) -> ExitCode {
     // Installed first: a SIGHUP or SIGTERM arriving while the listeners bind
     // must not kill the process with the default action.
-    let signals = match (
+    let (term, int, hangups) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     ) {
-        (Ok(term), Ok(int), Ok(hangup)) => (term, int, hangup),
+        (Ok(term), Ok(int), Ok(hangups)) => (term, int, hangups),
         _ => {
             eprintln!("warren: cannot install signal handlers");
             return ExitCode::FAILURE;
         }
     };
-    let (term, int, hangups) = signals;
     if config.upstream_tls.insecure {
         tracing::warn!("--upstream-insecure: broker certificates are NOT verified; anyone on the path can read and change the traffic, passwords included");
     }
