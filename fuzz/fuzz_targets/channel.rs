@@ -4,6 +4,8 @@
 //! again, whatever the method arguments.
 #![no_main]
 
+mod runtime;
+
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
@@ -13,10 +15,7 @@ use warren::frame::{FrameReader, FRAME_METHOD};
 use warren::method;
 
 fuzz_target!(|data: &[u8]| {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    runtime::block_on(async {
         let budget = PublishBudget::new(HeldBytes::new(1 << 20));
         let mut assembler = ContentAssembler::default();
         let mut usage = Usage::new(Inherited::default());

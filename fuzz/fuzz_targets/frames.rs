@@ -4,16 +4,15 @@
 //! every byte.
 #![no_main]
 
+mod runtime;
+
 use libfuzzer_sys::fuzz_target;
 use warren::frame::{self, FrameReader};
 
 const FRAME_MAX: u32 = 4096;
 
 fuzz_target!(|data: &[u8]| {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    runtime::block_on(async {
         let mut reader = FrameReader::new(data, FRAME_MAX);
         for _ in 0..data.len() {
             let Ok(frame) = reader.read_frame().await else {

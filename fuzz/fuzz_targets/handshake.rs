@@ -4,6 +4,8 @@
 //! never a panic or a hang.
 #![no_main]
 
+mod runtime;
+
 use libfuzzer_sys::fuzz_target;
 use warren::client::handshake;
 use warren::frame::FrameReader;
@@ -11,10 +13,7 @@ use warren::method::Tune;
 use warren::net::{ReadHalf, WriteHalf};
 
 fuzz_target!(|data: &[u8]| {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    runtime::block_on(async {
         let input: ReadHalf = Box::pin(std::io::Cursor::new(data.to_vec()));
         let mut writer: WriteHalf = Box::pin(tokio::io::sink());
         let mut reader = FrameReader::new(input, 131072);
