@@ -155,21 +155,25 @@ impl ContentAssembler {
         self.held.is_empty()
     }
 
-    /// Holds a frame of the message; unless it completes the message (which
-    /// is then released at once), bytes held beyond a small allowance are
-    /// charged to `budget`. On refusal the message is dropped.
+    /// Holds a frame of the message and releases the message if this frame
+    /// completes it; otherwise bytes held beyond a small allowance are
+    /// charged to `budget`, and on refusal the message is dropped.
     #[inline]
-    fn hold(&mut self, frame: Frame, budget: &Arc<PublishBudget>) -> Result<(), ContentVerdict> {
+    fn hold(&mut self, frame: Frame, budget: &Arc<PublishBudget>) -> ContentVerdict {
         self.held_bytes += frame.len() as u64;
         self.held.push(frame);
-        let completes = self.expected == Some(self.received);
-        if self.held_bytes > UNCOUNTED_PER_CHANNEL && !completes {
+        if self.expected == Some(self.received) {
+            let frames = std::mem::take(&mut self.held);
+            self.reset();
+            return ContentVerdict::Complete(frames);
+        }
+        if self.held_bytes > UNCOUNTED_PER_CHANNEL {
             if let Err(close) = self.charge(budget) {
                 self.reset();
-                return Err(ContentVerdict::ConnectionError(close));
+                return ContentVerdict::ConnectionError(close);
             }
         }
-        Ok(())
+        ContentVerdict::Held
     }
 
     #[cold]
@@ -201,10 +205,7 @@ impl ContentAssembler {
                     ));
                 }
                 if method::carries_content(id) {
-                    if let Err(refused) = self.hold(frame, budget) {
-                        return refused;
-                    }
-                    ContentVerdict::Held
+                    self.hold(frame, budget)
                 } else {
                     ContentVerdict::Forward(frame)
                 }
@@ -230,10 +231,7 @@ impl ContentAssembler {
                     ));
                 }
                 self.expected = Some(size);
-                if let Err(refused) = self.hold(frame, budget) {
-                    return refused;
-                }
-                self.complete_if_done()
+                self.hold(frame, budget)
             }
             FRAME_BODY => {
                 let Some(expected) = self.expected else {
@@ -246,10 +244,7 @@ impl ContentAssembler {
                         self.received
                     ));
                 }
-                if let Err(refused) = self.hold(frame, budget) {
-                    return refused;
-                }
-                self.complete_if_done()
+                self.hold(frame, budget)
             }
             other => self.unexpected(format!("unexpected frame type {other} on a channel")),
         }
@@ -260,16 +255,6 @@ impl ContentAssembler {
             "header"
         } else {
             "body"
-        }
-    }
-
-    fn complete_if_done(&mut self) -> ContentVerdict {
-        if self.expected == Some(self.received) {
-            let frames = std::mem::take(&mut self.held);
-            self.reset();
-            ContentVerdict::Complete(frames)
-        } else {
-            ContentVerdict::Held
         }
     }
 

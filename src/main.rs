@@ -17,25 +17,18 @@ use warren::{fd_limit, memory, tls};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli).and_then(|config| {
-        // Built once here so a bad certificate is a configuration error,
-        // reported before anything starts.
-        nodes(&config)?;
-        if let Some(tls) = &config.tls {
-            tls::server_config(tls)?;
-        }
-        Ok(config)
-    }) {
-        Ok(config) => config,
+    let loaded = match Loaded::from(&cli) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("warren: {e}");
             return ExitCode::from(2);
         }
     };
     if cli.check_config.is_some() {
-        print!("{}", config.to_toml());
+        print!("{}", loaded.config.to_toml());
         return ExitCode::SUCCESS;
     }
+    let config = &loaded.config;
     let set_level = logging::init(&config.log_level, config.log_format);
     memory::tune_allocator();
     fd_limit::check(fd_limit::raise(), config.max_clients);
@@ -49,17 +42,41 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cli, config, set_level))
+    runtime.block_on(run(cli, loaded, set_level))
 }
 
-/// The broker nodes, with the TLS client configuration if any is amqps://.
-fn nodes(config: &Config) -> Result<Arc<Nodes>, ConfigError> {
-    let tls = if config.upstreams.iter().any(|node| node.tls) {
-        Some(tls::client_config(&config.upstream_tls)?)
-    } else {
-        None
-    };
-    Ok(Nodes::new(config.upstreams.clone(), tls))
+/// The configuration with what is built from its files: read at start and
+/// at every reload, so a bad certificate is a configuration error like any
+/// other, reported before anything changes.
+struct Loaded {
+    config: Config,
+    /// The broker nodes, with the TLS client configuration if any is amqps://.
+    nodes: Arc<Nodes>,
+    /// The TLS listener's configuration, if it has one.
+    server_tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Loaded {
+    fn from(cli: &Cli) -> Result<Self, ConfigError> {
+        let config = Config::load(cli)?;
+        let client_tls = if config.upstreams.iter().any(|node| node.tls) {
+            Some(tls::client_config(&config.upstream_tls)?)
+        } else {
+            None
+        };
+        let server_tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+        Ok(Loaded {
+            nodes: Nodes::new(config.upstreams.clone(), client_tls),
+            server_tls,
+            config,
+        })
+    }
+}
+
+fn warn_if_insecure(config: &Config) {
+    if config.upstream_tls.insecure {
+        tracing::warn!("--upstream-insecure: broker certificates are NOT verified; anyone on the path can read and change the traffic, passwords included");
+    }
 }
 
 fn upstream_settings(
@@ -86,7 +103,12 @@ fn upstream_settings(
     }
 }
 
-async fn run(cli: Cli, config: Config, set_level: SetLevel) -> ExitCode {
+async fn run(cli: Cli, loaded: Loaded, set_level: SetLevel) -> ExitCode {
+    let Loaded {
+        config,
+        nodes,
+        server_tls,
+    } = loaded;
     // Installed first: a SIGHUP or SIGTERM arriving while the listeners bind
     // must not kill the process with the default action.
     let (term, int, hangups) = match (
@@ -100,10 +122,8 @@ async fn run(cli: Cli, config: Config, set_level: SetLevel) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if config.upstream_tls.insecure {
-        tracing::warn!("--upstream-insecure: broker certificates are NOT verified; anyone on the path can read and change the traffic, passwords included");
-    }
-    let mut listeners = match listener::bind(&config).await {
+    warn_if_insecure(&config);
+    let mut listeners = match listener::bind(&config, server_tls).await {
         Ok(listeners) => listeners,
         Err(e) => {
             eprintln!("warren: {e}");
@@ -128,7 +148,6 @@ async fn run(cli: Cli, config: Config, set_level: SetLevel) -> ExitCode {
     let addresses = listeners.describe();
     let listening = addresses[0].clone();
     let stats = Arc::new(Stats::default());
-    let nodes = nodes(&config).expect("checked at startup");
     let settings = upstream_settings(&config, nodes, &stats, &listening);
     let upstreams: Vec<String> = config.upstreams.iter().map(|u| u.to_string()).collect();
     let ctx = Arc::new(Context::new(config, Pools::new(settings), stats));
@@ -197,21 +216,21 @@ async fn reload_on_hangup(
     listening: String,
 ) {
     while hangups.recv().await.is_some() {
-        let loaded = Config::load(&cli).and_then(|config| {
-            let nodes = nodes(&config)?;
-            nodes.carry_health_from(&ctx.pools.settings().nodes);
-            if let Some(listeners) = listeners.upgrade() {
-                listeners.reload_tls(&config)?;
-            }
-            Ok((config, nodes))
-        });
-        let (config, nodes) = match loaded {
+        let Loaded {
+            config,
+            nodes,
+            server_tls,
+        } = match Loaded::from(&cli) {
             Ok(loaded) => loaded,
             Err(e) => {
                 tracing::error!(error = %e, "reload failed; the running configuration stays");
                 continue;
             }
         };
+        nodes.carry_health_from(&ctx.pools.settings().nodes);
+        if let Some(listeners) = listeners.upgrade() {
+            listeners.set_tls(server_tls);
+        }
         let current = ctx.config();
         let changed = config.changed_from(&current);
         let mut ignored: Vec<&str> = changed
@@ -225,11 +244,10 @@ async fn reload_on_hangup(
         if !ignored.is_empty() {
             tracing::warn!(settings = %ignored.join(", "), "these settings change only at a restart");
         }
-        let stats = ctx.stats.clone();
         ctx.pools
-            .reconfigure(upstream_settings(&config, nodes, &stats, &listening));
-        if config.upstream_tls.insecure && !current.upstream_tls.insecure {
-            tracing::warn!("--upstream-insecure: broker certificates are NOT verified");
+            .reconfigure(upstream_settings(&config, nodes, &ctx.stats, &listening));
+        if !current.upstream_tls.insecure {
+            warn_if_insecure(&config);
         }
         let level = config.log_level.clone();
         ctx.set_config(config);

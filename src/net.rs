@@ -143,16 +143,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for QuickAck<S> {
 
 fn quick_ack(fd: RawFd) {
     let on: libc::c_int = 1;
-    // SAFETY: `fd` is the socket owned by the stream this reader belongs to
-    // (alive as long as `inner`), and the option value is a valid c_int.
-    unsafe {
+    let _ = set_option(fd, libc::IPPROTO_TCP, libc::TCP_QUICKACK, &on);
+}
+
+/// `setsockopt` for the options neither the standard library nor tokio
+/// sets. `fd` must be an open socket.
+pub fn set_option<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: the kernel reads size_of::<T>() bytes from `value`, a live
+    // reference, during the call; a bad `fd` is an error, not UB.
+    let set = unsafe {
         libc::setsockopt(
             fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            &on as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

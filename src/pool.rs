@@ -42,8 +42,7 @@ impl Pool {
     /// Has a connection that still takes clients: the broker accepted these
     /// credentials less than `--upstream-max-lifetime` ago.
     fn vouches(&self) -> bool {
-        let upstreams = self.upstreams.lock().expect("pool lock");
-        upstreams.iter().any(|u| !u.is_closed() && !u.is_retired())
+        self.current_connections() > 0
     }
 
     /// Connections that count against `--max-upstream-connections`: retired

@@ -57,18 +57,22 @@ impl Readiness {
             });
         }
         let mut failures = Vec::new();
-        let mut result = Err("no broker node configured".to_string());
+        let mut answered = false;
         while let Some(answer) = probes.join_next().await {
             match answer {
                 Ok(Ok(())) => {
-                    result = Ok(());
+                    answered = true;
                     break;
                 }
                 Ok(Err(why)) => failures.push(why),
                 Err(e) => failures.push(format!("probe failed: {e}")),
             }
-            result = Err(failures.join("; "));
         }
+        let result = if answered {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        };
         *last = Some((Instant::now(), result.clone()));
         result
     }

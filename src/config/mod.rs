@@ -132,7 +132,6 @@ impl Config {
 
     fn from_options(options: Options) -> Result<Self, ConfigError> {
         let o = options.clone();
-        let given = |value: Option<String>| value.filter(|v| !v.is_empty());
         let upstream_urls = o.upstream.filter(|urls| !urls.is_empty()).ok_or_else(|| {
             err("missing upstream: give UPSTREAM_URL, set AMQP_URL, or set upstream in the config file")
         })?;
@@ -185,35 +184,26 @@ impl Config {
                     "invalid --socket-mode '{socket_mode}': expected octal permissions such as 0660"
                 ))
             })?;
-        let tls = match (given(o.tls_cert), given(o.tls_key)) {
-            (Some(cert), Some(key)) => Some(ListenerTls {
+        let client_ca = given(o.tls_client_ca).map(PathBuf::from);
+        let tls = match cert_and_key(o.tls_cert, o.tls_key, "tls")? {
+            Some((cert, key)) => Some(ListenerTls {
                 port: o.tls_port.unwrap_or_default(),
-                cert: cert.into(),
-                key: key.into(),
-                client_ca: given(o.tls_client_ca).map(PathBuf::from),
+                cert,
+                key,
+                client_ca,
             }),
-            (None, None) => {
-                if given(o.tls_client_ca).is_some() {
-                    return Err(err(
-                        "--tls-client-ca needs --tls-cert and --tls-key (the TLS listener)",
-                    ));
-                }
-                None
+            None if client_ca.is_some() => {
+                return Err(err(
+                    "--tls-client-ca needs --tls-cert and --tls-key (the TLS listener)",
+                ))
             }
-            (Some(_), None) => return Err(err("--tls-cert needs --tls-key")),
-            (None, Some(_)) => return Err(err("--tls-key needs --tls-cert")),
+            None => None,
         };
         if tls.is_some() && matches!(listen, Listen::Unix(_)) {
             return Err(err(
                 "the TLS listener needs an IP --listen address, not a Unix socket",
             ));
         }
-        let client_cert = match (given(o.upstream_cert), given(o.upstream_key)) {
-            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
-            (None, None) => None,
-            (Some(_), None) => return Err(err("--upstream-cert needs --upstream-key")),
-            (None, Some(_)) => return Err(err("--upstream-key needs --upstream-cert")),
-        };
         let seconds = |value: Option<u64>| Duration::from_secs(value.unwrap_or_default());
         let at_least_a_second = |name: &str, value: Option<u64>| match value {
             Some(0) => Err(err(format!("invalid --{name} 0: must be at least 1"))),
@@ -230,7 +220,7 @@ impl Config {
             http_address: o.http_address.unwrap_or_default(),
             upstream_tls: UpstreamTls {
                 ca: given(o.upstream_ca).map(PathBuf::from),
-                client_cert,
+                client_cert: cert_and_key(o.upstream_cert, o.upstream_key, "upstream")?,
                 insecure: o.upstream_insecure.unwrap_or_default(),
             },
             idle_connection_timeout: seconds(o.idle_connection_timeout),
@@ -292,6 +282,25 @@ impl Config {
             .copied()
             .filter(|key| ours.get(*key) != theirs.get(*key))
             .collect()
+    }
+}
+
+/// A file setting, unless it is missing or empty.
+fn given(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+/// `--PREFIX-cert` and `--PREFIX-key`: both, or neither.
+fn cert_and_key(
+    cert: Option<String>,
+    key: Option<String>,
+    prefix: &str,
+) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    match (given(cert), given(key)) {
+        (Some(cert), Some(key)) => Ok(Some((cert.into(), key.into()))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(err(format!("--{prefix}-cert needs --{prefix}-key"))),
+        (None, Some(_)) => Err(err(format!("--{prefix}-key needs --{prefix}-cert"))),
     }
 }
 

@@ -21,6 +21,8 @@ use std::os::fd::AsRawFd;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::net::set_option;
+
 /// A connection to our own port, to see where the kernel sends it.
 pub struct Probe {
     /// Which listener it probes (index into the caller's list).
@@ -57,17 +59,13 @@ pub fn probe_returned(listener: &TcpListener) {
 /// the group (it would point at a fixed socket number forever).
 pub fn clear(listener: &TcpListener) {
     let unused: libc::c_int = 0;
-    // SAFETY: a live socket fd; the kernel reads an int it does not use.
     // ENOENT (nothing attached) is the common, harmless answer.
-    unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_DETACH_REUSEPORT_BPF,
-            &unused as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let _ = set_option(
+        listener.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_DETACH_REUSEPORT_BPF,
+        &unused,
+    );
 }
 
 fn steer(listener: &TcpListener, socket: u32) -> io::Result<()> {
@@ -81,22 +79,13 @@ fn steer(listener: &TcpListener, socket: u32) -> io::Result<()> {
         len: 1,
         filter: pick.as_mut_ptr(),
     };
-    // SAFETY: a live listening socket fd; the kernel copies the program
-    // during the call.
-    let attached = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            &program as *const libc::sock_fprog as *const libc::c_void,
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if attached == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    // The kernel copies the program (`pick`, alive here) during the call.
+    set_option(
+        listener.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_REUSEPORT_CBPF,
+        &program,
+    )
 }
 
 /// Where to connect to reach a listener bound to `addr` from this host.

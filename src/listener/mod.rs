@@ -13,6 +13,7 @@ use std::io;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -23,11 +24,10 @@ use bind::UnixSocket;
 use handover::Probe;
 
 use crate::client::{self, Context};
-use crate::config::{Config, ConfigError, Listen};
+use crate::config::{Config, Listen};
 use crate::logging::RateLimit;
 use crate::memory;
 use crate::net::Accepted;
-use crate::tls;
 
 /// How often pools whose connections all closed are forgotten, and freed
 /// memory is looked at.
@@ -53,9 +53,13 @@ pub struct Listeners {
     tls: Option<(TcpListener, RwLock<TlsAcceptor>)>,
 }
 
-/// Binds the listeners `config` asks for; the error names the address.
-/// A Unix socket is not reachable until [`Listeners::publish`].
-pub async fn bind(config: &Config) -> Result<Listeners, String> {
+/// Binds the listeners `config` asks for, the TLS one with `server_tls`
+/// (built from `config.tls`); the error names the address. A Unix socket
+/// is not reachable until [`Listeners::publish`].
+pub async fn bind(
+    config: &Config,
+    server_tls: Option<Arc<ServerConfig>>,
+) -> Result<Listeners, String> {
     let plain = match &config.listen {
         Listen::Tcp(_) if config.port == 0 => None,
         Listen::Tcp(host) => Some(Plain::Tcp(
@@ -68,9 +72,9 @@ pub async fn bind(config: &Config) -> Result<Listeners, String> {
                 .map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))?,
         )),
     };
-    let tls = match (&config.tls, &config.listen) {
-        (Some(tls), Listen::Tcp(host)) => {
-            let acceptor = TlsAcceptor::from(tls::server_config(tls).map_err(|e| e.0)?);
+    let tls = match (&config.tls, server_tls, &config.listen) {
+        (Some(tls), Some(server_tls), Listen::Tcp(host)) => {
+            let acceptor = TlsAcceptor::from(server_tls);
             let listener = bind::tcp(host, tls.port, config.reuse_port)
                 .await
                 .map_err(|e| format!("cannot listen for TLS on {host}:{}: {e}", tls.port))?;
@@ -112,12 +116,10 @@ impl Listeners {
 
     /// New certificates for the TLS listener (a reload); connections
     /// already open keep theirs.
-    pub fn reload_tls(&self, config: &Config) -> Result<(), ConfigError> {
-        if let (Some((_, acceptor)), Some(tls)) = (&self.tls, &config.tls) {
-            let fresh = TlsAcceptor::from(tls::server_config(tls)?);
-            *acceptor.write().expect("acceptor lock") = fresh;
+    pub fn set_tls(&self, server_tls: Option<Arc<ServerConfig>>) {
+        if let (Some((_, acceptor)), Some(server_tls)) = (&self.tls, server_tls) {
+            *acceptor.write().expect("acceptor lock") = TlsAcceptor::from(server_tls);
         }
-        Ok(())
     }
 
     async fn accept(&self) -> io::Result<Accepted> {
@@ -160,10 +162,8 @@ impl Listeners {
     async fn hand_over(&self) -> Vec<Probe> {
         let mut probes = Vec::new();
         for (index, listener) in self.tcp_listeners().into_iter().enumerate() {
-            if let Some(probe) = match listener {
-                Some(listener) => handover::steer_away(listener, index).await,
-                None => None,
-            } {
+            let Some(listener) = listener else { continue };
+            if let Some(probe) = handover::steer_away(listener, index).await {
                 probes.push(probe);
             }
         }
