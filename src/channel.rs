@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::content::ContentAssembler;
 use crate::method::{self, Close, Qos, QueueDeclare};
-use crate::reply::{self, COMMAND_INVALID, NOT_ALLOWED, NOT_FOUND, NOT_IMPLEMENTED, SYNTAX_ERROR};
+use crate::reply::{self, NOT_ALLOWED, NOT_FOUND, SYNTAX_ERROR};
 
 /// The upstream channel serving a client channel. The lease tells this use of
 /// the id apart from earlier and later ones.
@@ -225,15 +225,6 @@ impl Usage {
                 let Ok(qos) = Qos::decode(args) else {
                     return syntax("basic.qos");
                 };
-                if qos.prefetch_size != 0 {
-                    return Step::ConnectionError(
-                        reply::close(
-                            NOT_IMPLEMENTED,
-                            format!("prefetch_size!=0 ({})", qos.prefetch_size),
-                        )
-                        .caused_by(id),
-                    );
-                }
                 self.qos_client = qos;
                 // qos only matters to consumers: before the first one it is
                 // answered here and applied right before that consume. With
@@ -271,22 +262,6 @@ impl Usage {
                     Step::Forward
                 }
             }
-            // RabbitMQ refuses these at connection level, which on a shared
-            // connection would take every other client down: refuse them here.
-            method::BASIC_RECOVER | method::BASIC_RECOVER_ASYNC if first_bit_clear(args) => {
-                not_implemented(id, "requeue=false")
-            }
-            method::CHANNEL_FLOW if first_bit_clear(args) => not_implemented(id, "active=false"),
-            method::EXCHANGE_DECLARE => match method::decode_exchange_declare(args) {
-                Ok((kind, false)) if !method::exchange_type_may_exist(&kind) => {
-                    Step::ConnectionError(
-                        reply::close(COMMAND_INVALID, format!("unknown exchange type '{kind}'"))
-                            .caused_by(id),
-                    )
-                }
-                Ok(_) => Step::Forward,
-                Err(_) => syntax("exchange.declare"),
-            },
             method::BASIC_GET
             | method::BASIC_ACK
             | method::BASIC_NACK
@@ -331,12 +306,9 @@ impl Usage {
                 }
             }
             method::BASIC_PUBLISH => {
-                let Ok((mandatory, immediate)) = method::decode_publish_flags(args) else {
+                let Ok((mandatory, _)) = method::decode_publish_flags(args) else {
                     return syntax("basic.publish");
                 };
-                if immediate {
-                    return not_implemented(id, "immediate=true");
-                }
                 // A return for a mandatory publish can arrive after the
                 // client closed its channel; directly it would still see it.
                 if mandatory {
@@ -380,15 +352,6 @@ impl Usage {
     pub fn on_declare_ok(&mut self) -> bool {
         self.declares.pop_front().unwrap_or(false)
     }
-}
-
-/// The first flag of a method's arguments (requeue, active) is off.
-fn first_bit_clear(args: &[u8]) -> bool {
-    args.first().is_some_and(|bits| bits & 1 == 0)
-}
-
-fn not_implemented(id: method::MethodId, what: &str) -> Step {
-    Step::ConnectionError(reply::close(NOT_IMPLEMENTED, what).caused_by(id))
 }
 
 #[cfg(test)]
@@ -459,20 +422,6 @@ mod tests {
     }
 
     #[test]
-    fn prefetch_size_is_the_brokers_540() {
-        let mut args = 7u32.to_be_bytes().to_vec();
-        args.extend_from_slice(&[0, 0, 0]);
-        let Step::ConnectionError(close) = Usage::default().on_method(method::BASIC_QOS, &args)
-        else {
-            panic!("accepted prefetch_size 7");
-        };
-        assert_eq!(
-            (close.code, close.text.as_str()),
-            (540, "NOT_IMPLEMENTED - prefetch_size!=0 (7)")
-        );
-    }
-
-    #[test]
     fn confirm_mode_is_adopted_and_publishes_counted() {
         let publish = [0, 0, 0, 1, b'q', 0];
         let mut first = Usage::default();
@@ -525,48 +474,6 @@ mod tests {
     }
 
     #[test]
-    fn methods_rabbitmq_refuses_at_connection_level_are_refused_here() {
-        let code = |id, args: &[u8]| match Usage::default().on_method(id, args) {
-            Step::ConnectionError(close) => Some((close.code, close.text)),
-            _ => None,
-        };
-        assert_eq!(
-            code(method::CHANNEL_FLOW, &[0]),
-            Some((540, "NOT_IMPLEMENTED - active=false".into()))
-        );
-        assert_eq!(code(method::CHANNEL_FLOW, &[1]), None);
-        assert_eq!(
-            code(method::BASIC_RECOVER, &[0]),
-            Some((540, "NOT_IMPLEMENTED - requeue=false".into()))
-        );
-        let declare = |kind: &str, passive: u8| {
-            let mut b = BytesMut::new();
-            b.put_u16(0);
-            crate::wire::put_short_str(&mut b, "ex");
-            crate::wire::put_short_str(&mut b, kind);
-            b.put_u8(passive);
-            b.to_vec()
-        };
-        assert_eq!(
-            code(method::EXCHANGE_DECLARE, &declare("fanoutt", 0)),
-            Some((
-                503,
-                "COMMAND_INVALID - unknown exchange type 'fanoutt'".into()
-            ))
-        );
-        assert_eq!(
-            code(method::EXCHANGE_DECLARE, &declare("fanoutt", 1)),
-            None,
-            "passive ignores the type"
-        );
-        assert_eq!(
-            code(method::EXCHANGE_DECLARE, &declare("x-delayed-message", 0)),
-            None
-        );
-        assert_eq!(code(method::EXCHANGE_DECLARE, &declare("topic", 0)), None);
-    }
-
-    #[test]
     fn an_empty_queue_name_needs_a_queue_declared_by_this_client() {
         use crate::wire::put_short_str;
         let get = {
@@ -589,14 +496,7 @@ mod tests {
     }
 
     #[test]
-    fn immediate_publishes_and_reused_consumer_tags_are_refused_like_rabbitmq() {
-        let immediate = [0, 0, 0, 1, b'q', 2];
-        let Step::ConnectionError(close) =
-            Usage::default().on_method(method::BASIC_PUBLISH, &immediate)
-        else {
-            panic!("immediate accepted");
-        };
-        assert_eq!(close.text, "NOT_IMPLEMENTED - immediate=true");
+    fn reused_consumer_tags_are_refused_like_rabbitmq() {
         let consume = [0, 0, 1, b'q', 1, b't', 0, 0, 0, 0, 0];
         let mut usage = Usage::default();
         assert_eq!(

@@ -5,26 +5,32 @@
 //! would otherwise leave a frame error on a connection others share).
 //!
 //! Holding costs memory, so it is budgeted: per client connection and for
-//! all clients together (`--max-held-publish-mib`). A client whose next
-//! frame would go over either is closed with 506 RESOURCE_ERROR; nothing it
-//! held reaches the broker.
+//! all clients together (`--max-held-publish-mib`). A message that completes
+//! within the bytes read together costs nothing beyond the read buffer it
+//! arrived in. Whatever is still held once those bytes are handled waits for
+//! another read: it is copied out of the read buffer (a 40-byte frame would
+//! otherwise pin the whole buffer, up to 384 KiB) and charged at what it then
+//! occupies. A client whose charge would go over either bound is closed with
+//! 506 RESOURCE_ERROR; nothing it held reaches the broker.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::frame::{Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
-use crate::method::{self, Close};
-use crate::reply::{self, PRECONDITION_FAILED, RESOURCE_ERROR, UNEXPECTED_FRAME};
+use crate::method::{self, Close, MethodId};
+use crate::reply::{
+    self, FRAME_ERROR, INTERNAL_ERROR, PRECONDITION_FAILED, RESOURCE_ERROR, UNEXPECTED_FRAME,
+};
+use crate::spec::{self, BadHeader};
 
 /// RabbitMQ's default `max_message_size` (128 MiB): larger publishes are
 /// refused with the same channel error the broker would give.
 pub const MAX_MESSAGE_SIZE: u64 = 128 * 1024 * 1024;
 /// What one client connection may hold: two messages of the largest size.
 pub const CLIENT_HELD_LIMIT: u64 = 2 * MAX_MESSAGE_SIZE;
-/// Bytes a channel holds without touching the budget: small messages (the
-/// common case) complete within a read and never pay for the shared counter.
-/// At most channel_max times this escapes the count per client.
-const UNCOUNTED_PER_CHANNEL: u64 = 16 * 1024;
+/// What holding one frame costs beyond its bytes: its own allocation's
+/// bookkeeping and its slot in the channel's list of held frames.
+const HELD_FRAME_OVERHEAD: u64 = 128;
 
 fn in_mib(bytes: u64) -> String {
     const MIB: u64 = 1024 * 1024;
@@ -130,6 +136,8 @@ pub enum ContentVerdict {
     Forward(Frame),
     /// Held until the rest of its message arrives.
     Held,
+    /// Nothing to do (a body past an overrun message's size).
+    Ignored,
     /// The message is complete: forward these frames in order.
     Complete(Vec<Frame>),
     /// The channel must be closed with this error (the message is dropped).
@@ -144,128 +152,178 @@ pub enum ContentVerdict {
 #[derive(Debug, Default)]
 pub struct ContentAssembler {
     held: Vec<Frame>,
-    held_bytes: u64,
+    /// How many of `held` are copied out of the read buffer and charged.
+    settled: usize,
     charge: Option<Charge>,
     expected: Option<u64>,
     received: u64,
+    /// A body went past the announced size: like RabbitMQ, further bodies
+    /// are ignored and the next other frame is an unexpected frame.
+    overrun: Option<MethodId>,
 }
 
 impl ContentAssembler {
+    /// Whether the channel expects a method (no message under way).
     pub fn is_idle(&self) -> bool {
-        self.held.is_empty()
+        self.held.is_empty() && self.overrun.is_none()
     }
 
-    /// Holds a frame of the message and releases the message if this frame
-    /// completes it; otherwise bytes held beyond a small allowance are
-    /// charged to `budget`, and on refusal the message is dropped.
+    /// The method of the message under way.
+    fn content_method(&self) -> MethodId {
+        self.overrun
+            .or_else(|| self.held.first().and_then(Frame::method_id))
+            .unwrap_or((0, 0))
+    }
+
+    /// Holds a frame of the message, and releases the message if this frame
+    /// completes it.
     #[inline]
-    fn hold(&mut self, frame: Frame, budget: &Arc<PublishBudget>) -> ContentVerdict {
-        self.held_bytes += frame.len() as u64;
+    fn hold(&mut self, frame: Frame) -> ContentVerdict {
         self.held.push(frame);
         if self.expected == Some(self.received) {
             let frames = std::mem::take(&mut self.held);
             self.reset();
-            return ContentVerdict::Complete(frames);
-        }
-        if self.held_bytes > UNCOUNTED_PER_CHANNEL {
-            if let Err(close) = self.charge(budget) {
-                self.reset();
-                return ContentVerdict::ConnectionError(close);
-            }
+            // RabbitMQ refuses a server's content method once it is whole.
+            return match frames[0].method_id() {
+                Some(id) if id != method::BASIC_PUBLISH => {
+                    ContentVerdict::ConnectionError(reply::unimplemented_method(id))
+                }
+                _ => ContentVerdict::Complete(frames),
+            };
         }
         ContentVerdict::Held
     }
 
-    #[cold]
-    fn charge(&mut self, budget: &Arc<PublishBudget>) -> Result<(), Close> {
-        let due = self.held_bytes - UNCOUNTED_PER_CHANNEL;
-        let charged = self.charge.as_ref().map_or(0, |c| c.bytes);
-        if due > charged {
-            budget.take(due - charged)?;
-            self.charge
-                .get_or_insert_with(|| Charge {
-                    budget: budget.clone(),
-                    bytes: 0,
-                })
-                .bytes = due;
+    /// Called when the bytes read together are handled and the message is
+    /// still incomplete: frames held since the last call are copied into
+    /// allocations of their own and charged to `budget`. On refusal the
+    /// message is dropped and the client must be closed with the error.
+    pub fn settle(&mut self, budget: &Arc<PublishBudget>) -> Result<(), Close> {
+        let fresh = &mut self.held[self.settled..];
+        if fresh.is_empty() {
+            return Ok(());
         }
+        let due: u64 = fresh
+            .iter()
+            .map(|f| f.len() as u64 + HELD_FRAME_OVERHEAD)
+            .sum();
+        if let Err(close) = budget.take(due) {
+            self.reset();
+            return Err(close);
+        }
+        for frame in fresh {
+            frame.detach();
+        }
+        self.settled = self.held.len();
+        self.charge
+            .get_or_insert_with(|| Charge {
+                budget: budget.clone(),
+                bytes: 0,
+            })
+            .bytes += due;
         Ok(())
     }
 
-    /// Takes the client's next frame on this channel.
-    pub fn accept(&mut self, frame: Frame, budget: &Arc<PublishBudget>) -> ContentVerdict {
-        match frame.kind() {
-            FRAME_METHOD => {
-                let id = frame.method_id().unwrap_or((0, 0));
-                if !self.is_idle() {
-                    return self.unexpected(format!(
-                        "expected content {}, got {}",
-                        self.next_part(),
-                        method::name(id)
-                    ));
-                }
-                if method::carries_content(id) {
-                    self.hold(frame, budget)
-                } else {
-                    ContentVerdict::Forward(frame)
-                }
-            }
-            FRAME_HEADER => {
-                if self.is_idle() || self.expected.is_some() {
-                    return self.unexpected("unexpected content header".into());
-                }
-                let Some(size) = frame.content_body_size() else {
-                    return self.unexpected("truncated content header".into());
-                };
-                let class = u16::from_be_bytes([frame.payload()[0], frame.payload()[1]]);
-                if class != 60 {
-                    return self.unexpected(format!(
-                        "expected content header for class 60, got one for class {class} instead"
-                    ));
-                }
-                if size > MAX_MESSAGE_SIZE {
-                    self.reset();
-                    return ContentVerdict::ChannelError(reply::close(
-                        PRECONDITION_FAILED,
-                        format!("message size {size} is larger than configured max size {MAX_MESSAGE_SIZE}"),
-                    ));
-                }
-                self.expected = Some(size);
-                self.hold(frame, budget)
-            }
-            FRAME_BODY => {
-                let Some(expected) = self.expected else {
-                    return self.unexpected("unexpected content body".into());
-                };
+    /// Takes the client's next frame on this channel, as RabbitMQ's
+    /// command assembler does: a method when idle, then a content header,
+    /// then bodies up to the announced size; anything else is 505 with its
+    /// texts.
+    pub fn accept(&mut self, frame: Frame) -> ContentVerdict {
+        if self.overrun.is_some() {
+            return match frame.kind() {
+                FRAME_BODY => ContentVerdict::Ignored,
+                _ => self.expected_body(),
+            };
+        }
+        match (frame.kind(), self.is_idle(), self.expected) {
+            (FRAME_METHOD, true, _) => match frame.method_id() {
+                Some(id) if method::carries_content(id) => self.hold(frame),
+                _ => ContentVerdict::Forward(frame),
+            },
+            (_, true, _) => self.connection_error(reply::close(
+                UNEXPECTED_FRAME,
+                "expected method frame, got non method frame instead",
+            )),
+            (FRAME_HEADER, false, None) => self.header(frame),
+            (_, false, None) => self.expected_header(),
+            (FRAME_BODY, false, Some(expected)) => {
                 self.received += frame.payload().len() as u64;
                 if self.received > expected {
-                    return self.unexpected(format!(
-                        "content body of {} bytes exceeds the announced {expected}",
-                        self.received
-                    ));
+                    let id = self.content_method();
+                    self.reset();
+                    self.overrun = Some(id);
+                    return ContentVerdict::Ignored;
                 }
-                self.hold(frame, budget)
+                self.hold(frame)
             }
-            other => self.unexpected(format!("unexpected frame type {other} on a channel")),
+            (_, false, Some(_)) => self.expected_body(),
         }
     }
 
-    fn next_part(&self) -> &'static str {
-        if self.expected.is_none() {
-            "header"
-        } else {
-            "body"
+    /// The content header of the message under way.
+    fn header(&mut self, frame: Frame) -> ContentVerdict {
+        let size = match spec::check_content_header(frame.payload()) {
+            Ok(header) if header.weight != 0 => return self.expected_header(),
+            Ok(header) if header.class != spec::BASIC_CLASS => {
+                return self.unexpected(format!(
+                    "expected content header for class 60, got one for class {} instead",
+                    header.class
+                ))
+            }
+            Ok(header) => header.body_size,
+            Err(BadHeader::Short) => {
+                return self.connection_error(reply::close(
+                    FRAME_ERROR,
+                    format!(
+                        "{}: unknown_frame",
+                        reply::octets(FRAME_HEADER, frame.payload())
+                    ),
+                ))
+            }
+            // RabbitMQ decodes properties when it handles the publish, and
+            // its channel crashes on ones that do not decode.
+            Err(BadHeader::Properties) => {
+                return self.connection_error(Close::new(INTERNAL_ERROR, "INTERNAL_ERROR"))
+            }
+        };
+        if size > MAX_MESSAGE_SIZE {
+            self.reset();
+            return ContentVerdict::ChannelError(reply::close(
+                PRECONDITION_FAILED,
+                format!(
+                    "message size {size} is larger than configured max size {MAX_MESSAGE_SIZE}"
+                ),
+            ));
         }
+        self.expected = Some(size);
+        self.hold(frame)
     }
 
+    fn expected_header(&mut self) -> ContentVerdict {
+        self.unexpected(
+            "expected content header for class 60, got non content header frame instead".into(),
+        )
+    }
+
+    fn expected_body(&mut self) -> ContentVerdict {
+        self.unexpected("expected content body, got non content body frame instead".into())
+    }
+
+    /// 505 for a frame out of place in the message under way.
     fn unexpected(&mut self, detail: String) -> ContentVerdict {
+        let id = self.content_method();
+        self.connection_error(reply::close(UNEXPECTED_FRAME, detail).caused_by(id))
+    }
+
+    fn connection_error(&mut self, close: Close) -> ContentVerdict {
         self.reset();
-        ContentVerdict::ConnectionError(reply::close(UNEXPECTED_FRAME, detail))
+        ContentVerdict::ConnectionError(close)
     }
 
     fn reset(&mut self) {
         self.held.clear();
-        self.held_bytes = 0;
+        self.settled = 0;
+        self.overrun = None;
         self.charge = None;
         self.expected = None;
         self.received = 0;
@@ -278,14 +336,6 @@ mod tests {
     use crate::frame::{self, FRAME_HEARTBEAT};
     use bytes::{BufMut, Bytes, BytesMut};
     use proptest::prelude::*;
-
-    impl ContentAssembler {
-        /// With a budget of its own, large enough for any test message.
-        fn accept_test(&mut self, frame: Frame) -> ContentVerdict {
-            let budget = PublishBudget::new(HeldBytes::new(u64::MAX));
-            self.accept(frame, &budget)
-        }
-    }
 
     fn wrap(b: Bytes) -> Frame {
         Frame::from_bytes(BytesMut::from(&b[..]))
@@ -315,12 +365,12 @@ mod tests {
     fn publish_is_held_until_the_last_body_byte() {
         let mut a = ContentAssembler::default();
         assert!(matches!(
-            a.accept_test(method_frame(method::BASIC_PUBLISH)),
+            a.accept(method_frame(method::BASIC_PUBLISH)),
             ContentVerdict::Held
         ));
-        assert!(matches!(a.accept_test(header(10)), ContentVerdict::Held));
-        assert!(matches!(a.accept_test(body(4)), ContentVerdict::Held));
-        match a.accept_test(body(6)) {
+        assert!(matches!(a.accept(header(10)), ContentVerdict::Held));
+        assert!(matches!(a.accept(body(4)), ContentVerdict::Held));
+        match a.accept(body(6)) {
             ContentVerdict::Complete(frames) => assert_eq!(frames.len(), 4),
             other => panic!("{other:?}"),
         }
@@ -330,15 +380,15 @@ mod tests {
     #[test]
     fn empty_body_completes_at_the_header() {
         let mut a = ContentAssembler::default();
-        a.accept_test(method_frame(method::BASIC_PUBLISH));
-        assert!(matches!(a.accept_test(header(0)), ContentVerdict::Complete(f) if f.len() == 2));
+        a.accept(method_frame(method::BASIC_PUBLISH));
+        assert!(matches!(a.accept(header(0)), ContentVerdict::Complete(f) if f.len() == 2));
     }
 
     #[test]
     fn other_methods_pass_straight_through() {
         let mut a = ContentAssembler::default();
         assert!(matches!(
-            a.accept_test(method_frame((50, 10))),
+            a.accept(method_frame((50, 10))),
             ContentVerdict::Forward(_)
         ));
     }
@@ -346,112 +396,215 @@ mod tests {
     #[test]
     fn a_content_header_of_another_class_is_505() {
         let mut a = ContentAssembler::default();
-        a.accept_test(method_frame(method::BASIC_PUBLISH));
+        a.accept(method_frame(method::BASIC_PUBLISH));
         let header = wrap(frame::build(FRAME_HEADER, 1, |b| {
             b.put_u16(50);
             b.put_u16(0);
             b.put_u64(1);
             b.put_u16(0);
         }));
-        let ContentVerdict::ConnectionError(close) = a.accept_test(header) else {
+        let ContentVerdict::ConnectionError(close) = a.accept(header) else {
             panic!("accepted");
         };
         assert_eq!(close.code, 505);
     }
 
     #[test]
+    fn a_weighted_header_or_broken_properties_never_pass() {
+        let refused = |weight: u16, flags: u16, props: &[u8]| {
+            let mut a = ContentAssembler::default();
+            a.accept(method_frame(method::BASIC_PUBLISH));
+            let header = wrap(frame::build(FRAME_HEADER, 1, |b| {
+                b.put_u16(60);
+                b.put_u16(weight);
+                b.put_u64(1);
+                b.put_u16(flags);
+                b.put_slice(props);
+            }));
+            match a.accept(header) {
+                ContentVerdict::ConnectionError(close) => Some(close.code),
+                _ => None,
+            }
+        };
+        assert_eq!(refused(1, 0, &[]), Some(505));
+        assert_eq!(refused(0, 0x8000, &[]), Some(541), "content-type missing");
+        assert_eq!(refused(0, 0, &[1]), Some(541), "bytes after the properties");
+        assert_eq!(refused(0, 0x8000, &[1, b'a']), None);
+    }
+
+    #[test]
     fn out_of_order_content_is_a_connection_error() {
         let mut a = ContentAssembler::default();
         assert!(matches!(
-            a.accept_test(header(1)),
+            a.accept(header(1)),
             ContentVerdict::ConnectionError(Close { code: 505, .. })
         ));
         assert!(matches!(
-            a.accept_test(body(1)),
+            a.accept(body(1)),
             ContentVerdict::ConnectionError(_)
         ));
-        a.accept_test(method_frame(method::BASIC_PUBLISH));
+        a.accept(method_frame(method::BASIC_PUBLISH));
         assert!(matches!(
-            a.accept_test(method_frame((50, 10))),
+            a.accept(method_frame((50, 10))),
             ContentVerdict::ConnectionError(_)
         ));
-        a.accept_test(method_frame(method::BASIC_PUBLISH));
-        a.accept_test(header(2));
-        assert!(matches!(
-            a.accept_test(body(3)),
-            ContentVerdict::ConnectionError(_)
-        ));
+        // A body past the announced size: like RabbitMQ, further bodies
+        // are ignored and the next other frame is the error.
+        a.accept(method_frame(method::BASIC_PUBLISH));
+        a.accept(header(2));
+        assert!(matches!(a.accept(body(3)), ContentVerdict::Ignored));
+        assert!(matches!(a.accept(body(3)), ContentVerdict::Ignored));
+        assert!(!a.is_idle());
+        let ContentVerdict::ConnectionError(close) = a.accept(method_frame((50, 10))) else {
+            panic!("accepted");
+        };
+        assert_eq!(
+            (close.code, close.text.as_str(), close.cause),
+            (
+                505,
+                "UNEXPECTED_FRAME - expected content body, got non content body frame instead",
+                method::BASIC_PUBLISH
+            )
+        );
+        assert!(a.is_idle());
         let heartbeat = wrap(frame::heartbeat());
         assert_eq!(heartbeat.kind(), FRAME_HEARTBEAT);
         assert!(matches!(
-            a.accept_test(heartbeat),
+            a.accept(heartbeat),
             ContentVerdict::ConnectionError(_)
         ));
     }
 
     #[test]
+    fn a_servers_content_method_is_refused_once_whole() {
+        let mut a = ContentAssembler::default();
+        a.accept(method_frame(method::BASIC_DELIVER));
+        a.accept(header(1));
+        let ContentVerdict::ConnectionError(close) = a.accept(body(1)) else {
+            panic!("accepted");
+        };
+        assert_eq!(close.code, 503);
+        assert_eq!(close.cause, method::BASIC_DELIVER);
+    }
+
+    #[test]
     fn oversized_message_is_refused_on_the_channel() {
         let mut a = ContentAssembler::default();
-        a.accept_test(method_frame(method::BASIC_PUBLISH));
+        a.accept(method_frame(method::BASIC_PUBLISH));
         assert!(matches!(
-            a.accept_test(header(MAX_MESSAGE_SIZE + 1)),
+            a.accept(header(MAX_MESSAGE_SIZE + 1)),
             ContentVerdict::ChannelError(Close { code: 406, .. })
         ));
         assert!(a.is_idle());
     }
 
-    /// A publish announcing `announced` bytes, then `bodies` bodies of `size`.
+    /// A publish announcing `announced` bytes, then `bodies` bodies of
+    /// `size`, each read on its own (settled after each frame).
     fn publish_with_bodies(
         a: &mut ContentAssembler,
         budget: &Arc<PublishBudget>,
         announced: usize,
         bodies: usize,
         size: usize,
-    ) -> ContentVerdict {
-        a.accept(method_frame(method::BASIC_PUBLISH), budget);
-        a.accept(header(announced as u64), budget);
+    ) -> Result<ContentVerdict, Close> {
+        a.accept(method_frame(method::BASIC_PUBLISH));
+        a.settle(budget)?;
+        a.accept(header(announced as u64));
+        a.settle(budget)?;
         let mut last = ContentVerdict::Held;
         for _ in 0..bodies {
-            last = a.accept(body(size), budget);
+            last = a.accept(body(size));
             if !matches!(last, ContentVerdict::Held) {
                 break;
             }
+            a.settle(budget)?;
         }
-        last
+        Ok(last)
     }
 
     #[test]
-    fn held_bytes_are_charged_and_given_back_whatever_the_end() {
+    fn what_completes_within_a_read_is_never_charged() {
         let shared = HeldBytes::new(u64::MAX);
         let budget = PublishBudget::new(shared.clone());
         let mut a = ContentAssembler::default();
-        // Small messages never touch the shared counter.
-        assert!(matches!(
-            publish_with_bodies(&mut a, &budget, 100, 1, 100),
-            ContentVerdict::Complete(_)
-        ));
+        a.accept(method_frame(method::BASIC_PUBLISH));
+        a.accept(header(3 * 65536));
+        a.accept(body(65536));
+        a.accept(body(65536));
+        assert!(matches!(a.accept(body(65536)), ContentVerdict::Complete(_)));
+        a.settle(&budget).unwrap();
         assert_eq!(shared.used(), 0);
-        // A large one is counted while held, and given back when complete.
-        a.accept(method_frame(method::BASIC_PUBLISH), &budget);
-        a.accept(header(3 * 65536), &budget);
-        a.accept(body(65536), &budget);
-        a.accept(body(65536), &budget);
+    }
+
+    #[test]
+    fn held_bytes_are_charged_at_what_they_occupy_and_given_back_whatever_the_end() {
+        let shared = HeldBytes::new(u64::MAX);
+        let budget = PublishBudget::new(shared.clone());
+        let mut a = ContentAssembler::default();
+        // A 40-byte frame left waiting costs its bytes plus the overhead,
+        // not the read buffer it came in.
+        a.accept(method_frame(method::BASIC_PUBLISH));
+        a.settle(&budget).unwrap();
+        let one = shared.used();
+        assert!(one > 0 && one <= 12 + HELD_FRAME_OVERHEAD, "{one}");
+        a.settle(&budget).unwrap();
+        assert_eq!(shared.used(), one, "settling twice charges once");
+        a.accept(header(2 * 65536));
+        a.accept(body(65536));
+        a.settle(&budget).unwrap();
         assert!(shared.used() > 65536);
-        assert!(matches!(
-            a.accept(body(65536), &budget),
-            ContentVerdict::Complete(_)
-        ));
+        assert!(matches!(a.accept(body(65536)), ContentVerdict::Complete(_)));
         assert_eq!(shared.used(), 0);
         // A channel (or client) gone mid-message gives its bytes back too.
         let mut b = ContentAssembler::default();
         assert!(matches!(
             publish_with_bodies(&mut b, &budget, 1 << 20, 2, 65536),
-            ContentVerdict::Held
+            Ok(ContentVerdict::Held)
         ));
-        publish_with_bodies(&mut a, &budget, 1 << 20, 1, 65536);
+        publish_with_bodies(&mut a, &budget, 1 << 20, 1, 65536).unwrap();
         assert!(shared.used() > 0);
         drop((a, b));
         assert_eq!(shared.used(), 0);
+    }
+
+    #[test]
+    fn many_channels_each_holding_a_little_are_charged_every_byte() {
+        let shared = HeldBytes::new(64 * 1024);
+        let budget = PublishBudget::new(shared.clone());
+        let mut channels: Vec<ContentAssembler> = Vec::new();
+        let refused = (0..10_000).find_map(|_| {
+            let mut a = ContentAssembler::default();
+            a.accept(method_frame(method::BASIC_PUBLISH));
+            let settled = a.settle(&budget);
+            channels.push(a);
+            settled.err()
+        });
+        let close = refused.expect("2047 channels of held frames must hit the budget");
+        assert_eq!(close.code, 506);
+        assert!(
+            channels.len() < 1000,
+            "{} channels fit in 64 KiB",
+            channels.len()
+        );
+        drop(channels);
+        assert_eq!(shared.used(), 0);
+    }
+
+    #[test]
+    fn settled_frames_no_longer_share_the_read_buffer() {
+        let budget = PublishBudget::new(HeldBytes::new(u64::MAX));
+        let read_buffer = BytesMut::from(
+            &frame::build(FRAME_METHOD, 1, |b| {
+                b.put_u16(60);
+                b.put_u16(40);
+                b.put_slice(&[0u8; 4096]);
+            })[..],
+        );
+        let start = read_buffer.as_ptr();
+        let mut a = ContentAssembler::default();
+        a.accept(Frame::from_bytes(read_buffer));
+        a.settle(&budget).unwrap();
+        assert_ne!(a.held[0].as_bytes().as_ptr(), start);
     }
 
     #[test]
@@ -462,28 +615,18 @@ mod tests {
             PublishBudget::new(shared.clone()),
         );
         let mut within = ContentAssembler::default();
-        within.accept(method_frame(method::BASIC_PUBLISH), &first);
-        within.accept(header(1 << 20), &first);
-        for _ in 0..3 {
-            assert!(matches!(
-                within.accept(body(65536), &first),
-                ContentVerdict::Held
-            ));
-        }
+        assert!(matches!(
+            publish_with_bodies(&mut within, &first, 1 << 20, 3, 65536),
+            Ok(ContentVerdict::Held)
+        ));
         let mut over = ContentAssembler::default();
-        let ContentVerdict::ConnectionError(close) =
-            publish_with_bodies(&mut over, &second, 1 << 20, 8, 65536)
-        else {
-            panic!("the budget was not enforced");
-        };
+        let close = publish_with_bodies(&mut over, &second, 1 << 20, 8, 65536)
+            .expect_err("the budget was not enforced");
         assert_eq!(close.code, 506);
         assert!(close.text.contains("its 262144 bytes"), "{}", close.text);
         assert!(over.is_idle());
         // The first client keeps its share and can finish.
-        assert!(matches!(
-            within.accept(body(65536), &first),
-            ContentVerdict::Held
-        ));
+        assert!(matches!(within.accept(body(65536)), ContentVerdict::Held));
         drop(within);
         assert_eq!(shared.used(), 0);
     }
@@ -501,7 +644,7 @@ mod tests {
                     2 => header(n as u64),
                     _ => body(n),
                 };
-                if let ContentVerdict::Complete(frames) = a.accept_test(frame) {
+                if let ContentVerdict::Complete(frames) = a.accept(frame) {
                     prop_assert_eq!(frames[0].method_id(), Some(method::BASIC_PUBLISH));
                     let size = frames[1].content_body_size().unwrap();
                     let bodies: u64 = frames[2..].iter().map(|f| f.payload().len() as u64).sum();

@@ -109,6 +109,12 @@ impl Frame {
         self.bytes[at..at + 8].copy_from_slice(&tag.to_be_bytes());
     }
 
+    /// Moves the frame into an allocation of its own, so that keeping it
+    /// no longer keeps the read buffer it was cut from.
+    pub fn detach(&mut self) {
+        self.bytes = BytesMut::from(&self.bytes[..]);
+    }
+
     /// The whole frame, header and end octet included.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes

@@ -26,6 +26,7 @@ pub mod net;
 pub mod outbox;
 pub mod pool;
 pub mod reply;
+pub mod spec;
 pub mod stats;
 pub mod tls;
 pub mod upstream;

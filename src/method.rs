@@ -4,6 +4,7 @@
 use bytes::{BufMut, Bytes};
 
 use crate::frame::{self, FRAME_METHOD};
+use crate::spec;
 use crate::wire::{put_long_bytes, put_short_str, put_table, DecodeError, Decoder, FieldTable};
 
 pub type MethodId = (u16, u16);
@@ -55,37 +56,15 @@ pub const TX_SELECT: MethodId = (90, 10);
 
 /// Methods followed by a content header and body frames.
 pub fn carries_content(id: MethodId) -> bool {
-    matches!(
-        id,
-        BASIC_PUBLISH | BASIC_RETURN | BASIC_DELIVER | BASIC_GET_OK
-    )
+    spec::lookup(id.0, id.1).is_some_and(|m| m.content)
 }
 
 /// Human name of a method for log lines and error texts.
 pub fn name(id: MethodId) -> String {
-    let known = match id {
-        CONNECTION_START => "connection.start",
-        CONNECTION_START_OK => "connection.start-ok",
-        CONNECTION_SECURE => "connection.secure",
-        CONNECTION_TUNE => "connection.tune",
-        CONNECTION_TUNE_OK => "connection.tune-ok",
-        CONNECTION_OPEN => "connection.open",
-        CONNECTION_OPEN_OK => "connection.open-ok",
-        CONNECTION_CLOSE => "connection.close",
-        CONNECTION_CLOSE_OK => "connection.close-ok",
-        CHANNEL_OPEN => "channel.open",
-        CHANNEL_OPEN_OK => "channel.open-ok",
-        BASIC_QOS => "basic.qos",
-        BASIC_CONSUME => "basic.consume",
-        BASIC_GET => "basic.get",
-        CONFIRM_SELECT => "confirm.select",
-        QUEUE_DECLARE => "queue.declare",
-        CHANNEL_CLOSE => "channel.close",
-        CHANNEL_CLOSE_OK => "channel.close-ok",
-        BASIC_PUBLISH => "basic.publish",
-        _ => return format!("method {}.{}", id.0, id.1),
-    };
-    known.to_string()
+    match spec::lookup(id.0, id.1) {
+        Some(m) => m.name.to_string(),
+        None => format!("method {}.{}", id.0, id.1),
+    }
 }
 
 /// A method frame: class and method ids, then the arguments `args` writes.
@@ -233,11 +212,12 @@ pub fn decode_exchange_declare(args: &[u8]) -> Result<(String, bool), DecodeErro
     Ok((kind, d.u8()? & 1 == 1))
 }
 
-/// Whether the broker may know an exchange type: the four built in, or a
-/// plugin's (their names start with "x-"). Anything else is refused by
-/// RabbitMQ with a connection-level 503.
-pub fn exchange_type_may_exist(kind: &str) -> bool {
-    matches!(kind, "direct" | "fanout" | "topic" | "headers") || kind.starts_with("x-")
+/// Whether the broker knows an exchange type: the four built in, or one of
+/// the plugin types it was configured with. RabbitMQ refuses any other
+/// with a connection-level 503.
+pub fn exchange_type_known(kind: &str, plugin_types: &[String]) -> bool {
+    matches!(kind, "direct" | "fanout" | "topic" | "headers")
+        || plugin_types.iter().any(|t| t == kind)
 }
 
 /// Basic.Get's no-ack flag.
@@ -246,37 +226,6 @@ pub fn decode_get_no_ack(args: &[u8]) -> Result<bool, DecodeError> {
     d.u16()?;
     d.short_bytes()?;
     Ok(d.u8()? & 1 == 1)
-}
-
-/// Whether a client may send this method on a non-zero channel: what it
-/// may not would be a connection-level error at the broker and take every
-/// other client of the shared connection down with it, so warren answers it
-/// for that client alone. `None`: the method id does not exist.
-pub fn client_may_send(id: MethodId) -> Option<bool> {
-    let allowed = matches!(
-        id,
-        (20, 10 | 20 | 40 | 41)
-            | (30, 10)
-            | (40, 10 | 20 | 30 | 40)
-            | (50, 10 | 20 | 30 | 40 | 50)
-            | (60, 10 | 20 | 30 | 40 | 70 | 80 | 90 | 100 | 110 | 120)
-            | (85, 10)
-            | (90, 10 | 20 | 30)
-    );
-    let exists = allowed
-        || matches!(
-            id,
-            (
-                10,
-                10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71
-            ) | (20, 11)
-                | (40, 11 | 21 | 31 | 51)
-                | (50, 11 | 21 | 31 | 41 | 51)
-                | (60, 11 | 21 | 31 | 50 | 60 | 71 | 72 | 111)
-                | (85, 11)
-                | (90, 11 | 21 | 31)
-        );
-    exists.then_some(allowed)
 }
 
 /// The queue named by a method that needs exclusive access to it when the
@@ -522,14 +471,6 @@ mod tests {
             .read_frame()
             .await
             .unwrap()
-    }
-
-    #[test]
-    fn server_methods_and_unknown_ids_are_not_for_clients() {
-        assert_eq!(client_may_send(BASIC_PUBLISH), Some(true));
-        assert_eq!(client_may_send(BASIC_DELIVER), Some(false));
-        assert_eq!(client_may_send(CONNECTION_CLOSE), Some(false));
-        assert_eq!(client_may_send((60, 200)), None);
     }
 
     #[test]

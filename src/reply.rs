@@ -40,9 +40,44 @@ pub fn code_name(code: u16) -> &'static str {
     }
 }
 
-/// A Close whose text starts with the code's name, as RabbitMQ's do.
+/// A Close whose text starts with the code's name, as RabbitMQ's do, and
+/// is cut as RabbitMQ cuts it to fit a short string: 252 bytes and "...".
 pub fn close(code: u16, detail: impl std::fmt::Display) -> Close {
-    Close::new(code, format!("{} - {}", code_name(code), detail))
+    let mut text = format!("{} - {}", code_name(code), detail);
+    if text.len() > 255 {
+        let mut end = 252;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    Close::new(code, text)
+}
+
+/// RabbitMQ's answer to a method it does not take from clients.
+pub fn unimplemented_method(id: crate::method::MethodId) -> Close {
+    close(COMMAND_INVALID, "unimplemented method").caused_by(id)
+}
+
+/// How many payload bytes RabbitMQ quotes when it refuses a frame.
+const QUOTED_OCTETS: usize = 16;
+
+/// RabbitMQ's description of a frame it could not take: its type and up to
+/// sixteen payload octets.
+pub fn octets(kind: u8, payload: &[u8]) -> String {
+    let (which, quoted) = if payload.len() <= QUOTED_OCTETS {
+        ("all", payload)
+    } else {
+        ("first 16", &payload[..QUOTED_OCTETS])
+    };
+    format!("type {kind}, {which} octets = {}", erlang_binary(quoted))
+}
+
+/// Bytes in Erlang's binary notation, as RabbitMQ's texts quote them.
+pub fn erlang_binary(bytes: &[u8]) -> String {
+    let inner: Vec<String> = bytes.iter().map(u8::to_string).collect();
+    format!("<<{}>>", inner.join(","))
 }
 
 #[cfg(test)]
@@ -56,5 +91,7 @@ mod tests {
             "CHANNEL_ERROR - expected 'channel.open'"
         );
         assert_eq!(close(320, "x").code, 320);
+        let long = close(501, "é".repeat(200));
+        assert!(long.text.len() <= 255 && long.text.ends_with("..."));
     }
 }

@@ -33,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
             let now_unfit = usage.dirty(u64::MAX, u64::MAX).is_some();
             assert!(!unfit || now_unfit, "a channel unfit for reuse became fit");
             unfit = now_unfit;
-            if let ContentVerdict::Complete(frames) = assembler.accept(frame, &budget) {
+            let verdict = assembler.accept(frame);
+            if reader.has_buffered_frame() && assembler.settle(&budget).is_err() {
+                assembler = ContentAssembler::default();
+            }
+            if let ContentVerdict::Complete(frames) = verdict {
                 assert_eq!(
                     frames[0].method_id().map(method::carries_content),
                     Some(true)

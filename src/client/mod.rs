@@ -1,6 +1,7 @@
 //! Client connections: the server-side handshake and the session that
 //! serves a client until it leaves.
 
+mod frame_check;
 /// Public for the fuzz targets (`fuzz/`).
 pub mod handshake;
 mod session;

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::frame_check;
 use super::handshake::{self, HandshakeError, Hello};
 use super::{Admission, Context};
 use crate::channel::{ChannelState, Delivered, Step, UpstreamChannel, Usage};
@@ -27,8 +28,8 @@ use crate::net::{Accepted, Peer, ReadHalf, WriteHalf};
 use crate::outbox::{outbox, Outbox};
 use crate::pool::PoolRef;
 use crate::reply::{
-    self, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED,
-    NOT_IMPLEMENTED, RESOURCE_LOCKED, UNEXPECTED_FRAME,
+    self, CHANNEL_ERROR, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED, RESOURCE_LOCKED,
+    UNEXPECTED_FRAME,
 };
 use crate::stats::{
     ClientRecord, CloseScope, DisconnectReason, Events, HandshakeOutcome, Listed, PoolLabel,
@@ -233,6 +234,8 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
         scratch: Vec::new(),
         small_messages: BytesMut::new(),
         publish_budget: PublishBudget::new(ctx.held_bytes.clone()),
+        holding: Vec::new(),
+        exchange_types: ctx.config().exchange_types.clone(),
         record,
     };
     let exit = session.run(&mut reader, &mut events, heartbeat, &ctx).await;
@@ -491,6 +494,10 @@ struct Session {
     small_messages: BytesMut,
     /// This client's share of the bytes held in partly received publishes.
     publish_budget: Arc<PublishBudget>,
+    /// Channels that held a frame since the last `settle_held`.
+    holding: Vec<u16>,
+    /// The broker's plugin exchange types, as configured when the client came.
+    exchange_types: Vec<String>,
     record: Listed<ClientRecord>,
 }
 
@@ -528,11 +535,14 @@ impl Session {
                             self.flush_small_messages().await;
                         }
                         let step = self.on_client_frame(frame).await;
-                        // Small publishes read in one go leave as one buffer.
-                        if !reader.has_buffered_frame() {
+                        // Small publishes read in one go leave as one buffer;
+                        // what stays held waits for the next read.
+                        if step.is_none() && !reader.has_buffered_frame() {
                             self.flush_small_messages().await;
+                            self.settle_held()
+                        } else {
+                            step
                         }
-                        step
                     }
                     Err(FrameError::Closed) => Some(Exit::Gone("client dropped the connection".into())),
                     Err(FrameError::Io(e)) => Some(Exit::Gone(format!("client connection failed: {e}"))),
@@ -748,37 +758,34 @@ impl Session {
         if channel == 0 {
             return self.on_connection_frame(frame);
         }
-        if frame.kind() == FRAME_HEARTBEAT {
-            return Some(Exit::Close(reply::close(
-                UNEXPECTED_FRAME,
-                "type 8, all octets = <<>>",
-            )));
-        }
-        let method_id = frame.method_id();
-        if method_id == Some(method::CHANNEL_OPEN) {
-            return self.open_channel(channel).await;
-        }
-        if let Some(id) = method_id {
-            match method::client_may_send(id) {
-                Some(true) => {}
-                Some(false) => {
-                    return Some(Exit::Close(
-                        reply::close(COMMAND_INVALID, "unimplemented method").caused_by(id),
-                    ))
-                }
-                None => {
-                    return Some(Exit::Close(
-                        reply::close(NOT_IMPLEMENTED, format!("unknown method {}.{}", id.0, id.1))
-                            .caused_by(id),
-                    ))
-                }
+        let spec = match frame_check::check_frame(&frame) {
+            Ok(spec) => spec,
+            Err(close) => return Some(Exit::Close(close)),
+        };
+        // While a message is under way a method is an unexpected frame
+        // (content.rs), whatever its arguments: RabbitMQ decodes them only
+        // when the channel expects a method.
+        let expects_method = match self.channels.get(&channel) {
+            Some(ChannelState::Open { content, .. }) => content.is_idle(),
+            _ => true,
+        };
+        if let (Some(spec), true) = (spec, expects_method) {
+            if let Err(close) = frame_check::check_method(spec, &frame, &self.exchange_types) {
+                return Some(Exit::Close(close));
             }
         }
+        let method_id = spec.map(|m| (m.class, m.method));
+        if method_id == Some(method::CHANNEL_OPEN) && expects_method {
+            return self.open_channel(channel).await;
+        }
         let Some(state) = self.channels.get_mut(&channel) else {
-            return Some(Exit::Close(
-                reply::close(CHANNEL_ERROR, "expected 'channel.open'")
-                    .caused_by(method_id.unwrap_or((0, 0))),
-            ));
+            return Some(Exit::Close(match method_id {
+                Some(id) => reply::close(CHANNEL_ERROR, "expected 'channel.open'").caused_by(id),
+                None => reply::close(
+                    UNEXPECTED_FRAME,
+                    "expected method frame, got non method frame instead",
+                ),
+            }));
         };
         match state {
             ChannelState::Open {
@@ -789,7 +796,11 @@ impl Session {
                     Some(method::CHANNEL_CLOSE) if content.is_idle() => {
                         return self.client_closes_channel(channel).await;
                     }
-                    Some(method::CHANNEL_CLOSE_OK) => return None,
+                    Some(method::CHANNEL_CLOSE_OK) if content.is_idle() => {
+                        return Some(Exit::Close(reply::unimplemented_method(
+                            method::CHANNEL_CLOSE_OK,
+                        )));
+                    }
                     Some(id) if content.is_idle() => {
                         if let Some(queue) = method::queue_needing_access(id, frame.method_args()) {
                             if self.upstream.locked_for(&queue, self.id) {
@@ -894,9 +905,14 @@ impl Session {
         else {
             return None;
         };
-        match content.accept(frame, &self.publish_budget) {
+        match content.accept(frame) {
             ContentVerdict::Forward(frame) => self.send_upstream(frame, upstream.id).await,
-            ContentVerdict::Held => {}
+            ContentVerdict::Held => {
+                if self.holding.last() != Some(&channel) {
+                    self.holding.push(channel);
+                }
+            }
+            ContentVerdict::Ignored => {}
             ContentVerdict::Complete(frames) => {
                 usage.on_publish_sent();
                 self.record.published.add(1);
@@ -964,29 +980,32 @@ impl Session {
     }
 
     fn on_connection_frame(&mut self, frame: Frame) -> Option<Exit> {
-        if frame.kind() == FRAME_HEARTBEAT {
-            return None;
+        match frame.kind() {
+            FRAME_HEARTBEAT => return None,
+            FRAME_METHOD => {}
+            kind => {
+                return Some(Exit::Close(reply::close(
+                    UNEXPECTED_FRAME,
+                    reply::octets(kind, frame.payload()),
+                )))
+            }
         }
-        match frame.method_id() {
-            Some(method::CONNECTION_CLOSE) => Some(Exit::ClientClosed),
-            Some(method::CONNECTION_CLOSE_OK) => Some(Exit::Gone(
+        let spec = match frame_check::check_frame(&frame) {
+            Ok(spec) => spec?,
+            Err(close) => return Some(Exit::Close(close)),
+        };
+        match (spec.class, spec.method) {
+            method::CONNECTION_CLOSE => Some(Exit::ClientClosed),
+            method::CONNECTION_CLOSE_OK => Some(Exit::Gone(
                 "client sent an unexpected connection.close-ok".into(),
             )),
-            Some(id) => Some(Exit::Close(
+            id => Some(Exit::Close(
                 reply::close(
                     CHANNEL_ERROR,
                     "unexpected method in connection state running",
                 )
                 .caused_by(id),
             )),
-            None if frame.kind() != FRAME_METHOD => Some(Exit::Close(reply::close(
-                CHANNEL_ERROR,
-                format!("frame type {} on channel 0", frame.kind()),
-            ))),
-            None => Some(Exit::Close(reply::close(
-                FRAME_ERROR,
-                "truncated method frame",
-            ))),
         }
     }
 
@@ -1129,6 +1148,19 @@ impl Session {
         self.upstream.abandon(upstream);
         self.channels.insert(channel, ChannelState::ClosedByProxy);
         let _ = self.outbox.send(close.channel_frame(channel)).await;
+    }
+
+    /// The frames read together are handled: publishes still incomplete
+    /// are moved out of the read buffer and charged to the budget.
+    fn settle_held(&mut self) -> Option<Exit> {
+        for channel in self.holding.drain(..) {
+            if let Some(ChannelState::Open { content, .. }) = self.channels.get_mut(&channel) {
+                if let Err(close) = content.settle(&self.publish_budget) {
+                    return Some(Exit::Close(close));
+                }
+            }
+        }
+        None
     }
 
     /// Sends the small publishes collected so far, as one buffer.

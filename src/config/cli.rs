@@ -102,6 +102,18 @@ pub struct Cli {
     /// 256 MiB [default: 1024]
     #[arg(long, env = "MAX_HELD_PUBLISH_MIB", value_name = "MIB")]
     pub max_held_publish_mib: Option<u32>,
+    /// Exchange types the broker's plugins add (x-delayed-message, ...),
+    /// comma-separated: clients may declare exchanges of these and of the
+    /// built-in types. Any other type would make the broker close the
+    /// shared upstream connection, so warren refuses it (503) [default:
+    /// none]
+    #[arg(
+        long,
+        env = "EXCHANGE_TYPES",
+        value_name = "TYPES",
+        value_delimiter = ','
+    )]
+    pub exchange_types: Option<Vec<String>>,
     /// Most channels warren opens on one upstream connection; the broker's
     /// own channel_max also applies [default: 65535]
     #[arg(long, env = "MAX_UPSTREAM_CHANNELS", value_name = "N")]
@@ -200,6 +212,7 @@ impl Cli {
             max_upstream_connections: self.max_upstream_connections,
             max_held_publish_mib: self.max_held_publish_mib,
             max_upstream_channels: self.max_upstream_channels,
+            exchange_types: self.exchange_types.clone(),
             channel_max: self.channel_max,
             heartbeat: self.heartbeat,
             channel_reuse: flag(self.no_channel_reuse, false),

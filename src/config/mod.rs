@@ -83,6 +83,8 @@ pub struct Config {
     /// For all clients' partly received publishes together.
     pub max_held_publish_bytes: u64,
     pub max_upstream_channels: u16,
+    /// Plugin exchange types the broker knows, besides the built-in ones.
+    pub exchange_types: Vec<String>,
     pub channel_max: u16,
     pub heartbeat: u16,
     /// Keep clean upstream channels for the next client.
@@ -117,6 +119,17 @@ pub struct ConfigError(pub String);
 
 fn err(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
+}
+
+/// Plugin exchange types as given: names a Exchange.Declare can carry.
+fn exchange_types(types: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    match types.iter().find(|t| t.is_empty() || t.len() > 255) {
+        Some(bad) => Err(err(format!(
+            "invalid --exchange-types entry '{}': must be 1 to 255 bytes",
+            bad.chars().take(64).collect::<String>()
+        ))),
+        None => Ok(types),
+    }
 }
 
 impl Config {
@@ -236,6 +249,7 @@ impl Config {
                 }
             },
             max_upstream_channels,
+            exchange_types: exchange_types(o.exchange_types.unwrap_or_default())?,
             channel_max,
             heartbeat: o.heartbeat.unwrap_or_default(),
             channel_reuse: o.channel_reuse.unwrap_or_default(),

@@ -79,6 +79,8 @@ options! {
     max_upstream_connections: u32 = Some(100);
     max_held_publish_mib: u32 = Some(1024);
     max_upstream_channels: u16 = Some(65535);
+    /// Exchange types of the broker's plugins that clients may declare.
+    exchange_types: Vec<String> = Some(Vec::new());
     channel_max: u16 = Some(2047);
     heartbeat: u16 = Some(60);
     channel_reuse: bool = Some(true);

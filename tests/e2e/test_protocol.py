@@ -3,7 +3,7 @@ import struct
 
 import pytest
 
-from rawamqp import PROTOCOL_HEADER, RawClient, method, shortstr
+from rawamqp import FRAME_BODY, FRAME_HEADER, PROTOCOL_HEADER, RawClient, frame, method, shortstr
 
 
 def test_other_protocol_versions_get_the_0_9_1_header_and_a_close(warren):
@@ -61,15 +61,17 @@ def test_frames_on_an_unopened_channel_are_504_for_that_client_only(warren):
 
 
 def test_server_only_methods_close_the_sender_alone(warren):
-    """basic.deliver from a client is a connection error at the broker; on a
-    shared upstream it would take every neighbour down."""
+    """basic.deliver from a client is a connection error at the broker (once
+    its content arrived, as RabbitMQ assembles it first); on a shared
+    upstream it would take every neighbour down."""
     bystander = warren.connect()
     ch = bystander.channel()
     raw = RawClient(warren.port)
     raw.open()
     raw.send(method(1, 20, 10, shortstr("")))
     assert raw.read_method().method == (20, 11)
-    raw.send(method(1, 60, 60, shortstr("ctag") + struct.pack("!QB", 1, 0) + shortstr("") + shortstr("q")))
+    raw.send(method(1, 60, 60, shortstr("ctag") + struct.pack("!QB", 1, 0) + shortstr("") + shortstr("q"))
+             + frame(FRAME_HEADER, 1, struct.pack("!HHQH", 60, 0, 1, 0)) + frame(FRAME_BODY, 1, b"x"))
     reply = raw.read_method()
     assert reply.method == (10, 50)
     assert reply.close_reply() == (503, "COMMAND_INVALID - unimplemented method")
