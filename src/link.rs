@@ -86,9 +86,10 @@ impl ClientLink {
     }
 
     /// Queues a frame without ever waiting: the upstream reader serves many
-    /// clients and must not stall on one. A client whose queue is full is
-    /// told to leave, and nothing more is queued for it (a gap in its stream
-    /// would be worse than a disconnect).
+    /// clients and must not stall on one, and the session must keep reading,
+    /// timing heartbeats and hearing shutdown whatever the client does. A
+    /// client whose queue is full is told to leave, and nothing more is
+    /// queued for it (a gap in its stream would be worse than a disconnect).
     pub fn push(&self, frame: Bytes) {
         if self.overflowed.load(Ordering::Relaxed) {
             return;

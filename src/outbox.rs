@@ -23,11 +23,17 @@ struct Credit {
     limit: usize,
 }
 
+/// What a queued frame occupies beyond its bytes: its queue slot, and the
+/// allocation it was written into (a 12-byte reply lives in a 64-byte
+/// buffer). Charged so that a queue of tiny frames is bounded in the memory
+/// it really takes, not in frame bytes.
+pub const QUEUED_FRAME_OVERHEAD: usize = 96;
+
 impl Credit {
     /// Credit a frame needs. A frame larger than the whole limit takes it all
     /// rather than waiting forever.
     fn cost(&self, frame: &Bytes) -> usize {
-        frame.len().min(self.limit)
+        (frame.len() + QUEUED_FRAME_OVERHEAD).min(self.limit)
     }
 }
 
@@ -91,6 +97,11 @@ impl Outbox {
             Err(tokio::sync::TryAcquireError::Closed) => return Err(TrySendError::Closed),
         }
         self.queue.send(frame).map_err(|_| TrySendError::Closed)
+    }
+
+    /// Resolves once the writer has stopped (the socket failed or stalled).
+    pub async fn closed(&self) {
+        self.queue.closed().await
     }
 
     /// Queues a frame now, in overdraft if there is no credit.
@@ -157,56 +168,59 @@ mod tests {
         taken
     }
 
+    /// A frame whose credit, overhead included, is `cost`.
+    fn costing(cost: usize) -> Bytes {
+        Bytes::from(vec![0u8; cost - QUEUED_FRAME_OVERHEAD])
+    }
+
     #[tokio::test]
     async fn credit_bounds_the_queue_and_returns_when_written() {
-        let (outbox, mut inbox) = outbox(10);
-        outbox.send(Bytes::from_static(b"123456")).await.unwrap();
-        assert_eq!(
-            outbox.try_send(Bytes::from_static(b"12345")),
-            Err(TrySendError::Full)
-        );
+        let (outbox, mut inbox) = outbox(200);
+        outbox.send(costing(120)).await.unwrap();
+        assert_eq!(outbox.try_send(costing(100)), Err(TrySendError::Full));
         assert_eq!(write_out(&mut inbox).await, 1);
-        assert_eq!(outbox.try_send(Bytes::from_static(b"12345")), Ok(()));
+        assert_eq!(outbox.try_send(costing(100)), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn tiny_frames_are_charged_what_they_occupy() {
+        let (outbox, _inbox) = outbox(10 * QUEUED_FRAME_OVERHEAD);
+        let queued = (0..100)
+            .take_while(|_| outbox.try_send(Bytes::from_static(b"x")).is_ok())
+            .count();
+        assert!(queued < 10, "{queued} one-byte frames fit in ten overheads");
     }
 
     #[tokio::test]
     async fn overdraft_is_paid_back_before_credit_returns() {
-        let (outbox, mut inbox) = outbox(10);
-        outbox
-            .send(Bytes::from_static(b"1234567890"))
-            .await
-            .unwrap();
-        outbox.send_now(Bytes::from_static(b"abcd")).unwrap();
+        let (outbox, mut inbox) = outbox(200);
+        outbox.send(costing(200)).await.unwrap();
+        outbox.send_now(costing(100)).unwrap();
         write_out(&mut inbox).await;
-        // 14 bytes written, 4 of them on overdraft: 10 bytes of credit back.
-        assert_eq!(outbox.try_send(Bytes::from_static(b"1234567890")), Ok(()));
-        assert_eq!(
-            outbox.try_send(Bytes::from_static(b"x")),
-            Err(TrySendError::Full)
-        );
+        // 300 written, 100 of them on overdraft: 200 of credit back.
+        assert_eq!(outbox.try_send(costing(200)), Ok(()));
+        assert_eq!(outbox.try_send(costing(100)), Err(TrySendError::Full));
     }
 
     #[tokio::test]
     async fn senders_waiting_for_credit_learn_that_the_writer_is_gone() {
-        let (outbox, inbox) = outbox(4);
-        outbox.send(Bytes::from_static(b"1234")).await.unwrap();
+        let (outbox, inbox) = outbox(100);
+        outbox.send(costing(100)).await.unwrap();
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
-            async move { outbox.send(Bytes::from_static(b"5678")).await }
+            async move { outbox.send(costing(100)).await }
         });
         tokio::task::yield_now().await;
         drop(inbox);
         assert_eq!(waiting.await.unwrap(), Err(Closed));
+        outbox.closed().await;
     }
 
     #[tokio::test]
     async fn a_frame_larger_than_the_limit_still_goes() {
-        let (outbox, mut inbox) = outbox(4);
-        outbox
-            .send(Bytes::from_static(b"far too long"))
-            .await
-            .unwrap();
+        let (outbox, mut inbox) = outbox(100);
+        outbox.send(costing(500)).await.unwrap();
         write_out(&mut inbox).await;
-        assert_eq!(outbox.try_send(Bytes::from_static(b"1234")), Ok(()));
+        assert_eq!(outbox.try_send(costing(100)), Ok(()));
     }
 }

@@ -23,12 +23,15 @@ const BATCH: usize = 256;
 
 /// Runs until every sender is dropped (then flushes and shuts the write side
 /// down) or the socket fails. `heartbeat` is the interval after which an idle
-/// write side sends a heartbeat frame; `None` disables them. Every byte
-/// written is added to `sent` (this task is its only writer).
+/// write side sends a heartbeat frame; `None` disables them. `stall_limit`:
+/// how long a write may make no progress before the peer counts as gone
+/// (`None`: forever, for a broker that stops reading under a memory alarm).
+/// Every byte written is added to `sent` (this task is its only writer).
 pub async fn run<W: AsyncWrite + Unpin>(
     mut sink: W,
     mut queue: Inbox,
     heartbeat: Option<Duration>,
+    stall_limit: Option<Duration>,
     sent: Arc<Tally>,
 ) -> io::Result<()> {
     let mut batch = Vec::new();
@@ -39,7 +42,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     n = queue.recv_many(&mut batch, BATCH) => n,
                     _ = tokio::time::sleep(interval) => {
                         batch.push(frame::heartbeat());
-                        write_all(&mut sink, &mut batch).await?;
+                        write_all(&mut sink, &mut batch, stall_limit).await?;
                         sent.add(frame::HEARTBEAT_LEN);
                         continue;
                     }
@@ -52,19 +55,30 @@ pub async fn run<W: AsyncWrite + Unpin>(
             return Ok(());
         }
         let (credit, size) = queue.credit_and_size_of(&batch);
-        write_all(&mut sink, &mut batch).await?;
+        write_all(&mut sink, &mut batch, stall_limit).await?;
         queue.release(credit);
         sent.add(size as u64);
     }
 }
 
 /// Writes every buffer of `batch`, in order, with as few syscalls as the
-/// kernel allows, and leaves `batch` empty.
-async fn write_all<W: AsyncWrite + Unpin>(sink: &mut W, batch: &mut Vec<Bytes>) -> io::Result<()> {
+/// kernel allows, and leaves `batch` empty. Fails with `TimedOut` when one
+/// write makes no progress for `stall_limit`.
+async fn write_all<W: AsyncWrite + Unpin>(
+    sink: &mut W,
+    batch: &mut Vec<Bytes>,
+    stall_limit: Option<Duration>,
+) -> io::Result<()> {
     let mut first = 0;
     while first < batch.len() {
         let slices: Vec<IoSlice<'_>> = batch[first..].iter().map(|b| IoSlice::new(b)).collect();
-        let mut written = sink.write_vectored(&slices).await?;
+        let write = sink.write_vectored(&slices);
+        let mut written = match stall_limit {
+            Some(limit) => tokio::time::timeout(limit, write)
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??,
+            None => write.await?,
+        };
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -88,12 +102,29 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_fails_the_writer_after_the_stall_limit() {
+        let (sink, _unread) = tokio::io::duplex(16);
+        let (tx, rx) = crate::outbox::outbox(1 << 20);
+        let task = tokio::spawn(run(
+            sink,
+            rx,
+            None,
+            Some(Duration::from_secs(30)),
+            Arc::default(),
+        ));
+        tx.send(Bytes::from(vec![0u8; 1024])).await.unwrap();
+        let error = task.await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        tx.closed().await;
+    }
+
     #[tokio::test]
     async fn writes_everything_in_order_through_a_tiny_pipe() {
         let (sink, mut source) = tokio::io::duplex(7);
-        let (tx, rx) = crate::outbox::outbox(1024);
+        let (tx, rx) = crate::outbox::outbox(1 << 20);
         let sent = Arc::new(Tally::default());
-        let task = tokio::spawn(run(sink, rx, None, sent.clone()));
+        let task = tokio::spawn(run(sink, rx, None, None, sent.clone()));
         let expected: Vec<u8> = (0..100u8).collect();
         for chunk in expected.chunks(9) {
             tx.send(Bytes::copy_from_slice(chunk)).await.unwrap();
@@ -110,7 +141,13 @@ mod tests {
     async fn idle_write_side_sends_heartbeats() {
         let (sink, mut source) = tokio::io::duplex(64);
         let (tx, rx) = crate::outbox::outbox(1);
-        let task = tokio::spawn(run(sink, rx, Some(Duration::from_secs(5)), Arc::default()));
+        let task = tokio::spawn(run(
+            sink,
+            rx,
+            Some(Duration::from_secs(5)),
+            None,
+            Arc::default(),
+        ));
         let mut got = [0u8; 8];
         source.read_exact(&mut got).await.unwrap();
         assert_eq!(&got[..], &frame::heartbeat()[..]);

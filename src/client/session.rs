@@ -52,6 +52,9 @@ const SMALL_MESSAGES_CHUNK: usize = 64 * 1024;
 /// Errors many clients can hit at once (the broker is down) are logged at
 /// most this often, with a count of those held back.
 const REPEATED_ERRORS_EVERY: Duration = Duration::from_secs(1);
+/// How long a write to a client without heartbeats may make no progress
+/// before the client counts as gone.
+const WRITE_STALL_WITHOUT_HEARTBEATS: Duration = Duration::from_secs(60);
 /// How long warren waits for a client's Close-Ok after closing it.
 const CLOSE_OK_WAIT: Duration = Duration::from_secs(3);
 
@@ -201,10 +204,14 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
     record.upstream.set(upstream.id());
     let (outbox, queue) = outbox(CLIENT_QUEUE_BYTES);
     let heartbeat = (tune.heartbeat > 0).then(|| Duration::from_secs(tune.heartbeat.into()));
+    // A client whose socket takes nothing for two heartbeat intervals (or a
+    // minute without heartbeats) is gone, whether or not it still sends.
+    let stall_limit = heartbeat.map_or(WRITE_STALL_WITHOUT_HEARTBEATS, |hb| hb * 2);
     let writer_task = tokio::spawn(writer::run(
         write_half,
         queue,
         heartbeat.map(|hb| hb / 2),
+        Some(stall_limit),
         record.bytes_out.clone(),
     ));
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -519,6 +526,10 @@ impl Session {
         // a waker with the token each time.
         let force_close = ctx.force_close.cancelled();
         tokio::pin!(force_close);
+        // The client's writer stops when its socket fails or stalls.
+        let outbox = self.outbox.clone();
+        let writer_stopped = outbox.closed();
+        tokio::pin!(writer_stopped);
         loop {
             let step = tokio::select! {
                 biased;
@@ -558,6 +569,9 @@ impl Session {
                         _ => None,
                     }
                 }
+                _ = &mut writer_stopped => {
+                    Some(Exit::Gone("the client stopped reading (nothing written for too long) or its connection failed".into()))
+                }
                 _ = &mut force_close => {
                     Some(Exit::Close(reply::close(CONNECTION_FORCED, "warren is shutting down")))
                 }
@@ -577,12 +591,12 @@ impl Session {
         self.record.channels.set(0);
         match exit {
             Exit::ClientClosed => {
-                let _ = self.outbox.send(method::connection_close_ok()).await;
+                let _ = self.outbox.send_now(method::connection_close_ok());
             }
             Exit::Close(close) => {
                 ctx.stats.events.close(CloseScope::connection, close.code);
                 tracing::warn!(client = self.id, code = close.code, text = %close.text, "closing client connection");
-                if self.outbox.send(close.connection_frame()).await.is_ok() {
+                if self.outbox.send_now(close.connection_frame()).is_ok() {
                     let wait = if ctx.force_close.is_cancelled() {
                         ctx.config().term_client_close_timeout
                     } else {
@@ -692,7 +706,7 @@ impl Session {
                     Some(ChannelState::ClosingByClient { .. })
                 ) {
                     self.channels.remove(&channel);
-                    let _ = self.outbox.send(method::channel_close_ok(channel)).await;
+                    self.link.push(method::channel_close_ok(channel));
                 }
                 None
             }
@@ -721,11 +735,11 @@ impl Session {
                     // The client's Close crossed the broker's: the channel
                     // is closed either way, and the client gets its Close-Ok.
                     self.channels.remove(&channel);
-                    let _ = self.outbox.send(method::channel_close_ok(channel)).await;
+                    self.link.push(method::channel_close_ok(channel));
                 } else {
                     self.channels.insert(channel, ChannelState::ClosedByBroker);
                     self.ctx.stats.events.close(CloseScope::channel, code);
-                    let _ = self.outbox.send(close).await;
+                    self.link.push(close);
                 }
                 None
             }
@@ -822,11 +836,11 @@ impl Session {
                 match step {
                     Step::Forward => {}
                     Step::AnswerQosOk => {
-                        let _ = self.outbox.send(method::basic_qos_ok(channel)).await;
+                        self.link.push(method::basic_qos_ok(channel));
                         return None;
                     }
                     Step::AnswerSelectOk => {
-                        let _ = self.outbox.send(method::confirm_select_ok(channel)).await;
+                        self.link.push(method::confirm_select_ok(channel));
                         return None;
                     }
                     Step::Swallow => return None,
@@ -840,7 +854,7 @@ impl Session {
                     } => {
                         self.upstream.want_confirms(upstream, published_before);
                         if reply {
-                            let _ = self.outbox.send(method::confirm_select_ok(channel)).await;
+                            self.link.push(method::confirm_select_ok(channel));
                         }
                         return None;
                     }
@@ -867,7 +881,7 @@ impl Session {
                         // Both sides closed at once: the client's Close gets
                         // its Close-Ok, and the channel is done.
                         self.channels.remove(&channel);
-                        let _ = self.outbox.send(method::channel_close_ok(channel)).await;
+                        self.link.push(method::channel_close_ok(channel));
                     }
                     _ => {}
                 }
@@ -946,7 +960,7 @@ impl Session {
     async fn client_closes_channel(&mut self, channel: u16) -> Option<Exit> {
         let (upstream, usage, delivered) = self.take_open(channel)?;
         if self.try_keep(upstream, &usage, delivered.load()) {
-            let _ = self.outbox.send(method::channel_close_ok(channel)).await;
+            self.link.push(method::channel_close_ok(channel));
         } else {
             self.upstream.closing(upstream);
             self.channels
@@ -1050,7 +1064,7 @@ impl Session {
         // Open-Ok right away, for a kept channel and a new one alike: a
         // Channel.Open on a free id of a healthy connection cannot fail at
         // channel level, and the client's next frames follow it upstream.
-        let _ = self.outbox.send(method::channel_open_ok(channel)).await;
+        self.link.push(method::channel_open_ok(channel));
         None
     }
 
@@ -1147,7 +1161,7 @@ impl Session {
         self.ctx.stats.events.close(CloseScope::channel, close.code);
         self.upstream.abandon(upstream);
         self.channels.insert(channel, ChannelState::ClosedByProxy);
-        let _ = self.outbox.send(close.channel_frame(channel)).await;
+        self.link.push(close.channel_frame(channel));
     }
 
     /// The frames read together are handled: publishes still incomplete

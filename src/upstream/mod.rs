@@ -315,10 +315,13 @@ impl Upstream {
         let (frames, queue) = outbox(WRITE_QUEUE_BYTES);
         let heartbeat = (negotiated.heartbeat > 0)
             .then(|| Duration::from_secs(negotiated.heartbeat.into()) / 2);
+        // No stall limit: a broker under a memory alarm stops reading from
+        // publishers for as long as the alarm lasts.
         let writer_task = tokio::spawn(writer::run(
             write_half,
             queue,
             heartbeat,
+            None,
             record.bytes_out.clone(),
         ));
         let (commands, command_queue) = mpsc::unbounded_channel();
