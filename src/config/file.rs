@@ -74,10 +74,10 @@ fn parse_ini(text: &str) -> Result<Options, ConfigError> {
             return Err(err(format!("line {line_no}: '{key}' outside any section")));
         }
         let typed = match key {
-            "upstream" => toml::Value::Array(
+            "upstream" | "exchange_types" => toml::Value::Array(
                 value
                     .split(',')
-                    .map(|url| toml::Value::String(ini_string(url.trim())))
+                    .map(|item| toml::Value::String(ini_string(item.trim())))
                     .collect(),
             ),
             // Octal digits, not a number: 0660 and 660 mean the same.
