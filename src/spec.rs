@@ -76,200 +76,59 @@ macro_rules! spec {
 /// class and method id. Both directions are listed: warren also reads the
 /// broker's replies, and the server-only ones tell a client's mistake (503)
 /// from a method that does not exist (540).
+#[rustfmt::skip]
 pub static METHODS: &[MethodSpec] = &[
-    spec!(
-        10,
-        10,
-        "connection.start",
-        Server,
-        [Octet, Octet, Table, LongStr, LongStr]
-    ),
-    spec!(
-        10,
-        11,
-        "connection.start-ok",
-        ClientOnConnection,
-        [Table, ShortStr, LongStr, ShortStr]
-    ),
+    spec!(10, 10, "connection.start", Server, [Octet, Octet, Table, LongStr, LongStr]),
+    spec!(10, 11, "connection.start-ok", ClientOnConnection, [Table, ShortStr, LongStr, ShortStr]),
     spec!(10, 20, "connection.secure", Server, [LongStr]),
-    spec!(
-        10,
-        21,
-        "connection.secure-ok",
-        ClientOnConnection,
-        [LongStr]
-    ),
+    spec!(10, 21, "connection.secure-ok", ClientOnConnection, [LongStr]),
     spec!(10, 30, "connection.tune", Server, [Short, Long, Short]),
-    spec!(
-        10,
-        31,
-        "connection.tune-ok",
-        ClientOnConnection,
-        [Short, Long, Short]
-    ),
-    spec!(
-        10,
-        40,
-        "connection.open",
-        ClientOnConnection,
-        [ShortStr, ShortStr, Bit]
-    ),
+    spec!(10, 31, "connection.tune-ok", ClientOnConnection, [Short, Long, Short]),
+    spec!(10, 40, "connection.open", ClientOnConnection, [ShortStr, ShortStr, Bit]),
     spec!(10, 41, "connection.open-ok", Server, [ShortStr]),
-    spec!(
-        10,
-        50,
-        "connection.close",
-        ClientOnConnection,
-        [Short, ShortStr, Short, Short]
-    ),
+    spec!(10, 50, "connection.close", ClientOnConnection, [Short, ShortStr, Short, Short]),
     spec!(10, 51, "connection.close-ok", ClientOnConnection, []),
     spec!(10, 60, "connection.blocked", Server, [ShortStr]),
     spec!(10, 61, "connection.unblocked", Server, []),
-    spec!(
-        10,
-        70,
-        "connection.update-secret",
-        ClientOnConnection,
-        [LongStr, ShortStr]
-    ),
+    spec!(10, 70, "connection.update-secret", ClientOnConnection, [LongStr, ShortStr]),
     spec!(10, 71, "connection.update-secret-ok", Server, []),
     spec!(20, 10, "channel.open", ClientOnChannel, [ShortStr]),
     spec!(20, 11, "channel.open-ok", Server, [LongStr]),
     spec!(20, 20, "channel.flow", ClientOnChannel, [Bit]),
     spec!(20, 21, "channel.flow-ok", Server, [Bit]),
-    spec!(
-        20,
-        40,
-        "channel.close",
-        ClientOnChannel,
-        [Short, ShortStr, Short, Short]
-    ),
+    spec!(20, 40, "channel.close", ClientOnChannel, [Short, ShortStr, Short, Short]),
     spec!(20, 41, "channel.close-ok", ClientOnChannel, []),
-    spec!(
-        30,
-        10,
-        "access.request",
-        ClientOnChannel,
-        [ShortStr, Bit, Bit, Bit, Bit, Bit]
-    ),
+    spec!(30, 10, "access.request", ClientOnChannel, [ShortStr, Bit, Bit, Bit, Bit, Bit]),
     spec!(30, 11, "access.request-ok", Server, [Short]),
-    spec!(
-        40,
-        10,
-        "exchange.declare",
-        ClientOnChannel,
-        [Short, ShortStr, ShortStr, Bit, Bit, Bit, Bit, Bit, Table]
-    ),
+    spec!(40, 10, "exchange.declare", ClientOnChannel, [Short, ShortStr, ShortStr, Bit, Bit, Bit, Bit, Bit, Table]),
     spec!(40, 11, "exchange.declare-ok", Server, []),
-    spec!(
-        40,
-        20,
-        "exchange.delete",
-        ClientOnChannel,
-        [Short, ShortStr, Bit, Bit]
-    ),
+    spec!(40, 20, "exchange.delete", ClientOnChannel, [Short, ShortStr, Bit, Bit]),
     spec!(40, 21, "exchange.delete-ok", Server, []),
-    spec!(
-        40,
-        30,
-        "exchange.bind",
-        ClientOnChannel,
-        [Short, ShortStr, ShortStr, ShortStr, Bit, Table]
-    ),
+    spec!(40, 30, "exchange.bind", ClientOnChannel, [Short, ShortStr, ShortStr, ShortStr, Bit, Table]),
     spec!(40, 31, "exchange.bind-ok", Server, []),
-    spec!(
-        40,
-        40,
-        "exchange.unbind",
-        ClientOnChannel,
-        [Short, ShortStr, ShortStr, ShortStr, Bit, Table]
-    ),
+    spec!(40, 40, "exchange.unbind", ClientOnChannel, [Short, ShortStr, ShortStr, ShortStr, Bit, Table]),
     spec!(40, 51, "exchange.unbind-ok", Server, []),
-    spec!(
-        50,
-        10,
-        "queue.declare",
-        ClientOnChannel,
-        [Short, ShortStr, Bit, Bit, Bit, Bit, Bit, Table]
-    ),
+    spec!(50, 10, "queue.declare", ClientOnChannel, [Short, ShortStr, Bit, Bit, Bit, Bit, Bit, Table]),
     spec!(50, 11, "queue.declare-ok", Server, [ShortStr, Long, Long]),
-    spec!(
-        50,
-        20,
-        "queue.bind",
-        ClientOnChannel,
-        [Short, ShortStr, ShortStr, ShortStr, Bit, Table]
-    ),
+    spec!(50, 20, "queue.bind", ClientOnChannel, [Short, ShortStr, ShortStr, ShortStr, Bit, Table]),
     spec!(50, 21, "queue.bind-ok", Server, []),
-    spec!(
-        50,
-        30,
-        "queue.purge",
-        ClientOnChannel,
-        [Short, ShortStr, Bit]
-    ),
+    spec!(50, 30, "queue.purge", ClientOnChannel, [Short, ShortStr, Bit]),
     spec!(50, 31, "queue.purge-ok", Server, [Long]),
-    spec!(
-        50,
-        40,
-        "queue.delete",
-        ClientOnChannel,
-        [Short, ShortStr, Bit, Bit, Bit]
-    ),
+    spec!(50, 40, "queue.delete", ClientOnChannel, [Short, ShortStr, Bit, Bit, Bit]),
     spec!(50, 41, "queue.delete-ok", Server, [Long]),
-    spec!(
-        50,
-        50,
-        "queue.unbind",
-        ClientOnChannel,
-        [Short, ShortStr, ShortStr, ShortStr, Table]
-    ),
+    spec!(50, 50, "queue.unbind", ClientOnChannel, [Short, ShortStr, ShortStr, ShortStr, Table]),
     spec!(50, 51, "queue.unbind-ok", Server, []),
     spec!(60, 10, "basic.qos", ClientOnChannel, [Long, Short, Bit]),
     spec!(60, 11, "basic.qos-ok", Server, []),
-    spec!(
-        60,
-        20,
-        "basic.consume",
-        ClientOnChannel,
-        [Short, ShortStr, ShortStr, Bit, Bit, Bit, Bit, Table]
-    ),
+    spec!(60, 20, "basic.consume", ClientOnChannel, [Short, ShortStr, ShortStr, Bit, Bit, Bit, Bit, Table]),
     spec!(60, 21, "basic.consume-ok", Server, [ShortStr]),
     spec!(60, 30, "basic.cancel", ClientOnChannel, [ShortStr, Bit]),
     spec!(60, 31, "basic.cancel-ok", Server, [ShortStr]),
-    spec!(
-        60,
-        40,
-        "basic.publish",
-        ClientOnChannel,
-        [Short, ShortStr, ShortStr, Bit, Bit],
-        content
-    ),
-    spec!(
-        60,
-        50,
-        "basic.return",
-        Server,
-        [Short, ShortStr, ShortStr, ShortStr],
-        content
-    ),
-    spec!(
-        60,
-        60,
-        "basic.deliver",
-        Server,
-        [ShortStr, LongLong, Bit, ShortStr, ShortStr],
-        content
-    ),
+    spec!(60, 40, "basic.publish", ClientOnChannel, [Short, ShortStr, ShortStr, Bit, Bit], content),
+    spec!(60, 50, "basic.return", Server, [Short, ShortStr, ShortStr, ShortStr], content),
+    spec!(60, 60, "basic.deliver", Server, [ShortStr, LongLong, Bit, ShortStr, ShortStr], content),
     spec!(60, 70, "basic.get", ClientOnChannel, [Short, ShortStr, Bit]),
-    spec!(
-        60,
-        71,
-        "basic.get-ok",
-        Server,
-        [LongLong, Bit, ShortStr, ShortStr, Long],
-        content
-    ),
+    spec!(60, 71, "basic.get-ok", Server, [LongLong, Bit, ShortStr, ShortStr, Long], content),
     spec!(60, 72, "basic.get-empty", Server, [ShortStr]),
     spec!(60, 80, "basic.ack", ClientOnChannel, [LongLong, Bit]),
     spec!(60, 90, "basic.reject", ClientOnChannel, [LongLong, Bit]),
