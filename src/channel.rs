@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::content::ContentAssembler;
 use crate::method::{self, Close, Qos, QueueDeclare};
-use crate::reply::{self, NOT_ALLOWED, NOT_FOUND, SYNTAX_ERROR};
+use crate::reply::{self, NOT_ALLOWED, NOT_FOUND, NOT_IMPLEMENTED, SYNTAX_ERROR};
 
 /// The upstream channel serving a client channel. The lease tells this use of
 /// the id apart from earlier and later ones.
@@ -306,9 +306,16 @@ impl Usage {
                 }
             }
             method::BASIC_PUBLISH => {
-                let Ok((mandatory, _)) = method::decode_publish_flags(args) else {
+                let Ok((mandatory, immediate)) = method::decode_publish_flags(args) else {
                     return syntax("basic.publish");
                 };
+                // Checked here, where the flags are read anyway: a publish's
+                // arguments are read once on the way through.
+                if immediate {
+                    return Step::ConnectionError(
+                        reply::close(NOT_IMPLEMENTED, "immediate=true").caused_by(id),
+                    );
+                }
                 // A return for a mandatory publish can arrive after the
                 // client closed its channel; directly it would still see it.
                 if mandatory {
@@ -496,7 +503,14 @@ mod tests {
     }
 
     #[test]
-    fn reused_consumer_tags_are_refused_like_rabbitmq() {
+    fn immediate_publishes_and_reused_consumer_tags_are_refused_like_rabbitmq() {
+        let immediate = [0, 0, 0, 1, b'q', 2];
+        let Step::ConnectionError(close) =
+            Usage::default().on_method(method::BASIC_PUBLISH, &immediate)
+        else {
+            panic!("immediate accepted");
+        };
+        assert_eq!(close.text, "NOT_IMPLEMENTED - immediate=true");
         let consume = [0, 0, 1, b'q', 1, b't', 0, 0, 0, 0, 0];
         let mut usage = Usage::default();
         assert_eq!(

@@ -18,10 +18,8 @@ use std::sync::Arc;
 
 use crate::frame::{Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use crate::method::{self, Close, MethodId};
-use crate::reply::{
-    self, FRAME_ERROR, INTERNAL_ERROR, PRECONDITION_FAILED, RESOURCE_ERROR, UNEXPECTED_FRAME,
-};
-use crate::spec::{self, BadHeader};
+use crate::reply::{self, INTERNAL_ERROR, PRECONDITION_FAILED, RESOURCE_ERROR, UNEXPECTED_FRAME};
+use crate::spec::{self, BadHeader, MethodSpec};
 
 /// RabbitMQ's default `max_message_size` (128 MiB): larger publishes are
 /// refused with the same channel error the broker would give.
@@ -227,8 +225,8 @@ impl ContentAssembler {
     /// Takes the client's next frame on this channel, as RabbitMQ's
     /// command assembler does: a method when idle, then a content header,
     /// then bodies up to the announced size; anything else is 505 with its
-    /// texts.
-    pub fn accept(&mut self, frame: Frame) -> ContentVerdict {
+    /// texts. `method`: a method frame's spec, as the caller looked it up.
+    pub fn accept(&mut self, frame: Frame, method: Option<&MethodSpec>) -> ContentVerdict {
         if self.overrun.is_some() {
             return match frame.kind() {
                 FRAME_BODY => ContentVerdict::Ignored,
@@ -236,10 +234,8 @@ impl ContentAssembler {
             };
         }
         match (frame.kind(), self.is_idle(), self.expected) {
-            (FRAME_METHOD, true, _) => match frame.method_id() {
-                Some(id) if method::carries_content(id) => self.hold(frame),
-                _ => ContentVerdict::Forward(frame),
-            },
+            (FRAME_METHOD, true, _) if method.is_some_and(|m| m.content) => self.hold(frame),
+            (FRAME_METHOD, true, _) => ContentVerdict::Forward(frame),
             (_, true, _) => self.connection_error(reply::close(
                 UNEXPECTED_FRAME,
                 "expected method frame, got non method frame instead",
@@ -272,13 +268,7 @@ impl ContentAssembler {
             }
             Ok(header) => header.body_size,
             Err(BadHeader::Short) => {
-                return self.connection_error(reply::close(
-                    FRAME_ERROR,
-                    format!(
-                        "{}: unknown_frame",
-                        reply::octets(FRAME_HEADER, frame.payload())
-                    ),
-                ))
+                return self.connection_error(reply::unknown_frame(FRAME_HEADER, frame.payload()))
             }
             // RabbitMQ decodes properties when it handles the publish, and
             // its channel crashes on ones that do not decode.
@@ -337,6 +327,14 @@ mod tests {
     use bytes::{BufMut, Bytes, BytesMut};
     use proptest::prelude::*;
 
+    impl ContentAssembler {
+        /// `accept` with the frame's spec looked up, as the session does.
+        fn take(&mut self, frame: Frame) -> ContentVerdict {
+            let method = frame.method_id().and_then(|(c, m)| spec::lookup(c, m));
+            self.accept(frame, method)
+        }
+    }
+
     fn wrap(b: Bytes) -> Frame {
         Frame::from_bytes(BytesMut::from(&b[..]))
     }
@@ -365,12 +363,12 @@ mod tests {
     fn publish_is_held_until_the_last_body_byte() {
         let mut a = ContentAssembler::default();
         assert!(matches!(
-            a.accept(method_frame(method::BASIC_PUBLISH)),
+            a.take(method_frame(method::BASIC_PUBLISH)),
             ContentVerdict::Held
         ));
-        assert!(matches!(a.accept(header(10)), ContentVerdict::Held));
-        assert!(matches!(a.accept(body(4)), ContentVerdict::Held));
-        match a.accept(body(6)) {
+        assert!(matches!(a.take(header(10)), ContentVerdict::Held));
+        assert!(matches!(a.take(body(4)), ContentVerdict::Held));
+        match a.take(body(6)) {
             ContentVerdict::Complete(frames) => assert_eq!(frames.len(), 4),
             other => panic!("{other:?}"),
         }
@@ -380,15 +378,15 @@ mod tests {
     #[test]
     fn empty_body_completes_at_the_header() {
         let mut a = ContentAssembler::default();
-        a.accept(method_frame(method::BASIC_PUBLISH));
-        assert!(matches!(a.accept(header(0)), ContentVerdict::Complete(f) if f.len() == 2));
+        a.take(method_frame(method::BASIC_PUBLISH));
+        assert!(matches!(a.take(header(0)), ContentVerdict::Complete(f) if f.len() == 2));
     }
 
     #[test]
     fn other_methods_pass_straight_through() {
         let mut a = ContentAssembler::default();
         assert!(matches!(
-            a.accept(method_frame((50, 10))),
+            a.take(method_frame((50, 10))),
             ContentVerdict::Forward(_)
         ));
     }
@@ -396,14 +394,14 @@ mod tests {
     #[test]
     fn a_content_header_of_another_class_is_505() {
         let mut a = ContentAssembler::default();
-        a.accept(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(method::BASIC_PUBLISH));
         let header = wrap(frame::build(FRAME_HEADER, 1, |b| {
             b.put_u16(50);
             b.put_u16(0);
             b.put_u64(1);
             b.put_u16(0);
         }));
-        let ContentVerdict::ConnectionError(close) = a.accept(header) else {
+        let ContentVerdict::ConnectionError(close) = a.take(header) else {
             panic!("accepted");
         };
         assert_eq!(close.code, 505);
@@ -413,7 +411,7 @@ mod tests {
     fn a_weighted_header_or_broken_properties_never_pass() {
         let refused = |weight: u16, flags: u16, props: &[u8]| {
             let mut a = ContentAssembler::default();
-            a.accept(method_frame(method::BASIC_PUBLISH));
+            a.take(method_frame(method::BASIC_PUBLISH));
             let header = wrap(frame::build(FRAME_HEADER, 1, |b| {
                 b.put_u16(60);
                 b.put_u16(weight);
@@ -421,7 +419,7 @@ mod tests {
                 b.put_u16(flags);
                 b.put_slice(props);
             }));
-            match a.accept(header) {
+            match a.take(header) {
                 ContentVerdict::ConnectionError(close) => Some(close.code),
                 _ => None,
             }
@@ -436,26 +434,26 @@ mod tests {
     fn out_of_order_content_is_a_connection_error() {
         let mut a = ContentAssembler::default();
         assert!(matches!(
-            a.accept(header(1)),
+            a.take(header(1)),
             ContentVerdict::ConnectionError(Close { code: 505, .. })
         ));
         assert!(matches!(
-            a.accept(body(1)),
+            a.take(body(1)),
             ContentVerdict::ConnectionError(_)
         ));
-        a.accept(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(method::BASIC_PUBLISH));
         assert!(matches!(
-            a.accept(method_frame((50, 10))),
+            a.take(method_frame((50, 10))),
             ContentVerdict::ConnectionError(_)
         ));
         // A body past the announced size: like RabbitMQ, further bodies
         // are ignored and the next other frame is the error.
-        a.accept(method_frame(method::BASIC_PUBLISH));
-        a.accept(header(2));
-        assert!(matches!(a.accept(body(3)), ContentVerdict::Ignored));
-        assert!(matches!(a.accept(body(3)), ContentVerdict::Ignored));
+        a.take(method_frame(method::BASIC_PUBLISH));
+        a.take(header(2));
+        assert!(matches!(a.take(body(3)), ContentVerdict::Ignored));
+        assert!(matches!(a.take(body(3)), ContentVerdict::Ignored));
         assert!(!a.is_idle());
-        let ContentVerdict::ConnectionError(close) = a.accept(method_frame((50, 10))) else {
+        let ContentVerdict::ConnectionError(close) = a.take(method_frame((50, 10))) else {
             panic!("accepted");
         };
         assert_eq!(
@@ -470,7 +468,7 @@ mod tests {
         let heartbeat = wrap(frame::heartbeat());
         assert_eq!(heartbeat.kind(), FRAME_HEARTBEAT);
         assert!(matches!(
-            a.accept(heartbeat),
+            a.take(heartbeat),
             ContentVerdict::ConnectionError(_)
         ));
     }
@@ -478,9 +476,9 @@ mod tests {
     #[test]
     fn a_servers_content_method_is_refused_once_whole() {
         let mut a = ContentAssembler::default();
-        a.accept(method_frame(method::BASIC_DELIVER));
-        a.accept(header(1));
-        let ContentVerdict::ConnectionError(close) = a.accept(body(1)) else {
+        a.take(method_frame(method::BASIC_DELIVER));
+        a.take(header(1));
+        let ContentVerdict::ConnectionError(close) = a.take(body(1)) else {
             panic!("accepted");
         };
         assert_eq!(close.code, 503);
@@ -490,9 +488,9 @@ mod tests {
     #[test]
     fn oversized_message_is_refused_on_the_channel() {
         let mut a = ContentAssembler::default();
-        a.accept(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(method::BASIC_PUBLISH));
         assert!(matches!(
-            a.accept(header(MAX_MESSAGE_SIZE + 1)),
+            a.take(header(MAX_MESSAGE_SIZE + 1)),
             ContentVerdict::ChannelError(Close { code: 406, .. })
         ));
         assert!(a.is_idle());
@@ -507,13 +505,13 @@ mod tests {
         bodies: usize,
         size: usize,
     ) -> Result<ContentVerdict, Close> {
-        a.accept(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(method::BASIC_PUBLISH));
         a.settle(budget)?;
-        a.accept(header(announced as u64));
+        a.take(header(announced as u64));
         a.settle(budget)?;
         let mut last = ContentVerdict::Held;
         for _ in 0..bodies {
-            last = a.accept(body(size));
+            last = a.take(body(size));
             if !matches!(last, ContentVerdict::Held) {
                 break;
             }
@@ -527,11 +525,11 @@ mod tests {
         let shared = HeldBytes::new(u64::MAX);
         let budget = PublishBudget::new(shared.clone());
         let mut a = ContentAssembler::default();
-        a.accept(method_frame(method::BASIC_PUBLISH));
-        a.accept(header(3 * 65536));
-        a.accept(body(65536));
-        a.accept(body(65536));
-        assert!(matches!(a.accept(body(65536)), ContentVerdict::Complete(_)));
+        a.take(method_frame(method::BASIC_PUBLISH));
+        a.take(header(3 * 65536));
+        a.take(body(65536));
+        a.take(body(65536));
+        assert!(matches!(a.take(body(65536)), ContentVerdict::Complete(_)));
         a.settle(&budget).unwrap();
         assert_eq!(shared.used(), 0);
     }
@@ -543,17 +541,17 @@ mod tests {
         let mut a = ContentAssembler::default();
         // A 40-byte frame left waiting costs its bytes plus the overhead,
         // not the read buffer it came in.
-        a.accept(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(method::BASIC_PUBLISH));
         a.settle(&budget).unwrap();
         let one = shared.used();
         assert!(one > 0 && one <= 12 + HELD_FRAME_OVERHEAD, "{one}");
         a.settle(&budget).unwrap();
         assert_eq!(shared.used(), one, "settling twice charges once");
-        a.accept(header(2 * 65536));
-        a.accept(body(65536));
+        a.take(header(2 * 65536));
+        a.take(body(65536));
         a.settle(&budget).unwrap();
         assert!(shared.used() > 65536);
-        assert!(matches!(a.accept(body(65536)), ContentVerdict::Complete(_)));
+        assert!(matches!(a.take(body(65536)), ContentVerdict::Complete(_)));
         assert_eq!(shared.used(), 0);
         // A channel (or client) gone mid-message gives its bytes back too.
         let mut b = ContentAssembler::default();
@@ -574,7 +572,7 @@ mod tests {
         let mut channels: Vec<ContentAssembler> = Vec::new();
         let refused = (0..10_000).find_map(|_| {
             let mut a = ContentAssembler::default();
-            a.accept(method_frame(method::BASIC_PUBLISH));
+            a.take(method_frame(method::BASIC_PUBLISH));
             let settled = a.settle(&budget);
             channels.push(a);
             settled.err()
@@ -602,7 +600,7 @@ mod tests {
         );
         let start = read_buffer.as_ptr();
         let mut a = ContentAssembler::default();
-        a.accept(Frame::from_bytes(read_buffer));
+        a.take(Frame::from_bytes(read_buffer));
         a.settle(&budget).unwrap();
         assert_ne!(a.held[0].as_bytes().as_ptr(), start);
     }
@@ -626,7 +624,7 @@ mod tests {
         assert!(close.text.contains("its 262144 bytes"), "{}", close.text);
         assert!(over.is_idle());
         // The first client keeps its share and can finish.
-        assert!(matches!(within.accept(body(65536)), ContentVerdict::Held));
+        assert!(matches!(within.take(body(65536)), ContentVerdict::Held));
         drop(within);
         assert_eq!(shared.used(), 0);
     }
@@ -644,7 +642,7 @@ mod tests {
                     2 => header(n as u64),
                     _ => body(n),
                 };
-                if let ContentVerdict::Complete(frames) = a.accept(frame) {
+                if let ContentVerdict::Complete(frames) = a.take(frame) {
                     prop_assert_eq!(frames[0].method_id(), Some(method::BASIC_PUBLISH));
                     let size = frames[1].content_body_size().unwrap();
                     let bodies: u64 = frames[2..].iter().map(|f| f.payload().len() as u64).sum();

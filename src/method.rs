@@ -54,11 +54,6 @@ pub const CONFIRM_SELECT_OK: MethodId = (85, 11);
 
 pub const TX_SELECT: MethodId = (90, 10);
 
-/// Methods followed by a content header and body frames.
-pub fn carries_content(id: MethodId) -> bool {
-    spec::lookup(id.0, id.1).is_some_and(|m| m.content)
-}
-
 /// Human name of a method for log lines and error texts.
 pub fn name(id: MethodId) -> String {
     match spec::lookup(id.0, id.1) {

@@ -74,6 +74,15 @@ pub fn octets(kind: u8, payload: &[u8]) -> String {
     format!("type {kind}, {which} octets = {}", erlang_binary(quoted))
 }
 
+/// RabbitMQ's reader's answer to a frame it cannot make sense of (a method
+/// frame too short for its ids, a content header too short for its size).
+pub fn unknown_frame(kind: u8, payload: &[u8]) -> Close {
+    close(
+        FRAME_ERROR,
+        format!("{}: unknown_frame", octets(kind, payload)),
+    )
+}
+
 /// Bytes in Erlang's binary notation, as RabbitMQ's texts quote them.
 pub fn erlang_binary(bytes: &[u8]) -> String {
     let inner: Vec<String> = bytes.iter().map(u8::to_string).collect();

@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use warren::channel::{Inherited, Usage};
 use warren::content::{ContentAssembler, ContentVerdict, HeldBytes, PublishBudget};
 use warren::frame::{FrameReader, FRAME_METHOD};
-use warren::method;
+use warren::spec;
 
 fuzz_target!(|data: &[u8]| {
     runtime::block_on(async {
@@ -33,13 +33,17 @@ fuzz_target!(|data: &[u8]| {
             let now_unfit = usage.dirty(u64::MAX, u64::MAX).is_some();
             assert!(!unfit || now_unfit, "a channel unfit for reuse became fit");
             unfit = now_unfit;
-            let verdict = assembler.accept(frame);
+            let method = frame.method_id().and_then(|(c, m)| spec::lookup(c, m));
+            let verdict = assembler.accept(frame, method);
             if reader.has_buffered_frame() && assembler.settle(&budget).is_err() {
                 assembler = ContentAssembler::default();
             }
             if let ContentVerdict::Complete(frames) = verdict {
                 assert_eq!(
-                    frames[0].method_id().map(method::carries_content),
+                    frames[0]
+                        .method_id()
+                        .and_then(|(c, m)| spec::lookup(c, m))
+                        .map(|m| m.content),
                     Some(true)
                 );
                 let announced = frames[1].content_body_size().expect("a header");

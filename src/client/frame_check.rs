@@ -25,7 +25,7 @@ pub fn check_frame(frame: &Frame) -> Result<Option<&'static MethodSpec>, Close> 
     match frame.kind() {
         FRAME_METHOD => {
             let Some((class, id)) = frame.method_id() else {
-                return Err(unknown_frame(frame));
+                return Err(reply::unknown_frame(frame.kind(), payload));
             };
             match spec::lookup(class, id) {
                 Some(spec) => Ok(Some(spec)),
@@ -39,20 +39,11 @@ pub fn check_frame(frame: &Frame) -> Result<Option<&'static MethodSpec>, Close> 
             UNEXPECTED_FRAME,
             reply::octets(frame.kind(), payload),
         )),
-        FRAME_HEADER if payload.len() < spec::CONTENT_HEADER_MIN => Err(unknown_frame(frame)),
+        FRAME_HEADER if payload.len() < spec::CONTENT_HEADER_MIN => {
+            Err(reply::unknown_frame(frame.kind(), payload))
+        }
         _ => Ok(None),
     }
-}
-
-/// A frame RabbitMQ's reader cannot make sense of.
-fn unknown_frame(frame: &Frame) -> Close {
-    reply::close(
-        FRAME_ERROR,
-        format!(
-            "{}: unknown_frame",
-            reply::octets(frame.kind(), frame.payload())
-        ),
-    )
 }
 
 /// What RabbitMQ checks of a method when the channel expects one: its
@@ -97,10 +88,6 @@ fn check_values(id: MethodId, args: &[u8], exchange_types: &[String]) -> Result<
         method::BASIC_RECOVER | method::BASIC_RECOVER_ASYNC if first_bit_clear() => {
             refuse(NOT_IMPLEMENTED, "requeue=false".into())
         }
-        method::BASIC_PUBLISH => match method::decode_publish_flags(args) {
-            Ok((_, true)) => refuse(NOT_IMPLEMENTED, "immediate=true".into()),
-            _ => Ok(()),
-        },
         method::EXCHANGE_DECLARE => match method::decode_exchange_declare(args) {
             Ok((kind, false)) if !method::exchange_type_known(&kind, exchange_types) => {
                 // RabbitMQ says "invalid" for a name that is an atom of its
@@ -238,10 +225,6 @@ mod tests {
         assert_eq!(
             refused(method(60, 10, &[0, 0, 0, 7, 0, 0, 0])),
             Some((540, "NOT_IMPLEMENTED - prefetch_size!=0 (7)".into()))
-        );
-        assert_eq!(
-            refused(method(60, 40, &[0, 0, 0, 1, b'q', 2])),
-            Some((540, "NOT_IMPLEMENTED - immediate=true".into()))
         );
     }
 

@@ -31,6 +31,7 @@ use crate::reply::{
     self, CHANNEL_ERROR, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED, RESOURCE_LOCKED,
     UNEXPECTED_FRAME,
 };
+use crate::spec::MethodSpec;
 use crate::stats::{
     ClientRecord, CloseScope, DisconnectReason, Events, HandshakeOutcome, Listed, PoolLabel,
 };
@@ -846,7 +847,7 @@ impl Session {
                     Step::Swallow => return None,
                     Step::ForwardSelect => self.upstream.want_confirms(upstream, 0),
                     Step::SwitchToFreshChannel => {
-                        return self.switch_to_fresh_channel(channel, frame).await;
+                        return self.switch_to_fresh_channel(channel, frame, spec).await;
                     }
                     Step::AdoptConfirms {
                         reply,
@@ -868,7 +869,7 @@ impl Session {
                     }
                     Step::ConnectionError(close) => return Some(Exit::Close(close)),
                 }
-                self.forward_content(channel, upstream, frame).await
+                self.forward_content(channel, upstream, frame, spec).await
             }
             // The spec: after Close, everything but Close and Close-Ok is discarded.
             ChannelState::ClosingByClient { .. } => None,
@@ -893,7 +894,12 @@ impl Session {
     /// Moves a client channel that has sent nothing upstream yet to a new
     /// upstream channel (the old one is clean and kept), then forwards the
     /// frame that asked for it there.
-    async fn switch_to_fresh_channel(&mut self, channel: u16, frame: Frame) -> Option<Exit> {
+    async fn switch_to_fresh_channel(
+        &mut self,
+        channel: u16,
+        frame: Frame,
+        spec: Option<&'static MethodSpec>,
+    ) -> Option<Exit> {
         let (upstream, usage, delivered) = self.take_open(channel)?;
         let mut moved = usage.moved();
         self.give_back(upstream, usage, delivered.load());
@@ -905,21 +911,23 @@ impl Session {
         }
         let upstream = grant.channel;
         self.insert_open(channel, grant, moved);
-        self.forward_content(channel, upstream, frame).await
+        self.forward_content(channel, upstream, frame, spec).await
     }
 
     /// Forwards a frame of an open channel, holding publishes until whole.
+    /// `spec`: the frame's method, as the checks found it.
     async fn forward_content(
         &mut self,
         channel: u16,
         upstream: UpstreamChannel,
         frame: Frame,
+        spec: Option<&'static MethodSpec>,
     ) -> Option<Exit> {
         let Some(ChannelState::Open { content, usage, .. }) = self.channels.get_mut(&channel)
         else {
             return None;
         };
-        match content.accept(frame) {
+        match content.accept(frame, spec) {
             ContentVerdict::Forward(frame) => self.send_upstream(frame, upstream.id).await,
             ContentVerdict::Held => {
                 if self.holding.last() != Some(&channel) {
