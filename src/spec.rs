@@ -77,7 +77,7 @@ macro_rules! spec {
 /// broker's replies, and the server-only ones tell a client's mistake (503)
 /// from a method that does not exist (540).
 #[rustfmt::skip]
-pub static METHODS: &[MethodSpec] = &[
+const TABLE: &[MethodSpec] = &[
     spec!(10, 10, "connection.start", Server, [Octet, Octet, Table, LongStr, LongStr]),
     spec!(10, 11, "connection.start-ok", ClientOnConnection, [Table, ShortStr, LongStr, ShortStr]),
     spec!(10, 20, "connection.secure", Server, [LongStr]),
@@ -146,12 +146,53 @@ pub static METHODS: &[MethodSpec] = &[
     spec!(90, 31, "tx.rollback-ok", Server, []),
 ];
 
+pub static METHODS: &[MethodSpec] = TABLE;
+
+/// Position of a class in [`INDEX`].
+const fn class_slot(class: u16) -> Option<usize> {
+    match class {
+        10 => Some(0),
+        20 => Some(1),
+        30 => Some(2),
+        40 => Some(3),
+        50 => Some(4),
+        60 => Some(5),
+        85 => Some(6),
+        90 => Some(7),
+        _ => None,
+    }
+}
+
+/// No method at this place of [`INDEX`].
+const ABSENT: u8 = u8::MAX;
+/// Method ids are below this in every class.
+const METHOD_IDS: usize = 128;
+
+/// [`METHODS`]' position of each (class, method id), built at compile time:
+/// `lookup` runs for every method frame a client sends, so it is two array
+/// reads rather than a search.
+static INDEX: [[u8; METHOD_IDS]; 8] = {
+    let mut index = [[ABSENT; METHOD_IDS]; 8];
+    let mut i = 0;
+    while i < TABLE.len() {
+        let slot = match class_slot(TABLE[i].class) {
+            Some(slot) => slot,
+            None => panic!("a class without a slot"),
+        };
+        index[slot][TABLE[i].method as usize] = i as u8;
+        i += 1;
+    }
+    index
+};
+
 /// The method with these ids, if the protocol has one.
+#[inline]
 pub fn lookup(class: u16, method: u16) -> Option<&'static MethodSpec> {
-    METHODS
-        .binary_search_by_key(&(class, method), |m| (m.class, m.method))
-        .ok()
-        .map(|i| &METHODS[i])
+    let slot = class_slot(class)?;
+    match *INDEX[slot].get(usize::from(method))? {
+        ABSENT => None,
+        i => Some(&METHODS[usize::from(i)]),
+    }
 }
 
 /// Why method arguments do not decode, in the three ways RabbitMQ tells
@@ -460,6 +501,8 @@ mod tests {
         assert_eq!(lookup(60, 40).unwrap().name, "basic.publish");
         assert!(lookup(60, 40).unwrap().content);
         assert_eq!(lookup(60, 200), None);
+        assert_eq!(lookup(60, 1000), None);
+        assert_eq!(lookup(11, 10), None);
     }
 
     #[test]
