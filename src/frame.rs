@@ -20,6 +20,10 @@ const HEADER_LEN: usize = 7;
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 /// The spec's floor for frame_max: every peer must accept frames this large.
 pub const MIN_FRAME_MAX: u32 = 4096;
+/// The largest frame RabbitMQ reads before the connection is tuned: a
+/// payload of `MIN_FRAME_MAX` bytes (measured on 3.10: a Start-Ok with a
+/// 4096-byte payload is answered, one byte more and the socket is dropped).
+pub const PRE_TUNE_FRAME_MAX: u32 = MIN_FRAME_MAX + FRAME_OVERHEAD as u32;
 
 /// Why a byte stream stopped being a valid frame sequence. Each maps to
 /// reply code 501 FRAME_ERROR when told to the peer.

@@ -29,6 +29,7 @@ pub mod reply;
 pub mod spec;
 pub mod stats;
 pub mod tls;
+pub mod untrusted;
 pub mod upstream;
 pub mod wire;
 pub mod writer;

@@ -90,10 +90,20 @@ impl ClientLink {
     /// timing heartbeats and hearing shutdown whatever the client does. A
     /// client whose queue is full is told to leave, and nothing more is
     /// queued for it (a gap in its stream would be worse than a disconnect).
+    ///
+    /// A frame read from the broker shares its allocation with the rest of
+    /// the read buffer (up to 256 KiB). One that will wait behind others is
+    /// copied into its own, so a client that reads slowly holds what it is
+    /// charged for, not one read buffer per waiting frame.
     pub fn push(&self, frame: Bytes) {
         if self.overflowed.load(Ordering::Relaxed) {
             return;
         }
+        let frame = if self.frames.is_backlogged() {
+            Bytes::copy_from_slice(&frame)
+        } else {
+            frame
+        };
         if let Err(TrySendError::Full) = self.frames.try_send(frame) {
             self.overflowed.store(true, Ordering::Relaxed);
             let _ = self.events.send(ClientEvent::Overflowed);
@@ -102,5 +112,31 @@ impl ClientLink {
 
     pub fn notify(&self, event: ClientEvent) -> bool {
         self.events.send(event).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::outbox;
+
+    #[tokio::test]
+    async fn a_frame_that_waits_holds_its_own_bytes_not_the_read_buffer() {
+        let (frames, mut inbox) = outbox(1 << 20);
+        let (events, _events) = mpsc::unbounded_channel();
+        let link = ClientLink::new(1, frames, events, 131072, Capabilities::default());
+        let read_buffer = Bytes::from(vec![7u8; 256 * 1024]);
+        link.push(read_buffer.slice(0..100));
+        link.push(read_buffer.slice(100..200));
+        let mut queued = Vec::new();
+        inbox.recv_many(&mut queued, 8).await;
+        let within_buffer = |frame: &Bytes| {
+            let start = read_buffer.as_ptr() as usize;
+            (start..start + read_buffer.len()).contains(&(frame.as_ptr() as usize))
+        };
+        // Nothing waited for the first; the second waited behind it.
+        assert!(within_buffer(&queued[0]));
+        assert!(!within_buffer(&queued[1]));
+        assert_eq!(queued[1], read_buffer.slice(100..200));
     }
 }

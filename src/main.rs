@@ -98,6 +98,7 @@ fn upstream_settings(
             0
         },
         prewarm_channels: config.prewarm_channels.into(),
+        guaranteed_channels: config.guaranteed_channels.into(),
         connection_name: format!("warren {} on {listening}", env!("CARGO_PKG_VERSION")),
         stats: stats.clone(),
     }

@@ -99,6 +99,13 @@ impl Outbox {
         self.queue.send(frame).map_err(|_| TrySendError::Closed)
     }
 
+    /// Whether frames are queued or being written: a frame queued now will
+    /// wait for them.
+    pub fn is_backlogged(&self) -> bool {
+        self.credit.available.available_permits() < self.credit.limit
+            || self.credit.overdraft.load(Ordering::Relaxed) > 0
+    }
+
     /// Resolves once the writer has stopped (the socket failed or stalled).
     pub async fn closed(&self) {
         self.queue.closed().await

@@ -5,6 +5,7 @@
 use crate::method::Close;
 
 pub const REPLY_SUCCESS: u16 = 200;
+pub const ACCESS_REFUSED: u16 = 403;
 pub const CONNECTION_FORCED: u16 = 320;
 pub const NOT_FOUND: u16 = 404;
 pub const RESOURCE_LOCKED: u16 = 405;

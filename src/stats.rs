@@ -23,6 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::link::ClientId;
+use crate::untrusted::shown;
 
 /// A counter with exactly one writer. `add` is a load and a store, not a
 /// locked read-modify-write: nobody else writes, readers only need a recent
@@ -50,11 +51,21 @@ impl Tally {
 }
 
 /// Which pool a record's traffic is labelled with. Bounded: a pool exists
-/// only for credentials the broker accepted.
+/// only for credentials the broker accepted. The names are the client's
+/// text, so they are kept as shown (see [`crate::untrusted`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolLabel {
     pub vhost: String,
     pub user: String,
+}
+
+impl PoolLabel {
+    pub fn new(vhost: &str, user: &str) -> Self {
+        PoolLabel {
+            vhost: shown(vhost),
+            user: shown(user),
+        }
+    }
 }
 
 /// Traffic counts, per record and summed.
@@ -113,14 +124,14 @@ impl ClientRecord {
         id: ClientId,
         peer: Peer,
         pool: PoolLabel,
-        connection_name: Option<String>,
+        connection_name: Option<&str>,
         since: Instant,
     ) -> Self {
         ClientRecord {
             id,
             peer,
             pool,
-            connection_name,
+            connection_name: connection_name.map(shown),
             since,
             frames_in: Tally::default(),
             bytes_in: Tally::default(),
@@ -225,6 +236,9 @@ pub enum HandshakeOutcome {
     abandoned,
     /// `--max-clients` were connected already.
     over_limit,
+    /// `--max-pending-handshakes-per-source` handshakes from the client's
+    /// address were in progress already.
+    source_limit,
     /// The TLS handshake failed.
     tls_failed,
 }
@@ -509,10 +523,7 @@ mod tests {
     use super::*;
 
     fn client(stats: &Arc<Stats>, id: ClientId, vhost: &str) -> Listed<ClientRecord> {
-        let pool = PoolLabel {
-            vhost: vhost.into(),
-            user: "guest".into(),
-        };
+        let pool = PoolLabel::new(vhost, "guest");
         let peer = Peer::Tcp("127.0.0.1:1".parse().unwrap());
         stats.client_connected(ClientRecord::new(id, peer, pool, None, Instant::now()))
     }

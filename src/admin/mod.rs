@@ -6,6 +6,7 @@
 //! requested: nothing here costs anything per frame. Served with hyper
 //! (HTTP/1.1 only; the peers are Prometheus, kubelet, curl and a browser).
 
+mod access;
 mod api;
 mod metrics;
 mod ready;
@@ -116,14 +117,19 @@ async fn serve_connection(stream: TcpStream, admin: Arc<Admin>, _slot: OwnedSema
 }
 
 async fn route(admin: &Admin, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
+    // The body is never read: every endpoint is a GET.
+    let (request, _body) = request.into_parts();
+    if let Err((status, why)) = access::check(&admin.ctx.config(), &request) {
+        return text(status, why);
+    }
+    if request.method != Method::GET && request.method != Method::HEAD {
         let mut refused = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
         refused
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return refused;
     }
-    match request.uri().path() {
+    match request.uri.path() {
         "/" => respond(
             StatusCode::OK,
             "text/html; charset=utf-8",

@@ -1,9 +1,11 @@
 //! Client connections: the server-side handshake and the session that
 //! serves a client until it leaves.
 
-mod frame_check;
+/// Public for the fuzz targets (`fuzz/`).
+pub mod frame_check;
 /// Public for the fuzz targets (`fuzz/`).
 pub mod handshake;
+mod pending;
 mod session;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,6 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
+pub use pending::{PendingHandshake, PendingHandshakes};
 pub use session::serve;
 
 use crate::config::Config;
@@ -33,6 +36,8 @@ pub struct Context {
     admitted: AtomicUsize,
     /// Bytes held in partly received publishes, for `--max-held-publish-mib`.
     pub held_bytes: Arc<HeldBytes>,
+    /// Handshakes not finished yet, for `--max-pending-handshakes`.
+    pub pending: Arc<PendingHandshakes>,
 }
 
 /// A place under `--max-clients`, given back on drop.
@@ -54,6 +59,7 @@ impl Context {
             force_close: CancellationToken::new(),
             next_client_id: AtomicU64::new(1),
             admitted: AtomicUsize::new(0),
+            pending: Arc::default(),
         }
     }
 

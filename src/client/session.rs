@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::frame_check;
 use super::handshake::{self, HandshakeError, Hello};
+use super::pending::PendingHandshake;
 use super::{Admission, Context};
 use crate::channel::{ChannelState, Delivered, Step, UpstreamChannel, Usage};
 use crate::content::{ContentAssembler, ContentVerdict, PublishBudget};
@@ -35,6 +36,7 @@ use crate::spec::MethodSpec;
 use crate::stats::{
     ClientRecord, CloseScope, DisconnectReason, Events, HandshakeOutcome, Listed, PoolLabel,
 };
+use crate::untrusted::cut;
 use crate::upstream::{ConnectError, Grant, Upstream};
 use crate::writer;
 
@@ -131,7 +133,7 @@ enum Refusal {
 }
 
 /// Serves one accepted connection until it ends.
-pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
+pub async fn serve(accepted: Accepted, pending: PendingHandshake, ctx: Arc<Context>) {
     let id = ctx.next_client_id();
     let started = Instant::now();
     let peer = accepted.peer();
@@ -158,7 +160,9 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
             return;
         }
     };
-    let mut reader = FrameReader::new(read_half, OFFERED_FRAME_MAX);
+    // Until Tune-Ok, frames are held to what RabbitMQ reads before tuning,
+    // which bounds Start-Ok (user, password, client properties) too.
+    let mut reader = FrameReader::new(read_half, frame::PRE_TUNE_FRAME_MAX);
     let admitted = match admit(id, peer, deadline, &mut reader, &mut write_half, &ctx).await {
         Ok(admitted) => admitted,
         Err(Refusal::Close(close)) => {
@@ -168,6 +172,7 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
         }
         Err(Refusal::Drop) => return,
     };
+    drop(pending);
     events.handshake(HandshakeOutcome::ok);
     events
         .handshake_seconds
@@ -181,25 +186,23 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
         place,
     } = admitted;
     let user = &hello.credentials.user;
+    let (shown_user, shown_vhost) = (cut(user), cut(&vhost));
     tracing::info!(
         client = id,
         %peer,
-        %user,
-        %vhost,
-        connection_name = hello.connection_name.as_deref().unwrap_or(""),
+        user = shown_user,
+        vhost = shown_vhost,
+        connection_name = cut(hello.connection_name.as_deref().unwrap_or("")),
         upstream = upstream.id(),
         "client connected"
     );
 
-    let pool_label = PoolLabel {
-        vhost: vhost.clone(),
-        user: user.clone(),
-    };
+    let pool_label = PoolLabel::new(&vhost, user);
     let record = ctx.stats.client_connected(ClientRecord::new(
         id,
         peer,
         pool_label,
-        hello.connection_name.clone(),
+        hello.connection_name.as_deref(),
         started,
     ));
     record.upstream.set(upstream.id());
@@ -238,7 +241,7 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
         channel_max: tune.channel_max,
         exclusive_queues: Vec::new(),
         opened_a_channel: false,
-        holds_reservation: true,
+        reservation: 1,
         scratch: Vec::new(),
         small_messages: BytesMut::new(),
         publish_budget: PublishBudget::new(ctx.held_bytes.clone()),
@@ -264,19 +267,19 @@ pub async fn serve(accepted: Accepted, ctx: Arc<Context>) {
     session.finish(exit, &mut reader, &ctx).await;
     if too_slow {
         // warren's decision, not the client's: worth an operator's look.
-        tracing::warn!(client = id, %peer, %user, %vhost, reason, "client disconnected");
+        tracing::warn!(client = id, %peer, user = shown_user, vhost = shown_vhost, reason = cut(&reason), "client disconnected");
     } else {
-        tracing::info!(client = id, %peer, %user, %vhost, reason, "client disconnected");
+        tracing::info!(client = id, %peer, user = shown_user, vhost = shown_vhost, reason = cut(&reason), "client disconnected");
     }
     let Session {
         upstream,
         link,
         outbox,
         record,
-        holds_reservation,
+        reservation,
         ..
     } = session;
-    upstream.unpin(id, holds_reservation);
+    upstream.unpin(id, reservation);
     drop((link, outbox));
     let mut writer_task = writer_task;
     if tokio::time::timeout(CLOSE_OK_WAIT, &mut writer_task)
@@ -311,7 +314,7 @@ async fn admit<'a>(
         events,
         tokio::time::timeout_at(deadline, handshake::greet(reader, writer)).await,
     )?;
-    let user = &hello.credentials.user;
+    let user = cut(&hello.credentials.user);
     // A client over --max-clients costs no login at the broker: it is
     // refused at Connection.Open, where RabbitMQ refuses its own limits.
     let place = ctx.admit_client(config.max_clients);
@@ -341,7 +344,7 @@ async fn admit<'a>(
         events.handshake(HandshakeOutcome::over_limit);
         static OVER_LIMIT: RateLimit = RateLimit::new(REPEATED_ERRORS_EVERY);
         if let Some(suppressed) = OVER_LIMIT.check() {
-            tracing::warn!(client = id, %peer, %user, %vhost, limit = config.max_clients, suppressed, "client refused: --max-clients reached");
+            tracing::warn!(client = id, %peer, user, vhost = cut(&vhost), limit = config.max_clients, suppressed, "client refused: --max-clients reached");
         }
         return Err(Refusal::Close(reply::close(
             NOT_ALLOWED,
@@ -361,9 +364,9 @@ async fn admit<'a>(
         .await
         .is_err()
     {
-        upstream.unpin(id, true);
+        upstream.unpin(id, 1);
         events.handshake(HandshakeOutcome::abandoned);
-        tracing::info!(client = id, %peer, %user, "client left before open-ok");
+        tracing::info!(client = id, %peer, user, "client left before open-ok");
         return Err(Refusal::Drop);
     }
     Ok(Admitted {
@@ -388,12 +391,19 @@ fn client_step<T>(
         Ok(Ok(value)) => Ok(value),
         Ok(Err(HandshakeError::Refused(close))) => {
             events.handshake(HandshakeOutcome::invalid);
-            tracing::warn!(client = id, %peer, code = close.code, text = %close.text, "client handshake refused");
+            tracing::warn!(client = id, %peer, code = close.code, text = cut(&close.text), "client handshake refused");
             Err(Refusal::Close(close))
         }
-        Ok(Err(e)) => {
+        Ok(Err(HandshakeError::Frame(e @ (FrameError::Closed | FrameError::Io(_))))) => {
             events.handshake(HandshakeOutcome::abandoned);
             tracing::info!(client = id, %peer, error = %e, "client left during the handshake");
+            Err(Refusal::Drop)
+        }
+        Ok(Err(e)) => {
+            // An oversized or broken frame: RabbitMQ drops such a socket
+            // without a word, and so does warren.
+            events.handshake(HandshakeOutcome::invalid);
+            tracing::warn!(client = id, %peer, error = %e, "client handshake refused");
             Err(Refusal::Drop)
         }
         Err(_) => {
@@ -422,8 +432,8 @@ fn refusal(
     events: &Events,
     error: ConnectError,
 ) -> Refusal {
-    let user = &hello.credentials.user;
-    let vhost = vhost.unwrap_or("");
+    let user = cut(&hello.credentials.user);
+    let vhost = cut(vhost.unwrap_or(""));
     match error {
         ConnectError::Refused(close) => {
             events.handshake(if close.code == 403 {
@@ -431,7 +441,7 @@ fn refusal(
             } else {
                 HandshakeOutcome::refused
             });
-            tracing::warn!(client = id, %peer, %user, %vhost, code = close.code, text = %close.text, "broker refused the client");
+            tracing::warn!(client = id, %peer, user, vhost, code = close.code, text = cut(&close.text), "broker refused the client");
             if close.code == 403 && !hello.wants_auth_failure_close {
                 Refusal::Drop
             } else {
@@ -442,7 +452,8 @@ fn refusal(
             events.handshake(HandshakeOutcome::broker_unreachable);
             static UNREACHABLE: RateLimit = RateLimit::new(REPEATED_ERRORS_EVERY);
             if let Some(suppressed) = UNREACHABLE.check() {
-                tracing::error!(client = id, %peer, %user, %vhost, error = %other, suppressed, "no upstream connection for the client");
+                let error = other.to_string();
+                tracing::error!(client = id, %peer, user, vhost, error = cut(&error), suppressed, "no upstream connection for the client");
             }
             Refusal::Close(reply::close(
                 CONNECTION_FORCED,
@@ -491,9 +502,9 @@ struct Session {
     /// Once it has, the client stays on its upstream connection: it may own
     /// exclusive queues or consumers there even with no channel open.
     opened_a_channel: bool,
-    /// Until its first channel is granted, the client's pin holds a channel
-    /// in reserve on its upstream connection.
-    holds_reservation: bool,
+    /// Channels its upstream connection keeps for this client (see
+    /// `Upstream::reservation`), as last told to it.
+    reservation: usize,
     scratch: Vec<Bytes>,
     /// Whole small publishes not yet queued upstream. Those read from the
     /// socket in one go are queued together (one hand-off to the writer
@@ -578,6 +589,7 @@ impl Session {
                 }
             };
             self.record.channels.set(self.channels.len() as u64);
+            self.update_reservation();
             if let Some(exit) = step {
                 return exit;
             }
@@ -596,7 +608,12 @@ impl Session {
             }
             Exit::Close(close) => {
                 ctx.stats.events.close(CloseScope::connection, close.code);
-                tracing::warn!(client = self.id, code = close.code, text = %close.text, "closing client connection");
+                tracing::warn!(
+                    client = self.id,
+                    code = close.code,
+                    text = cut(&close.text),
+                    "closing client connection"
+                );
                 if self.outbox.send_now(close.connection_frame()).is_ok() {
                     let wait = if ctx.force_close.is_cancelled() {
                         ctx.config().term_client_close_timeout
@@ -679,7 +696,7 @@ impl Session {
         let (upstream, borrowed) = match open {
             Some(upstream) => (upstream, None),
             None => {
-                let Some(grant) = self.take_upstream_channel(0, false).await else {
+                let Some(grant) = self.take_upstream_channel(0, false, false).await else {
                     return;
                 };
                 (
@@ -689,7 +706,11 @@ impl Session {
             }
         };
         for queue in std::mem::take(&mut self.exclusive_queues) {
-            tracing::debug!(client = self.id, %queue, "deleting the client's exclusive queue");
+            tracing::debug!(
+                client = self.id,
+                queue = cut(&queue),
+                "deleting the client's exclusive queue"
+            );
             self.send_bytes(method::queue_delete_nowait(upstream.id, &queue))
                 .await;
             self.upstream.release_exclusive(&queue, self.id);
@@ -903,8 +924,9 @@ impl Session {
         let (upstream, usage, delivered) = self.take_open(channel)?;
         let mut moved = usage.moved();
         self.give_back(upstream, usage, delivered.load());
-        let Some(grant) = self.take_upstream_channel(channel, true).await else {
-            return Some(self.no_free_channel());
+        // A replacement, not one more: the client's count stays.
+        let Some(grant) = self.take_upstream_channel(channel, true, false).await else {
+            return Some(self.no_free_channel(self.channels.len(), false));
         };
         if let Some(id) = frame.method_id() {
             moved.on_method(id, frame.method_args());
@@ -1060,13 +1082,13 @@ impl Session {
             self.move_if_crowded().await;
             self.opened_a_channel = true;
         }
-        let Some(grant) = self.take_upstream_channel(channel, false).await else {
-            return Some(self.no_free_channel());
+        let beyond_guarantee = self.upstream.reservation(true, opened) == 0;
+        let Some(grant) = self
+            .take_upstream_channel(channel, false, beyond_guarantee)
+            .await
+        else {
+            return Some(self.no_free_channel(opened, beyond_guarantee));
         };
-        if self.holds_reservation {
-            self.upstream.reservation_used();
-            self.holds_reservation = false;
-        }
         let usage = Usage::new(grant.inherited.unwrap_or_default());
         self.insert_open(channel, grant, usage);
         // Open-Ok right away, for a kept channel and a new one alike: a
@@ -1079,10 +1101,15 @@ impl Session {
     /// Takes an upstream channel for `client_channel`: a kept one, or a new
     /// id whose Channel.Open goes upstream now, pipelined (the router hides
     /// the broker's Open-Ok).
-    async fn take_upstream_channel(&mut self, client_channel: u16, fresh: bool) -> Option<Grant> {
+    async fn take_upstream_channel(
+        &mut self,
+        client_channel: u16,
+        fresh: bool,
+        beyond_guarantee: bool,
+    ) -> Option<Grant> {
         let grant = self
             .upstream
-            .open_channel(&self.link, client_channel, fresh)
+            .open_channel(&self.link, client_channel, fresh, beyond_guarantee)
             .await?;
         if grant.inherited.is_none() {
             self.send_bytes(method::channel_open(grant.channel.id))
@@ -1120,21 +1147,34 @@ impl Session {
     }
 
     /// Why a channel could not be had: the upstream connection is gone, or
-    /// full.
-    fn no_free_channel(&self) -> Exit {
+    /// full, or what is free is kept for the other clients on it.
+    fn no_free_channel(&self, opened: usize, beyond_guarantee: bool) -> Exit {
         if self.upstream.is_closed() {
             return Exit::Close(reply::close(
                 CONNECTION_FORCED,
                 "the upstream connection to the broker was lost",
             ));
         }
-        Exit::Close(
-            reply::close(
-                NOT_ALLOWED,
-                "the upstream connection has no free channel (max-upstream-channels)",
+        let text = if beyond_guarantee {
+            format!(
+                "warren: this client has {opened} channels open; the free channels of its \
+                 upstream connection are kept for the other clients on it (guaranteed-channels)"
             )
-            .caused_by(method::CHANNEL_OPEN),
-        )
+        } else {
+            "the upstream connection has no free channel (max-upstream-channels)".to_string()
+        };
+        Exit::Close(reply::close(NOT_ALLOWED, text).caused_by(method::CHANNEL_OPEN))
+    }
+
+    /// Tells the upstream connection what this client keeps reserved now.
+    fn update_reservation(&mut self) {
+        let wanted = self
+            .upstream
+            .reservation(self.opened_a_channel, self.channels.len());
+        if wanted != self.reservation {
+            self.upstream.reserve(self.reservation, wanted);
+            self.reservation = wanted;
+        }
     }
 
     /// Before its first channel, the client may still move to a quieter
@@ -1154,7 +1194,7 @@ impl Session {
             to = quieter.id(),
             "client moved to a quieter upstream"
         );
-        self.upstream.unpin(self.id, true);
+        self.upstream.unpin(self.id, self.reservation);
         quieter.attach(self.link.clone());
         self.record.upstream.set(quieter.id());
         self.upstream = quieter;
@@ -1163,7 +1203,13 @@ impl Session {
     /// warren closes a channel on its own (e.g. an oversized message): the
     /// client gets Channel.Close, the upstream channel is closed and freed.
     async fn close_channel(&mut self, channel: u16, upstream: UpstreamChannel, close: Close) {
-        tracing::warn!(client = self.id, channel, code = close.code, text = %close.text, "closing client channel");
+        tracing::warn!(
+            client = self.id,
+            channel,
+            code = close.code,
+            text = cut(&close.text),
+            "closing client channel"
+        );
         // The channel's earlier publishes go before the router's Close.
         self.flush_small_messages().await;
         self.ctx.stats.events.close(CloseScope::channel, close.code);

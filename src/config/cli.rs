@@ -66,6 +66,21 @@ pub struct Cli {
     /// Address of the HTTP endpoint [default: 127.0.0.1]
     #[arg(long = "http-address", env = "HTTP_ADDRESS", value_name = "ADDRESS")]
     pub http_address: Option<String>,
+    /// Host names the HTTP endpoint answers to, comma-separated, besides IP
+    /// addresses and localhost: a request naming another host (a page on
+    /// another site that made its name point here) is refused [default:
+    /// none]
+    #[arg(long, env = "HTTP_HOSTS", value_name = "NAMES", value_delimiter = ',')]
+    pub http_hosts: Option<Vec<String>>,
+    /// Bearer token the admin API (/api/) asks for; prefer HTTP_TOKEN or
+    /// --http-token-file, which other users cannot read from the process
+    /// list [default: none]
+    #[arg(long, env = "HTTP_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
+    /// File holding the admin API's bearer token (surrounding whitespace
+    /// ignored), read at start and at every reload
+    #[arg(long, env = "HTTP_TOKEN_FILE", value_name = "FILE")]
+    pub http_token_file: Option<String>,
     /// CA certificates (PEM) that amqps:// brokers are verified against,
     /// instead of the system's roots
     #[arg(long, env = "UPSTREAM_CA", value_name = "FILE")]
@@ -92,6 +107,16 @@ pub struct Cli {
     /// 530 at Connection.Open. 0: no limit [default: 16384]
     #[arg(long, env = "MAX_CLIENTS", value_name = "N")]
     pub max_clients: Option<u32>,
+    /// Handshakes (from accept to Connection.Open) in progress at once;
+    /// beyond it warren accepts no more until one ends. 0: no limit
+    /// [default: 1024]
+    #[arg(long, env = "MAX_PENDING_HANDSHAKES", value_name = "N")]
+    pub max_pending_handshakes: Option<u32>,
+    /// Handshakes in progress from one IP address; a further connection from
+    /// it is closed at once. Loopback clients count only in
+    /// --max-pending-handshakes. 0: no limit [default: 64]
+    #[arg(long, env = "MAX_PENDING_HANDSHAKES_PER_SOURCE", value_name = "N")]
+    pub max_pending_handshakes_per_source: Option<u32>,
     /// Most upstream connections per pool (user, password and vhost); when
     /// all are full a client is refused with 530. 0: no limit [default: 100]
     #[arg(long, env = "MAX_UPSTREAM_CONNECTIONS", value_name = "N")]
@@ -118,6 +143,11 @@ pub struct Cli {
     /// own channel_max also applies [default: 65535]
     #[arg(long, env = "MAX_UPSTREAM_CHANNELS", value_name = "N")]
     pub max_upstream_channels: Option<u16>,
+    /// Channels each client is sure to get on a shared upstream connection:
+    /// beyond them it takes only channels no other client has a claim on
+    /// [default: 8]
+    #[arg(long, env = "GUARANTEED_CHANNELS", value_name = "N")]
+    pub guaranteed_channels: Option<u16>,
     /// Most channels one client connection may open (Tune channel_max)
     /// [default: 2047]
     #[arg(long, env = "CHANNEL_MAX", value_name = "N")]
@@ -203,16 +233,22 @@ impl Cli {
             reuse_port: flag(self.no_reuse_port, false),
             http_port: self.http_port,
             http_address: self.http_address.clone(),
+            http_hosts: self.http_hosts.clone(),
+            http_token: self.http_token.clone(),
+            http_token_file: self.http_token_file.clone(),
             upstream_ca: self.upstream_ca.clone(),
             upstream_cert: self.upstream_cert.clone(),
             upstream_key: self.upstream_key.clone(),
             upstream_insecure: flag(self.upstream_insecure, true),
             idle_connection_timeout: self.idle_connection_timeout,
             max_clients: self.max_clients,
+            max_pending_handshakes: self.max_pending_handshakes,
+            max_pending_handshakes_per_source: self.max_pending_handshakes_per_source,
             max_upstream_connections: self.max_upstream_connections,
             max_held_publish_mib: self.max_held_publish_mib,
             max_upstream_channels: self.max_upstream_channels,
             exchange_types: self.exchange_types.clone(),
+            guaranteed_channels: self.guaranteed_channels,
             channel_max: self.channel_max,
             heartbeat: self.heartbeat,
             channel_reuse: flag(self.no_channel_reuse, false),

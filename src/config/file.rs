@@ -74,14 +74,17 @@ fn parse_ini(text: &str) -> Result<Options, ConfigError> {
             return Err(err(format!("line {line_no}: '{key}' outside any section")));
         }
         let typed = match key {
-            "upstream" | "exchange_types" => toml::Value::Array(
+            "upstream" | "exchange_types" | "http_hosts" => toml::Value::Array(
                 value
                     .split(',')
                     .map(|item| toml::Value::String(ini_string(item.trim())))
                     .collect(),
             ),
-            // Octal digits, not a number: 0660 and 660 mean the same.
-            "socket_mode" => toml::Value::String(ini_string(value)),
+            // Octal digits, not a number: 0660 and 660 mean the same. A
+            // token may be all digits.
+            "socket_mode" | "http_token" | "http_token_file" => {
+                toml::Value::String(ini_string(value))
+            }
             _ => ini_value(value),
         };
         let single = toml::Table::from_iter([(key.to_string(), typed)]);

@@ -11,6 +11,9 @@ mod options;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
 pub use cli::Cli;
 pub use options::Options;
 
@@ -74,10 +77,19 @@ pub struct Config {
     /// 0: no HTTP endpoint.
     pub http_port: u16,
     pub http_address: String,
+    /// Host names (lower case) the HTTP endpoint answers to besides IP
+    /// addresses and localhost.
+    pub http_hosts: Vec<String>,
+    /// What the admin API asks for in `Authorization: Bearer`, if anything.
+    pub http_token: Option<AdminToken>,
     pub upstream_tls: UpstreamTls,
     pub idle_connection_timeout: Duration,
     /// 0: no limit.
     pub max_clients: usize,
+    /// Handshakes in progress; 0: no limit.
+    pub max_pending_handshakes: usize,
+    /// Handshakes in progress from one non-loopback address; 0: no limit.
+    pub max_pending_handshakes_per_source: usize,
     /// Per pool; 0: no limit.
     pub max_upstream_connections: usize,
     /// For all clients' partly received publishes together.
@@ -85,6 +97,8 @@ pub struct Config {
     pub max_upstream_channels: u16,
     /// Plugin exchange types the broker knows, besides the built-in ones.
     pub exchange_types: Vec<String>,
+    /// Channels each client is sure of on a shared upstream connection.
+    pub guaranteed_channels: u16,
     pub channel_max: u16,
     pub heartbeat: u16,
     /// Keep clean upstream channels for the next client.
@@ -105,6 +119,52 @@ pub struct Config {
     /// Every setting with its effective value, for `--check-config` and for
     /// telling what a reload changed.
     pub effective: Options,
+}
+
+/// The admin API's bearer token: compared in constant time, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(Zeroizing<String>);
+
+impl AdminToken {
+    /// Whether an `Authorization` header value presents this token.
+    pub fn admits(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(presented) = authorization.and_then(|v| v.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        presented.ct_eq(self.0.as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// The token from `--http-token` or the file `--http-token-file` names.
+fn admin_token(
+    token: Option<String>,
+    file: Option<String>,
+) -> Result<Option<AdminToken>, ConfigError> {
+    let token = match (given(token), given(file)) {
+        (Some(_), Some(_)) => return Err(err("give --http-token or --http-token-file, not both")),
+        (Some(token), None) => Zeroizing::new(token),
+        (None, Some(path)) => Zeroizing::new(
+            std::fs::read_to_string(&path)
+                .map_err(|e| err(format!("cannot read --http-token-file {path}: {e}")))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => return Ok(None),
+    };
+    // A token travels in an HTTP header: visible ASCII only, and long
+    // enough not to be guessed.
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err(
+            "invalid admin API token: it must be at least 16 visible ASCII characters (no spaces)",
+        ));
+    }
+    Ok(Some(AdminToken(token)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +291,14 @@ impl Config {
             reuse_port: o.reuse_port.unwrap_or_default(),
             http_port: o.http_port.unwrap_or_default(),
             http_address: o.http_address.unwrap_or_default(),
+            http_hosts: o
+                .http_hosts
+                .unwrap_or_default()
+                .iter()
+                .map(|host| host.trim().to_ascii_lowercase())
+                .filter(|host| !host.is_empty())
+                .collect(),
+            http_token: admin_token(o.http_token, o.http_token_file)?,
             upstream_tls: UpstreamTls {
                 ca: given(o.upstream_ca).map(PathBuf::from),
                 client_cert: cert_and_key(o.upstream_cert, o.upstream_key, "upstream")?,
@@ -238,6 +306,10 @@ impl Config {
             },
             idle_connection_timeout: seconds(o.idle_connection_timeout),
             max_clients: o.max_clients.unwrap_or_default() as usize,
+            max_pending_handshakes: o.max_pending_handshakes.unwrap_or_default() as usize,
+            max_pending_handshakes_per_source: o
+                .max_pending_handshakes_per_source
+                .unwrap_or_default() as usize,
             max_upstream_connections: o.max_upstream_connections.unwrap_or_default() as usize,
             max_held_publish_bytes: match o.max_held_publish_mib {
                 Some(mib @ 128..) => u64::from(mib) << 20,
@@ -250,6 +322,7 @@ impl Config {
             },
             max_upstream_channels,
             exchange_types: exchange_types(o.exchange_types.unwrap_or_default())?,
+            guaranteed_channels: at_least_one("guaranteed-channels", o.guaranteed_channels)?,
             channel_max,
             heartbeat: o.heartbeat.unwrap_or_default(),
             channel_reuse: o.channel_reuse.unwrap_or_default(),
@@ -284,6 +357,7 @@ impl Config {
         shown.upstream = shown
             .upstream
             .map(|urls| urls.iter().map(|u| redact_url(u)).collect());
+        shown.http_token = shown.http_token.map(|_| "redacted".into());
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 

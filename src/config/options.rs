@@ -70,17 +70,25 @@ options! {
     reuse_port: bool = Some(true);
     http_port: u16 = Some(15673);
     http_address: String = Some("127.0.0.1".into());
+    /// Host names the HTTP endpoint answers to besides IPs and localhost.
+    http_hosts: Vec<String> = Some(Vec::new());
+    /// The admin API's bearer token; `--check-config` hides it.
+    http_token: String = None;
+    http_token_file: String = None;
     upstream_ca: String = None;
     upstream_cert: String = None;
     upstream_key: String = None;
     upstream_insecure: bool = Some(false);
     idle_connection_timeout: u64 = Some(5);
     max_clients: u32 = Some(16384);
+    max_pending_handshakes: u32 = Some(1024);
+    max_pending_handshakes_per_source: u32 = Some(64);
     max_upstream_connections: u32 = Some(100);
     max_held_publish_mib: u32 = Some(1024);
     max_upstream_channels: u16 = Some(65535);
     /// Exchange types of the broker's plugins that clients may declare.
     exchange_types: Vec<String> = Some(Vec::new());
+    guaranteed_channels: u16 = Some(8);
     channel_max: u16 = Some(2047);
     heartbeat: u16 = Some(60);
     channel_reuse: bool = Some(true);

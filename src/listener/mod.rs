@@ -28,6 +28,7 @@ use crate::config::{Config, Listen};
 use crate::logging::RateLimit;
 use crate::memory;
 use crate::net::Accepted;
+use crate::stats::HandshakeOutcome;
 
 /// How often pools whose connections all closed are forgotten, and freed
 /// memory is looked at.
@@ -203,7 +204,7 @@ pub async fn run(listeners: Arc<Listeners>, ctx: Arc<Context>, stop: Cancellatio
     let mut departed_at_trim = 0;
     loop {
         tokio::select! {
-            accepted = listeners.accept() => spawn_or_back_off(accepted, &sessions, &ctx).await,
+            accepted = accept_when_room(&listeners, &ctx) => spawn_or_back_off(accepted, &sessions, &ctx).await,
             _ = prune.tick() => {
                 ctx.pools.prune();
                 let departed = ctx.stats.departed_clients();
@@ -254,6 +255,15 @@ pub async fn run(listeners: Arc<Listeners>, ctx: Arc<Context>, stop: Cancellatio
     let _ = tokio::time::timeout(UPSTREAM_CLOSE_WAIT, all_closed).await;
 }
 
+/// Accepts the next connection once fewer than `--max-pending-handshakes`
+/// are in progress; until then connections wait in the kernel's backlog.
+async fn accept_when_room(listeners: &Listeners, ctx: &Context) -> io::Result<Accepted> {
+    ctx.pending
+        .wait_for_room(ctx.config().max_pending_handshakes)
+        .await;
+    listeners.accept().await
+}
+
 async fn spawn_or_back_off(
     accepted: io::Result<Accepted>,
     sessions: &TaskTracker,
@@ -261,7 +271,23 @@ async fn spawn_or_back_off(
 ) {
     match accepted {
         Ok(accepted) => {
-            sessions.spawn(client::serve(accepted, ctx.clone()));
+            let peer = accepted.peer();
+            let per_source = ctx.config().max_pending_handshakes_per_source;
+            match ctx.pending.enter(peer, per_source) {
+                Some(pending) => {
+                    sessions.spawn(client::serve(accepted, pending, ctx.clone()));
+                }
+                None => {
+                    // Dropped unread: nothing it sent has been looked at.
+                    drop(accepted);
+                    ctx.stats.events.accepted.inc();
+                    ctx.stats.events.handshake(HandshakeOutcome::source_limit);
+                    static OVER_SOURCE_LIMIT: RateLimit = RateLimit::new(Duration::from_secs(10));
+                    if let Some(suppressed) = OVER_SOURCE_LIMIT.check() {
+                        tracing::warn!(%peer, limit = per_source, suppressed, "client refused: --max-pending-handshakes-per-source reached");
+                    }
+                }
+            }
         }
         Err(e) => {
             // Out of descriptors and similar: back off instead of spinning.

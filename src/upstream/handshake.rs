@@ -1,12 +1,13 @@
 //! Opening an authenticated connection to the broker, as an AMQP client.
 
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use crate::auth::Credentials;
-use crate::frame::{FrameError, FrameReader, PROTOCOL_HEADER};
+use crate::frame::{FrameError, FrameReader, PRE_TUNE_FRAME_MAX, PROTOCOL_HEADER};
 use crate::method::{self, Close, Start, Tune};
 use crate::net::{ReadHalf, WriteHalf};
-use crate::reply::REPLY_SUCCESS;
+use crate::reply::{self, ACCESS_REFUSED, REPLY_SUCCESS};
 use crate::wire::{FieldTable, FieldValue};
 
 /// Why an upstream connection could not be opened.
@@ -43,27 +44,59 @@ pub struct Negotiated {
 /// Client properties warren presents to the broker. The capabilities are
 /// asked for so the broker sends what clients may rely on (blocked
 /// notifications, consumer cancel notifications, nacks) and explains
-/// refused logins instead of dropping the socket.
-fn client_properties(connection_name: &str) -> FieldTable {
+/// refused logins instead of dropping the socket. `describe` adds what
+/// names warren in the broker's connection list.
+fn client_properties(connection_name: &str, describe: bool) -> FieldTable {
     let yes = |k: &str| (k.to_string(), FieldValue::Bool(true));
     let text = |k: &str, v: &str| (k.to_string(), FieldValue::LongStr(v.as_bytes().to_vec()));
-    vec![
-        text("product", "warren"),
-        text("version", env!("CARGO_PKG_VERSION")),
-        text("platform", "Rust"),
-        text("connection_name", connection_name),
-        (
-            "capabilities".into(),
-            FieldValue::Table(vec![
-                yes("authentication_failure_close"),
-                yes("publisher_confirms"),
-                yes("consumer_cancel_notify"),
-                yes("basic.nack"),
-                yes("connection.blocked"),
-                yes("exchange_exchange_bindings"),
-            ]),
-        ),
-    ]
+    let mut properties = if describe {
+        vec![
+            text("product", "warren"),
+            text("version", env!("CARGO_PKG_VERSION")),
+            text("platform", "Rust"),
+            text("connection_name", connection_name),
+        ]
+    } else {
+        Vec::new()
+    };
+    properties.push((
+        "capabilities".into(),
+        FieldValue::Table(vec![
+            yes("authentication_failure_close"),
+            yes("publisher_confirms"),
+            yes("consumer_cancel_notify"),
+            yes("basic.nack"),
+            yes("connection.blocked"),
+            yes("exchange_exchange_bindings"),
+        ]),
+    ));
+    properties
+}
+
+/// The Start-Ok warren logs in with, within what the broker reads before
+/// the connection is tuned. Long credentials leave out the properties that
+/// only describe warren; credentials too long even for that are refused as
+/// the broker refuses a login it does not know, without asking it: a Start-Ok
+/// the broker cannot read makes it drop the socket, which would look like a
+/// failed node.
+pub fn start_ok(credentials: &Credentials, connection_name: &str) -> Result<Bytes, ConnectError> {
+    let response = credentials.plain_response();
+    [true, false]
+        .into_iter()
+        .map(|describe| {
+            method::connection_start_ok(
+                &client_properties(connection_name, describe),
+                "PLAIN",
+                &response,
+            )
+        })
+        .find(|frame| frame.len() <= PRE_TUNE_FRAME_MAX as usize)
+        .ok_or_else(|| {
+            ConnectError::Refused(reply::close(
+                ACCESS_REFUSED,
+                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
+            ))
+        })
 }
 
 fn protocol(what: impl std::fmt::Display) -> ConnectError {
@@ -107,11 +140,11 @@ pub struct Authenticated {
 }
 
 /// Runs the handshake up to Tune-Ok.
+/// `start_ok` is what [`start_ok`] made of the client's credentials.
 pub async fn authenticate(
     (read_half, mut writer): (ReadHalf, WriteHalf),
-    credentials: &Credentials,
+    start_ok: &[u8],
     channel_limit: u16,
-    connection_name: &str,
 ) -> Result<Authenticated, ConnectError> {
     let mut reader = FrameReader::new(read_half, 1 << 20);
     writer.write_all(PROTOCOL_HEADER).await.map_err(io)?;
@@ -124,12 +157,7 @@ pub async fn authenticate(
             start.mechanisms
         )));
     }
-    let start_ok = method::connection_start_ok(
-        &client_properties(connection_name),
-        "PLAIN",
-        &credentials.plain_response(),
-    );
-    writer.write_all(&start_ok).await.map_err(io)?;
+    writer.write_all(start_ok).await.map_err(io)?;
 
     let offered =
         Tune::decode(&expect(&mut reader, method::CONNECTION_TUNE).await?).map_err(protocol)?;

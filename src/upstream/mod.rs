@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::untrusted::cut;
 pub use handshake::ConnectError;
 use handshake::Negotiated;
 pub use nodes::Nodes;
@@ -55,6 +56,8 @@ pub struct UpstreamSettings {
     pub kept_channels: usize,
     /// Clean channels opened in advance on each connection.
     pub prewarm_channels: usize,
+    /// Channels each client is sure to get on a connection.
+    pub guaranteed_channels: usize,
     /// How warren names its connections to the broker (shown in the
     /// management UI): which warren, listening where.
     pub connection_name: String,
@@ -95,14 +98,29 @@ pub struct Grant {
 }
 
 /// Who uses an upstream connection, read by the pool when it picks one.
+///
+/// Channels are shared fairly: every pinned client has channels reserved,
+/// which no other client may take. A client that has not opened a channel
+/// reserves one (it can still move to another connection, see
+/// `Pools::rebalance`); from its first on, it reserves what it lacks of
+/// `--guaranteed-channels`. Beyond its guarantee a client takes only
+/// channels nobody has reserved, so a client that opens channels by the
+/// thousand never takes the next channel of one that opened a few.
 #[derive(Debug, Default)]
 struct Occupancy {
     clients: usize,
     channels: usize,
-    /// Pinned clients that have not opened a channel yet: each is counted
-    /// as needing one, so it is sure to get its first.
-    waiting: usize,
+    /// Channels reserved by pinned clients and not in use by them.
+    reserved: usize,
     closed: bool,
+}
+
+impl Occupancy {
+    /// Whether a client past its guarantee may take one more channel of
+    /// `capacity` without touching any reservation.
+    fn has_unreserved(&self, capacity: usize) -> bool {
+        self.channels + self.reserved < capacity
+    }
 }
 
 #[derive(Debug)]
@@ -111,6 +129,8 @@ struct Inner {
     frames: Outbox,
     commands: mpsc::UnboundedSender<Command>,
     capacity: usize,
+    /// `--guaranteed-channels`, at most `capacity`.
+    guaranteed: usize,
     frame_max: u32,
     occupancy: Mutex<Occupancy>,
     /// The broker node it is connected to.
@@ -140,6 +160,8 @@ enum Command {
         client_channel: u16,
         /// A new id even when kept channels are available.
         fresh: bool,
+        /// The client holds its guaranteed channels already.
+        beyond_guarantee: bool,
         reply: oneshot::Sender<Grant>,
     },
     /// The client closes the channel: the router sends Channel.Close and
@@ -234,19 +256,20 @@ impl Upstream {
         settings: &UpstreamSettings,
         credentials: &Credentials,
     ) -> Result<PendingUpstream, ConnectError> {
+        let start_ok = handshake::start_ok(credentials, &settings.connection_name)
+            .inspect_err(|_| {
+                tracing::warn!(
+                    user = cut(&credentials.user),
+                    "login refused without asking the broker: user name and password too long for its first frame"
+                );
+            })?;
         let nodes = &settings.nodes;
         let mut last_error = ConnectError::Unreachable("no broker node configured".into());
         for node in nodes.order(Instant::now()) {
             let started = Instant::now();
             let connecting = async {
                 let socket = nodes.dial(node).await.map_err(ConnectError::Unreachable)?;
-                handshake::authenticate(
-                    socket,
-                    credentials,
-                    settings.channel_limit,
-                    &settings.connection_name,
-                )
-                .await
+                handshake::authenticate(socket, &start_ok, settings.channel_limit).await
             };
             let authenticated = tokio::time::timeout(settings.connect_timeout, connecting)
                 .await
@@ -304,10 +327,7 @@ impl Upstream {
         vhost: &str,
         id: u64,
     ) -> Upstream {
-        let pool = PoolLabel {
-            vhost: vhost.to_string(),
-            user: user.to_string(),
-        };
+        let pool = PoolLabel::new(vhost, user);
         let record =
             settings
                 .stats
@@ -330,6 +350,9 @@ impl Upstream {
             frames,
             commands,
             capacity: negotiated.channel_max as usize,
+            guaranteed: settings
+                .guaranteed_channels
+                .clamp(1, usize::from(negotiated.channel_max.max(1))),
             frame_max: negotiated.frame_max,
             occupancy: Mutex::new(Occupancy::default()),
             retire_at: settings
@@ -393,27 +416,40 @@ impl Upstream {
     pub fn try_pin(&self, room: Room) -> bool {
         let retired = self.is_retired();
         let mut o = self.0.occupancy.lock().expect("occupancy lock");
-        if o.closed || retired || !room.fits(o.channels + o.waiting, self.0.capacity) {
+        if o.closed || retired || !room.fits(o.channels + o.reserved, self.0.capacity) {
             return false;
         }
         o.clients += 1;
-        o.waiting += 1;
+        o.reserved += 1;
         true
     }
 
-    /// The client's first channel was granted: it no longer needs the one
-    /// its pin reserved (the channel itself is counted now).
-    pub fn reservation_used(&self) {
-        let mut o = self.0.occupancy.lock().expect("occupancy lock");
-        o.waiting = o.waiting.saturating_sub(1);
+    /// What a client holding `held` channels keeps reserved (see
+    /// [`Occupancy`]); 0 once it is past its guarantee.
+    pub fn reservation(&self, opened_a_channel: bool, held: usize) -> usize {
+        if opened_a_channel {
+            self.0.guaranteed.saturating_sub(held)
+        } else {
+            1
+        }
     }
 
-    /// More than half of the channels are taken: a client about to open its
-    /// first channel is better served by a quieter connection, so clients
-    /// that open many channels do not crowd each other out.
+    /// A client's reservation changed from `from` to `to` (see
+    /// [`Upstream::reservation`]).
+    pub fn reserve(&self, from: usize, to: usize) {
+        let mut o = self.0.occupancy.lock().expect("occupancy lock");
+        o.reserved = (o.reserved + to).saturating_sub(from);
+    }
+
+    /// A client about to open its first channel is better served by a
+    /// quieter connection when more than half of this one's channels are
+    /// taken or reserved, or its guarantee would not fit: clients that open
+    /// many channels do not crowd each other out.
     pub fn is_crowded(&self) -> bool {
         let o = self.0.occupancy.lock().expect("occupancy lock");
-        !Room::HalfFree.fits(o.channels + o.waiting, self.0.capacity)
+        let taken = o.channels + o.reserved;
+        !Room::HalfFree.fits(taken, self.0.capacity)
+            || taken.saturating_sub(1) + self.0.guaranteed > self.0.capacity
     }
 
     /// Records `client` as the owner of exclusive queue `queue`, unless
@@ -460,24 +496,24 @@ impl Upstream {
         answer.await.ok()
     }
 
-    /// Undoes `try_pin` and `attach`; `reserved`: the client never used
-    /// its reservation (see `reservation_used`).
-    pub fn unpin(&self, client: ClientId, reserved: bool) {
+    /// Undoes `try_pin` and `attach`, giving back the client's `reserved`
+    /// channels (see [`Upstream::reservation`]).
+    pub fn unpin(&self, client: ClientId, reserved: usize) {
         let _ = self.0.commands.send(Command::Detach(client));
         let mut o = self.0.occupancy.lock().expect("occupancy lock");
         o.clients = o.clients.saturating_sub(1);
-        if reserved {
-            o.waiting = o.waiting.saturating_sub(1);
-        }
+        o.reserved = o.reserved.saturating_sub(reserved);
     }
 
     /// Reserves an upstream channel id routed to `client_channel` of `link`.
-    /// `None` when the connection has no free id or is gone.
+    /// `None` when the connection has no free id or is gone, or when the
+    /// client is `beyond_guarantee` and every free id is reserved.
     pub async fn open_channel(
         &self,
         link: &Arc<ClientLink>,
         client_channel: u16,
         fresh: bool,
+        beyond_guarantee: bool,
     ) -> Option<Grant> {
         let (reply, answer) = oneshot::channel();
         self.0
@@ -486,6 +522,7 @@ impl Upstream {
                 link: link.clone(),
                 client_channel,
                 fresh,
+                beyond_guarantee,
                 reply,
             })
             .ok()?;

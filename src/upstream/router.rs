@@ -36,6 +36,7 @@ use crate::method::{self, Close, MethodId};
 use crate::net::ReadHalf;
 use crate::reply::{self, CONNECTION_FORCED, REPLY_SUCCESS};
 use crate::stats::{Listed, UpstreamRecord};
+use crate::untrusted::cut;
 
 /// How often liveness and idleness are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -121,6 +122,7 @@ struct ChannelRequest {
     link: Arc<ClientLink>,
     client_channel: u16,
     fresh: bool,
+    beyond_guarantee: bool,
     reply: oneshot::Sender<Grant>,
 }
 
@@ -172,7 +174,13 @@ impl Router {
                 reply::close(CONNECTION_FORCED, reason)
             }
             End::Lost(close) => {
-                tracing::warn!(upstream = id, code = close.code, text = %close.text, clients = self.clients.len(), "upstream connection lost");
+                tracing::warn!(
+                    upstream = id,
+                    code = close.code,
+                    text = cut(&close.text),
+                    clients = self.clients.len(),
+                    "upstream connection lost"
+                );
                 close
             }
         };
@@ -256,6 +264,11 @@ impl Router {
         )
     }
 
+    fn has_unreserved(&self) -> bool {
+        let o = self.inner.occupancy.lock().expect("occupancy lock");
+        o.has_unreserved(self.inner.capacity)
+    }
+
     fn is_unused(&self) -> bool {
         let o = self.inner.occupancy.lock().expect("occupancy lock");
         o.clients == 0 && o.channels == 0
@@ -309,11 +322,13 @@ impl Router {
                 link,
                 client_channel,
                 fresh,
+                beyond_guarantee,
                 reply,
             } => self.grant(ChannelRequest {
                 link,
                 client_channel,
                 fresh,
+                beyond_guarantee,
                 reply,
             }),
             Command::Closing(ch) => {
@@ -409,6 +424,11 @@ impl Router {
     /// broker would otherwise be handed ever more work and warren would
     /// open ever more connections to hold the channels still closing.
     fn grant(&mut self, request: ChannelRequest) {
+        if request.beyond_guarantee && !self.has_unreserved() {
+            // Dropping the reply refuses: every free channel is promised to
+            // another client.
+            return;
+        }
         if !request.fresh && self.all_fenced() {
             self.waiting_for_kept.push_back(request);
             return;
@@ -418,6 +438,7 @@ impl Router {
             client_channel,
             fresh,
             reply,
+            ..
         } = request;
         let reusable = if fresh { None } else { self.kept.pop() };
         let (id, kept) = match reusable {

@@ -4,6 +4,7 @@ import os
 import uuid
 
 from conftest import connect, drain
+from rawamqp import RawClient, method, shortstr
 
 
 def test_channels_fill_upstreams_up_to_the_limit_and_stay_with_their_client(broker, warren_factory):
@@ -84,3 +85,30 @@ def test_a_burst_of_new_clients_opens_one_upstream_connection(broker, warren):
     assert len(broker.warren_connections(user="guest")) == 1
     for conn in conns:
         conn.close()
+
+
+def test_a_client_taking_every_channel_never_takes_a_bystanders_next_one(broker, warren, queue):
+    """One client opens channels by the thousand on the upstream connection a
+    bystander shares: it is refused (530) once the free channels are those
+    kept for the others, and the bystander still gets its guaranteed ones."""
+    bystander = warren.connect()
+    first = bystander.channel()
+    hog = RawClient(warren.port, timeout=30)
+    hog.open()
+    hog.send(b"".join(method(n, 20, 10, shortstr("")) for n in range(1, 2048)))
+    opened, close = 0, None
+    while close is None:
+        reply = hog.read_method()
+        if reply.method == (20, 11):
+            opened += 1
+        elif reply.method == (10, 50):
+            close = reply.close_reply()
+    assert close[0] == 530 and "kept for the other clients" in close[1], close
+    # The upstream's 2047 channels, less the bystander's guaranteed 8.
+    assert 2047 - 8 - 1 <= opened <= 2047 - 8, opened
+    more = [bystander.channel() for _ in range(7)]
+    for ch in [first, *more]:
+        ch.basic_publish("", queue, b"mine")
+    assert len(broker.warren_connections(user="guest")) == 1
+    hog.close()
+    bystander.close()

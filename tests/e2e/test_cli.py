@@ -22,6 +22,10 @@ def run(*args, env=None):
     (["-p", "notaport", "amqp://x"], "--port"),
     (["--log-level", "loud", "amqp://x"], "invalid log level 'loud'"),
     (["--log-format", "xml", "amqp://x"], "invalid --log-format 'xml'"),
+    (["--http-token", "has a space in it!", "amqp://x"], "at least 16 visible ASCII characters"),
+    (["--http-token", "0123456789abcdef", "--http-token-file", "/dev/null", "amqp://x"], "not both"),
+    (["--http-token-file", "/nonexistent/token", "amqp://x"], "cannot read --http-token-file"),
+    (["--guaranteed-channels", "0", "amqp://x"], "--guaranteed-channels 0"),
 ])
 def test_bad_input_is_one_line_naming_it(args, message):
     out = run(*args)
@@ -35,6 +39,14 @@ def test_a_password_in_a_bad_config_value_is_not_printed(tmp_path):
     out = run("--check-config", str(cfg))
     assert out.returncode == 2 and "line 2" in out.stderr, out.stderr
     assert "hunter2" not in out.stderr and "user:redacted@host" in out.stderr, out.stderr
+
+
+def test_the_admin_token_is_never_printed(tmp_path):
+    cfg = tmp_path / "warren.toml"
+    cfg.write_text('upstream = ["amqp://127.0.0.1"]\nhttp_token = "0123456789-secret-token"\n')
+    out = run("--check-config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert "secret" not in out.stdout and 'http_token = "redacted"' in out.stdout, out.stdout
 
 
 def test_bad_config_file_names_the_line(tmp_path):

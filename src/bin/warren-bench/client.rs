@@ -49,8 +49,10 @@ impl Connection {
         let stream = connect
             .await
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let start_ok =
+            handshake::start_ok(credentials, "warren-bench").map_err(|e| e.to_string())?;
         let (reader, writer, negotiated) =
-            handshake::authenticate(split_tcp(stream), credentials, 2047, "warren-bench")
+            handshake::authenticate(split_tcp(stream), &start_ok, 2047)
                 .await
                 .map_err(|e| e.to_string())?
                 .open(vhost)
