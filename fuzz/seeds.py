@@ -55,6 +55,25 @@ SEEDS = {
     },
 }
 
+
+def payload(wire):
+    """A method frame's class, method and arguments: the methods target's input."""
+    return wire[7:-1]
+
+
+ARGS = table({"x-max-length": b"10", "x-queue-type": b"classic", "flags": {"on": True}})
+SEEDS["methods"] = {
+    "queue-declare": payload(queue_declare(1, "q")),
+    "queue-declare-args": payload(method(1, 50, 10, struct.pack("!H", 0) + shortstr("q") + b"\x02" + ARGS)),
+    "exchange-declare": payload(method(1, 40, 10, struct.pack("!H", 0) + shortstr("x") + shortstr("topic")
+                                       + b"\x02" + ARGS)),
+    "publish": payload(method(1, 60, 40, struct.pack("!H", 0) + shortstr("") + shortstr("q") + b"\x00")),
+    "consume": payload(CONSUME),
+    "qos": payload(QOS),
+    "ack": payload(method(1, 60, 80, struct.pack("!QB", 7, 1))),
+    "close": payload(CLOSE),
+}
+
 for target, seeds in SEEDS.items():
     folder = ROOT / "fuzz" / "corpus" / target
     folder.mkdir(parents=True, exist_ok=True)

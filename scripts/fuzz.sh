@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes warren's frame reader, client handshake and channel state machine
+# Fuzzes warren's frame reader, client handshake, channel state machine and
+# method grammar
 # (fuzz/fuzz_targets/) with cargo-fuzz and libFuzzer, each target for a
 # bounded time, starting from the committed seed corpus (fuzz/corpus/).
 # Installs cargo-fuzz into .cache/cargo if missing. Runs on the stable
@@ -17,7 +18,7 @@ cd "$ROOT"
 EACH=${1:-20}
 shift || true
 TARGETS=("$@")
-[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(frames handshake channel)
+[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(frames handshake channel methods)
 
 export PATH="$ROOT/.cache/cargo/bin:$PATH"
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -1,7 +1,10 @@
-//! Any frames a client sends on an open channel: the publish assembler
-//! releases only whole messages whose bodies add up to the announced size,
-//! and the channel's usage record never makes a channel unfit for reuse fit
-//! again, whatever the method arguments.
+//! Any frames a client sends on an open channel, through the checks the
+//! session makes (`client::frame_check`) and the publish assembler: nothing
+//! forwarded is a frame the broker would answer with a connection-level
+//! exception (every method's arguments and every content header pass the
+//! spec's checks, messages are whole and their bodies add up to the
+//! announced size), and the channel's usage record never makes a channel
+//! unfit for reuse fit again, whatever the method arguments.
 #![no_main]
 
 mod runtime;
@@ -9,9 +12,10 @@ mod runtime;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use warren::channel::{Inherited, Usage};
+use warren::channel::{Inherited, Step, Usage};
+use warren::client::frame_check;
 use warren::content::{ContentAssembler, ContentVerdict, HeldBytes, PublishBudget};
-use warren::frame::{FrameReader, FRAME_METHOD};
+use warren::frame::{Frame, FrameReader, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use warren::spec;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,20 +29,31 @@ fuzz_target!(|data: &[u8]| {
             let Ok(frame) = reader.read_frame().await else {
                 break;
             };
-            if frame.kind() == FRAME_METHOD {
-                if let Some(id) = frame.method_id() {
-                    usage.on_method(id, frame.method_args());
+            let Ok(method) = frame_check::check_frame(&frame) else {
+                break;
+            };
+            if let (Some(spec), true) = (method, assembler.is_idle()) {
+                if frame_check::check_method(spec, &frame, &[]).is_err() {
+                    break;
                 }
+                match usage.on_method((spec.class, spec.method), frame.method_args()) {
+                    Step::ConnectionError(_) | Step::ChannelError(_) => break,
+                    Step::AnswerQosOk | Step::AnswerSelectOk | Step::Swallow => continue,
+                    _ => {}
+                }
+                let now_unfit = usage.dirty(u64::MAX, u64::MAX).is_some();
+                assert!(!unfit || now_unfit, "a channel unfit for reuse became fit");
+                unfit = now_unfit;
             }
-            let now_unfit = usage.dirty(u64::MAX, u64::MAX).is_some();
-            assert!(!unfit || now_unfit, "a channel unfit for reuse became fit");
-            unfit = now_unfit;
-            let method = frame.method_id().and_then(|(c, m)| spec::lookup(c, m));
             let verdict = assembler.accept(frame, method);
             if reader.has_buffered_frame() && assembler.settle(&budget).is_err() {
                 assembler = ContentAssembler::default();
             }
+            if let ContentVerdict::Forward(frame) = &verdict {
+                assert_forwardable(frame);
+            }
             if let ContentVerdict::Complete(frames) = verdict {
+                frames.iter().take(2).for_each(assert_forwardable);
                 assert_eq!(
                     frames[0]
                         .method_id()
@@ -59,3 +74,20 @@ fuzz_target!(|data: &[u8]| {
         );
     });
 });
+
+/// A frame the broker takes without a connection-level exception.
+fn assert_forwardable(frame: &Frame) {
+    match frame.kind() {
+        FRAME_METHOD => {
+            let (class, id) = frame.method_id().expect("a method id");
+            let spec = spec::lookup(class, id).expect("a known method");
+            assert!(spec::check_arguments(spec, frame.method_args()).is_ok());
+            assert!(frame_check::check_method(spec, frame, &[]).is_ok());
+        }
+        FRAME_HEADER => {
+            let header = spec::check_content_header(frame.payload()).expect("a valid header");
+            assert_eq!((header.class, header.weight), (60, 0));
+        }
+        kind => assert_eq!(kind, FRAME_BODY),
+    }
+}
