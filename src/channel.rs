@@ -16,8 +16,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::content::ContentAssembler;
-use crate::method::{self, Close, Qos, QueueDeclare};
+use crate::method::{self, Close, Qos, QueueDeclare, QueueDelete};
 use crate::reply::{self, NOT_ALLOWED, NOT_FOUND, NOT_IMPLEMENTED, SYNTAX_ERROR};
 
 /// The upstream channel serving a client channel. The lease tells this use of
@@ -148,11 +150,14 @@ pub struct Usage {
     /// Publishes this client made while the channel was in confirm mode:
     /// they advance the broker's confirm sequence.
     pub confirm_publishes: u64,
-    /// One entry per Queue.Declare awaiting its Declare-Ok: whether it
-    /// declares an exclusive queue. Only a Declare-Ok makes a queue the
-    /// client's: a refused declare (405, the name is taken) must never lead
-    /// warren to delete someone else's queue.
-    declares: VecDeque<bool>,
+    /// One entry per Queue.Declare awaiting its Declare-Ok: the arguments
+    /// of an exclusive one (see `crate::exclusive`). A refused declare is
+    /// one still awaited when the broker closes the channel.
+    declares: VecDeque<Option<Bytes>>,
+    /// One entry per Queue.Delete awaiting its Delete-Ok: the queue of a
+    /// conditional one (if-unused, if-empty), which only that reply shows
+    /// is gone.
+    deletes: VecDeque<Option<String>>,
 }
 
 impl Usage {
@@ -329,13 +334,24 @@ impl Usage {
                 }
                 Step::Forward
             }
+            method::QUEUE_DELETE => {
+                let Ok(delete) = QueueDelete::decode(args) else {
+                    return syntax("queue.delete");
+                };
+                if !delete.nowait {
+                    self.deletes
+                        .push_back(delete.conditional.then_some(delete.queue));
+                }
+                Step::Forward
+            }
             method::QUEUE_DECLARE => {
                 let Ok(declare) = QueueDeclare::decode(args) else {
                     return syntax("queue.declare");
                 };
                 if !declare.nowait {
+                    let exclusive = declare.exclusive && !declare.passive;
                     self.declares
-                        .push_back(declare.exclusive && !declare.passive);
+                        .push_back(exclusive.then(|| Bytes::copy_from_slice(args)));
                 }
                 self.declared_queue = true;
                 Step::Forward
@@ -354,10 +370,23 @@ impl Usage {
         }
     }
 
-    /// A Queue.Declare-Ok for this channel reached the client: whether it
-    /// answers an exclusive declare (the queue is then the client's).
-    pub fn on_declare_ok(&mut self) -> bool {
-        self.declares.pop_front().unwrap_or(false)
+    /// A Queue.Declare-Ok for this channel reached the client: the
+    /// arguments of the exclusive declare it answers, if it does (the
+    /// queue is then the client's).
+    pub fn on_declare_ok(&mut self) -> Option<Bytes> {
+        self.declares.pop_front().flatten()
+    }
+
+    /// A Queue.Delete-Ok for this channel reached the client: the queue of
+    /// the conditional delete it answers, if it does.
+    pub fn on_delete_ok(&mut self) -> Option<String> {
+        self.deletes.pop_front().flatten()
+    }
+
+    /// Exclusive declares still awaiting their Declare-Ok: when the broker
+    /// closes the channel, it refused them (or never ran them).
+    pub fn awaited_exclusive_declares(&self) -> impl Iterator<Item = &Bytes> {
+        self.declares.iter().flatten()
     }
 }
 
@@ -575,12 +604,19 @@ mod tests {
         usage.on_method(method::QUEUE_DECLARE, &declare("shared", 0b10));
         usage.on_method(method::QUEUE_DECLARE, &declare("fire-and-forget", 0b10100));
         assert_eq!(usage.dirty(1, 0), Some("a reply is still on its way"));
-        assert!(usage.on_declare_ok(), "the server-named exclusive queue");
-        assert!(!usage.on_declare_ok(), "the shared queue");
-        assert!(
-            !usage.on_declare_ok(),
+        assert_eq!(usage.awaited_exclusive_declares().count(), 1);
+        assert_eq!(
+            usage.on_declare_ok().as_deref(),
+            Some(&declare("", 0b100)[..]),
+            "the server-named exclusive queue"
+        );
+        assert_eq!(usage.on_declare_ok(), None, "the shared queue");
+        assert_eq!(
+            usage.on_declare_ok(),
+            None,
             "no-wait declares have no Declare-Ok"
         );
+        assert_eq!(usage.awaited_exclusive_declares().count(), 0);
         assert_eq!(usage.dirty(2, 0), None);
     }
 

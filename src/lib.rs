@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod confirms;
 pub mod content;
+pub mod exclusive;
 pub mod fd_limit;
 pub mod frame;
 pub mod link;

@@ -34,6 +34,9 @@ pub enum ClientEvent {
     /// A Queue.Declare-Ok went to the client on this channel (the session
     /// remembers exclusive queues to delete them when the client leaves).
     DeclareOk { channel: u16, queue: String },
+    /// A Queue.Delete-Ok went to the client on this channel (a conditional
+    /// delete of an exclusive queue ends the client's claim only then).
+    DeleteOk { channel: u16 },
     /// The upstream connection with this id is gone; its clients must be
     /// closed with this.
     UpstreamClosed { upstream: u64, close: Close },

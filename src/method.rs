@@ -33,6 +33,7 @@ pub const EXCHANGE_DECLARE: MethodId = (40, 10);
 pub const QUEUE_DECLARE: MethodId = (50, 10);
 pub const QUEUE_DECLARE_OK: MethodId = (50, 11);
 pub const QUEUE_DELETE: MethodId = (50, 40);
+pub const QUEUE_DELETE_OK: MethodId = (50, 41);
 
 pub const BASIC_QOS: MethodId = (60, 10);
 pub const BASIC_QOS_OK: MethodId = (60, 11);
@@ -161,6 +162,41 @@ pub fn confirm_select_ok(channel: u16) -> Bytes {
     encode(channel, CONFIRM_SELECT_OK, |_| {})
 }
 
+/// A Queue.Declare of `queue` as exclusive, not passive, waiting for its
+/// reply, with the durability, auto-delete and arguments of `declared` (the
+/// arguments of the declare that made it). Sent before deleting a departed
+/// client's queue, it checks that the name is still that queue: it is
+/// answered Declare-Ok only by an equivalent queue exclusive to this
+/// connection (or by a new one, if the queue is gone), and any other queue
+/// of the name gets the channel closed (405, 406), so the Queue.Delete
+/// pipelined after it is discarded.
+pub fn queue_redeclare_exclusive(channel: u16, queue: &str, declared: &[u8]) -> Bytes {
+    let mut d = Decoder::new(declared);
+    let (bits, arguments) = match (d.u16(), d.short_bytes(), d.u8()) {
+        (Ok(_), Ok(_), Ok(bits)) => (bits, d.rest()),
+        _ => (0, &[0u8; 4][..]),
+    };
+    const PASSIVE: u8 = 0b1;
+    const EXCLUSIVE: u8 = 0b100;
+    const NO_WAIT: u8 = 0b10000;
+    encode(channel, QUEUE_DECLARE, |b| {
+        b.put_u16(0);
+        put_short_str(b, queue);
+        b.put_u8((bits & !(PASSIVE | NO_WAIT)) | EXCLUSIVE);
+        b.put_slice(arguments);
+    })
+}
+
+/// A passive Queue.Declare: whether `queue` exists.
+pub fn queue_declare_passive(channel: u16, queue: &str) -> Bytes {
+    encode(channel, QUEUE_DECLARE, |b| {
+        b.put_u16(0);
+        put_short_str(b, queue);
+        b.put_u8(0b1);
+        b.put_u32(0);
+    })
+}
+
 /// Queue.Delete without waiting for the reply.
 pub fn queue_delete_nowait(channel: u16, queue: &str) -> Bytes {
     encode(channel, QUEUE_DELETE, |b| {
@@ -224,12 +260,17 @@ pub fn decode_get_no_ack(args: &[u8]) -> Result<bool, DecodeError> {
 }
 
 /// The queue named by a method that needs exclusive access to it when the
-/// queue is exclusive to another connection (RabbitMQ answers 405 for these).
+/// queue is exclusive to another connection (RabbitMQ answers 405 for these:
+/// declare, bind, purge, unbind, delete, consume, get).
 pub fn queue_needing_access(id: MethodId, args: &[u8]) -> Option<String> {
     match id {
-        QUEUE_DECLARE | BASIC_CONSUME | BASIC_GET | (50, 30) | QUEUE_DELETE => {
-            decode_queue_name(args).filter(|name| !name.is_empty())
-        }
+        QUEUE_DECLARE
+        | (50, 20)
+        | (50, 30)
+        | QUEUE_DELETE
+        | (50, 50)
+        | BASIC_CONSUME
+        | BASIC_GET => decode_queue_name(args).filter(|name| !name.is_empty()),
         _ => None,
     }
 }
@@ -322,10 +363,35 @@ pub fn decode_cancel_tag(args: &[u8]) -> Result<String, DecodeError> {
 /// Queue.Delete's if-unused and if-empty flags: a delete the broker may
 /// refuse (406).
 pub fn decode_delete_is_conditional(args: &[u8]) -> Result<bool, DecodeError> {
+    Ok(QueueDelete::decode(args)?.conditional)
+}
+
+/// What Queue.Delete asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDelete {
+    pub queue: String,
+    /// if-unused or if-empty: the broker may refuse it.
+    pub conditional: bool,
+    pub nowait: bool,
+}
+
+/// The queue name and the flag octet that Queue.Declare and Queue.Delete
+/// start with, after a reserved short.
+fn queue_and_flags(args: &[u8]) -> Result<(String, u8), DecodeError> {
     let mut d = Decoder::new(args);
     d.u16()?;
-    d.short_bytes()?;
-    Ok(d.u8()? & 0b11 != 0)
+    Ok((d.short_str()?, d.u8()?))
+}
+
+impl QueueDelete {
+    pub fn decode(args: &[u8]) -> Result<Self, DecodeError> {
+        let (queue, bits) = queue_and_flags(args)?;
+        Ok(QueueDelete {
+            queue,
+            conditional: bits & 0b11 != 0,
+            nowait: bits & 0b100 != 0,
+        })
+    }
 }
 
 /// Confirm.Select's no-wait flag.
@@ -344,10 +410,7 @@ pub struct QueueDeclare {
 
 impl QueueDeclare {
     pub fn decode(args: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new(args);
-        d.u16()?;
-        let queue = d.short_str()?;
-        let bits = d.u8()?;
+        let (queue, bits) = queue_and_flags(args)?;
         Ok(QueueDeclare {
             queue,
             passive: bits & 0b1 != 0,

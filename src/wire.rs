@@ -67,6 +67,11 @@ impl<'a> Decoder<'a> {
         self.buf.is_empty()
     }
 
+    /// What is left, undecoded.
+    pub fn rest(&self) -> &'a [u8] {
+        self.buf
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
             return Err(DecodeError("truncated"));

@@ -21,6 +21,7 @@ use super::pending::PendingHandshake;
 use super::{Admission, Context};
 use crate::channel::{ChannelState, Delivered, Step, UpstreamChannel, Usage};
 use crate::content::{ContentAssembler, ContentVerdict, PublishBudget};
+use crate::exclusive::{Access, Declared};
 use crate::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::logging::RateLimit;
@@ -239,8 +240,8 @@ pub async fn serve(accepted: Accepted, pending: PendingHandshake, ctx: Arc<Conte
         outbox,
         channels: HashMap::default(),
         channel_max: tune.channel_max,
-        exclusive_queues: Vec::new(),
         opened_a_channel: false,
+        declared_without_wait: Vec::new(),
         reservation: 1,
         scratch: Vec::new(),
         small_messages: BytesMut::new(),
@@ -264,7 +265,7 @@ pub async fn serve(accepted: Accepted, pending: PendingHandshake, ctx: Arc<Conte
     };
     let too_slow = matches!(exit, Exit::TooSlow);
     ctx.stats.events.disconnect(exit.reason());
-    session.finish(exit, &mut reader, &ctx).await;
+    session.finish(exit, &mut reader, &mut events, &ctx).await;
     if too_slow {
         // warren's decision, not the client's: worth an operator's look.
         tracing::warn!(client = id, %peer, user = shown_user, vhost = shown_vhost, reason = cut(&reason), "client disconnected");
@@ -497,11 +498,13 @@ struct Session {
     outbox: Outbox,
     channels: HashMap<u16, ChannelState, ChannelIds>,
     channel_max: u16,
-    /// Exclusive queues of channels already closed, deleted when the client leaves.
-    exclusive_queues: Vec<String>,
     /// Once it has, the client stays on its upstream connection: it may own
     /// exclusive queues or consumers there even with no channel open.
     opened_a_channel: bool,
+    /// Exclusive queues declared with no-wait, by the client channel that
+    /// declared them: nothing says when the broker has made such a queue,
+    /// so at exit it is deleted on that channel, after the declare.
+    declared_without_wait: Vec<(String, u16)>,
     /// Channels its upstream connection keeps for this client (see
     /// `Upstream::reservation`), as last told to it.
     reservation: usize,
@@ -598,8 +601,15 @@ impl Session {
 
     /// Closes what is left: upstream channels go back (closed so the broker
     /// requeues unacknowledged deliveries), the client hears why.
-    async fn finish(&mut self, exit: Exit, reader: &mut FrameReader<ReadHalf>, ctx: &Context) {
+    async fn finish(
+        &mut self,
+        exit: Exit,
+        reader: &mut FrameReader<ReadHalf>,
+        events: &mut mpsc::UnboundedReceiver<ClientEvent>,
+        ctx: &Context,
+    ) {
         self.flush_small_messages().await;
+        self.await_exclusive_declares(events, CLOSE_OK_WAIT).await;
         self.release_channels().await;
         self.record.channels.set(0);
         match exit {
@@ -685,39 +695,86 @@ impl Session {
         false
     }
 
+    /// Deletes the exclusive queues the client still owns, as the broker
+    /// deletes a connection's when it closes. Each on a channel of its own,
+    /// behind a check that the name is still that queue
+    /// (`method::queue_redeclare_exclusive`): a queue that expired or was
+    /// deleted and has been made again by someone else is left alone.
+    ///
+    /// The broker runs each channel's methods in order but different
+    /// channels' side by side, so a queue declared with no-wait is deleted
+    /// on the channel that declared it, if still open, after the declare.
     async fn delete_exclusive_queues(&mut self) {
-        if self.exclusive_queues.is_empty() {
-            return;
-        }
-        let open = self.channels.values().find_map(|state| match state {
-            ChannelState::Open { upstream, .. } => Some(*upstream),
-            _ => None,
-        });
-        let (upstream, borrowed) = match open {
-            Some(upstream) => (upstream, None),
-            None => {
-                let Some(grant) = self.take_upstream_channel(0, false, false).await else {
-                    return;
-                };
-                (
-                    grant.channel,
-                    Some(Usage::new(grant.inherited.unwrap_or_default())),
-                )
-            }
-        };
-        for queue in std::mem::take(&mut self.exclusive_queues) {
+        for (queue, declared) in self.upstream.leave_exclusive(self.id) {
             tracing::debug!(
                 client = self.id,
                 queue = cut(&queue),
                 "deleting the client's exclusive queue"
             );
-            self.send_bytes(method::queue_delete_nowait(upstream.id, &queue))
+            let declaring = self
+                .declared_without_wait
+                .iter()
+                .find(|(q, _)| *q == queue)
+                .and_then(|(_, channel)| match self.channels.get(channel) {
+                    Some(ChannelState::Open { upstream, .. }) => Some(*upstream),
+                    _ => None,
+                });
+            let (channel, borrowed) = match declaring {
+                Some(upstream) => (upstream, false),
+                None => match self.take_upstream_channel(0, true, false).await {
+                    Some(grant) => (grant.channel, true),
+                    None => return,
+                },
+            };
+            // A server-named queue needs no check, and RabbitMQ would refuse
+            // one (403, reserved name): no client can make an amq.* queue,
+            // so none can have replaced it.
+            if !queue.starts_with("amq.") {
+                self.upstream.hide_reply(channel, method::QUEUE_DECLARE_OK);
+                self.send_bytes(method::queue_redeclare_exclusive(
+                    channel.id, &queue, &declared,
+                ))
                 .await;
-            self.upstream.release_exclusive(&queue, self.id);
+            }
+            self.send_bytes(method::queue_delete_nowait(channel.id, &queue))
+                .await;
+            if borrowed {
+                self.upstream.abandon(channel);
+            }
         }
-        if let Some(usage) = borrowed {
-            self.give_back(upstream, usage, (0, 0));
+    }
+
+    /// Before cleaning up, lets exclusive declares the client sent but did
+    /// not see answered come back (for at most `limit`): a server-named
+    /// queue's name comes only with its Declare-Ok, and it must be deleted.
+    async fn await_exclusive_declares(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<ClientEvent>,
+        limit: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.upstream_alive && self.awaits_exclusive_declare() {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(event)) => {
+                    let _ = self.on_event(event).await;
+                }
+                _ => return,
+            }
         }
+    }
+
+    /// An exclusive declare is still on its way: awaiting its Declare-Ok,
+    /// or sent with no-wait on a channel now closing (its Close-Ok comes
+    /// once the declare has run).
+    fn awaits_exclusive_declare(&self) -> bool {
+        self.channels.iter().any(|(number, state)| match state {
+            ChannelState::Open { usage, .. } => usage.awaited_exclusive_declares().next().is_some(),
+            ChannelState::ClosingByClient { usage, .. } => {
+                usage.awaited_exclusive_declares().next().is_some()
+                    || self.declared_without_wait.iter().any(|(_, c)| c == number)
+            }
+            _ => false,
+        })
     }
 
     async fn on_event(&mut self, event: ClientEvent) -> Option<Exit> {
@@ -748,6 +805,7 @@ impl Session {
                     // acknowledged the broker's Close itself.
                     return None;
                 }
+                self.withdraw_refused_declares(channel);
                 // Acknowledge first, release second: the id must not be
                 // handed out before our Close-Ok is queued ahead of any
                 // Channel.Open that could reuse it.
@@ -773,10 +831,22 @@ impl Session {
                     ) => usage,
                     _ => return None,
                 };
-                // Two clients of one upstream declaring the same exclusive
-                // name at once both get Declare-Ok; only the first owns it.
-                if usage.on_declare_ok() && self.upstream.claim_exclusive(&queue, self.id) {
-                    self.exclusive_queues.push(queue);
+                // Confirms a named claim; a server-named queue is claimed
+                // here, the first moment its name exists.
+                if let Some(declare) = usage.on_declare_ok() {
+                    self.upstream
+                        .claim_exclusive(&queue, self.id, declare, Declared::Confirmed);
+                }
+                None
+            }
+            ClientEvent::DeleteOk { channel } => {
+                if let Some(
+                    ChannelState::Open { usage, .. } | ChannelState::ClosingByClient { usage, .. },
+                ) = self.channels.get_mut(&channel)
+                {
+                    if let Some(queue) = usage.on_delete_ok() {
+                        self.upstream.release_exclusive(&queue, self.id);
+                    }
                 }
                 None
             }
@@ -838,13 +908,13 @@ impl Session {
                         )));
                     }
                     Some(id) if content.is_idle() => {
-                        if let Some(queue) = method::queue_needing_access(id, frame.method_args()) {
-                            if self.upstream.locked_for(&queue, self.id) {
-                                let close = self.locked_queue(&queue).caused_by(id);
-                                self.close_channel(channel, upstream, close).await;
-                                return None;
-                            }
-                            self.forget_deleted_queue(id, frame.method_args(), &queue);
+                        if let Some(close) = self
+                            .check_queue_access(channel, id, frame.method_args())
+                            .await
+                        {
+                            self.close_channel(channel, upstream, close.caused_by(id))
+                                .await;
+                            return None;
                         }
                         let Some(ChannelState::Open { usage, .. }) =
                             self.channels.get_mut(&channel)
@@ -1012,14 +1082,84 @@ impl Session {
         )
     }
 
-    /// The client deleted one of its exclusive queues: it is no longer its
-    /// to delete at exit (the name may be someone else's by then).
-    /// A conditional delete (if-unused, if-empty) may be refused: the queue
-    /// then stays the client's.
-    fn forget_deleted_queue(&mut self, id: method::MethodId, args: &[u8], queue: &str) {
+    /// Keeps exclusive queues to their client (see `crate::exclusive`): a
+    /// request naming another client's is refused with 405 before it
+    /// reaches the broker, an exclusive declare claims its name as it goes
+    /// upstream, and an unconditional delete ends the claim (a conditional
+    /// one only with its Delete-Ok). Another client's claim can outlive its
+    /// queue (`x-expires`): before refusing, warren asks the broker whether
+    /// the queue is still there.
+    async fn check_queue_access(
+        &mut self,
+        channel: u16,
+        id: method::MethodId,
+        args: &[u8],
+    ) -> Option<Close> {
+        let queue = method::queue_needing_access(id, args)?;
+        let declare = (id == method::QUEUE_DECLARE)
+            .then(|| method::QueueDeclare::decode(args).ok())
+            .flatten()
+            .filter(|declare| declare.exclusive && !declare.passive);
+        let mut access = self.request_access(channel, &queue, args, declare.as_ref());
+        if access == Access::Locked
+            && self.upstream.exclusive_is_confirmed(&queue)
+            && !self.upstream.queue_exists(&queue).await
+        {
+            self.upstream.forget_exclusive(&queue);
+            access = self.request_access(channel, &queue, args, declare.as_ref());
+        }
+        if access == Access::Locked {
+            return Some(self.locked_queue(&queue));
+        }
         if id == method::QUEUE_DELETE && method::decode_delete_is_conditional(args) == Ok(false) {
-            self.exclusive_queues.retain(|q| q != queue);
-            self.upstream.release_exclusive(queue, self.id);
+            self.upstream.release_exclusive(&queue, self.id);
+            self.declared_without_wait.retain(|(q, _)| *q != queue);
+        }
+        None
+    }
+
+    /// Claims `queue` for an exclusive `declare` (its arguments `args`, on
+    /// `channel`), or asks whether the client may use it.
+    fn request_access(
+        &mut self,
+        channel: u16,
+        queue: &str,
+        args: &[u8],
+        declare: Option<&method::QueueDeclare>,
+    ) -> Access {
+        let Some(declare) = declare else {
+            return self.upstream.queue_access(queue, self.id);
+        };
+        let access = self.upstream.claim_exclusive(
+            queue,
+            self.id,
+            Bytes::copy_from_slice(args),
+            if declare.nowait {
+                Declared::NoWait
+            } else {
+                Declared::Awaiting
+            },
+        );
+        if access == Access::Granted && declare.nowait {
+            self.declared_without_wait
+                .push((queue.to_string(), channel));
+        }
+        access
+    }
+
+    /// The broker closed `channel`: exclusive declares still awaiting their
+    /// Declare-Ok were refused (or never ran), so the claims they made end.
+    fn withdraw_refused_declares(&self, channel: u16) {
+        let usage = match self.channels.get(&channel) {
+            Some(
+                ChannelState::Open { usage, .. } | ChannelState::ClosingByClient { usage, .. },
+            ) => usage,
+            _ => return,
+        };
+        for declare in usage.awaited_exclusive_declares() {
+            if let Ok(declare) = method::QueueDeclare::decode(declare) {
+                self.upstream.withdraw_exclusive(&declare.queue, self.id);
+            }
         }
     }
 

@@ -11,7 +11,6 @@ pub mod handshake;
 mod nodes;
 mod router;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::exclusive::{Access, Declared, ExclusiveQueues};
 use crate::untrusted::cut;
 pub use handshake::ConnectError;
 use handshake::Negotiated;
@@ -140,7 +140,7 @@ struct Inner {
     /// Exclusive queues by the client that declared them. The broker scopes
     /// exclusivity to this connection, which many clients share; warren
     /// scopes it to the client, as a direct connection would.
-    exclusive_owners: Mutex<HashMap<String, ClientId>>,
+    exclusive: Mutex<ExclusiveQueues>,
     ended: CancellationToken,
 }
 
@@ -186,6 +186,11 @@ enum Command {
     WantConfirms {
         channel: UpstreamChannel,
         published_before: u64,
+    },
+    /// Asks the broker whether `queue` exists, on a channel of warren's own.
+    ProbeQueue {
+        queue: String,
+        reply: oneshot::Sender<bool>,
     },
     Shutdown,
 }
@@ -359,7 +364,7 @@ impl Upstream {
                 .max_lifetime
                 .map(|lifetime| Instant::now() + lifetime),
             node,
-            exclusive_owners: Mutex::new(HashMap::new()),
+            exclusive: Mutex::default(),
             ended: CancellationToken::new(),
         });
         tracing::info!(
@@ -452,26 +457,65 @@ impl Upstream {
             || taken.saturating_sub(1) + self.0.guaranteed > self.0.capacity
     }
 
-    /// Records `client` as the owner of exclusive queue `queue`, unless
-    /// another client owns it.
-    /// Returns whether `client` owns it now.
-    pub fn claim_exclusive(&self, queue: &str, client: ClientId) -> bool {
-        let mut owners = self.0.exclusive_owners.lock().expect("owners lock");
-        *owners.entry(queue.to_string()).or_insert(client) == client
+    fn exclusive(&self) -> std::sync::MutexGuard<'_, ExclusiveQueues> {
+        self.0.exclusive.lock().expect("exclusive queues lock")
     }
 
-    /// Whether `queue` is exclusive to a client other than `client`.
-    pub fn locked_for(&self, queue: &str, client: ClientId) -> bool {
-        let owners = self.0.exclusive_owners.lock().expect("owners lock");
-        owners.get(queue).is_some_and(|owner| *owner != client)
+    /// Whether `client` may name `queue` (see [`ExclusiveQueues::access`]).
+    pub fn queue_access(&self, queue: &str, client: ClientId) -> Access {
+        self.exclusive().access(queue, client)
     }
 
-    /// Forgets `client`'s claim on `queue` (deleted).
+    /// `client` declares `queue` exclusive (see [`ExclusiveQueues::claim`]).
+    pub fn claim_exclusive(
+        &self,
+        queue: &str,
+        client: ClientId,
+        declare: Bytes,
+        declared: Declared,
+    ) -> Access {
+        self.exclusive().claim(queue, client, declare, declared)
+    }
+
+    /// Whether the broker confirmed the claim on `queue` (see
+    /// [`ExclusiveQueues::is_confirmed`]).
+    pub fn exclusive_is_confirmed(&self, queue: &str) -> bool {
+        self.exclusive().is_confirmed(queue)
+    }
+
+    /// The broker refused `client`'s declare of `queue`.
+    pub fn withdraw_exclusive(&self, queue: &str, client: ClientId) {
+        self.exclusive().withdraw(queue, client)
+    }
+
+    /// `client`'s exclusive `queue` is gone.
     pub fn release_exclusive(&self, queue: &str, client: ClientId) {
-        let mut owners = self.0.exclusive_owners.lock().expect("owners lock");
-        if owners.get(queue) == Some(&client) {
-            owners.remove(queue);
+        self.exclusive().release(queue, client)
+    }
+
+    /// Another client's claim on `queue` is stale: the queue is gone.
+    pub fn forget_exclusive(&self, queue: &str) {
+        self.exclusive().forget(queue)
+    }
+
+    /// Whether the broker still has `queue` (a passive declare on a channel
+    /// of warren's own). When it cannot tell (no free channel, connection
+    /// lost), the queue is taken to exist.
+    pub async fn queue_exists(&self, queue: &str) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let probe = Command::ProbeQueue {
+            queue: queue.to_string(),
+            reply,
+        };
+        if self.0.commands.send(probe).is_err() {
+            return true;
         }
+        answer.await.unwrap_or(true)
+    }
+
+    /// `client` leaves: its exclusive queues, to delete.
+    pub fn leave_exclusive(&self, client: ClientId) -> Vec<(String, Bytes)> {
+        self.exclusive().leave(client)
     }
 
     /// Registers a pinned client so it hears about blocking and failures.

@@ -34,7 +34,7 @@ use crate::frame::{self, Frame, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::method::{self, Close, MethodId};
 use crate::net::ReadHalf;
-use crate::reply::{self, CONNECTION_FORCED, REPLY_SUCCESS};
+use crate::reply::{self, CONNECTION_FORCED, NOT_FOUND, REPLY_SUCCESS};
 use crate::stats::{Listed, UpstreamRecord};
 use crate::untrusted::cut;
 
@@ -62,6 +62,9 @@ enum Slot {
     },
     /// Its client left and a Channel.Close went upstream.
     Abandoned,
+    /// warren's own, asking whether a queue exists (see
+    /// `Upstream::queue_exists`); the answer goes to the sender.
+    Probe(Option<oneshot::Sender<bool>>),
     /// The broker closed it; the client's session acknowledges and releases it.
     BrokerClosed {
         lease: u64,
@@ -405,6 +408,20 @@ impl Router {
                     };
                 }
             }
+            Command::ProbeQueue { queue, reply } => {
+                let Some(id) = self.free.pop() else {
+                    let _ = reply.send(true);
+                    return;
+                };
+                self.inner
+                    .occupancy
+                    .lock()
+                    .expect("occupancy lock")
+                    .channels += 1;
+                self.slots[id as usize] = Slot::Probe(Some(reply));
+                self.send_upstream(method::channel_open(id));
+                self.send_upstream(method::queue_declare_passive(id, &queue));
+            }
             Command::Shutdown => unreachable!("handled by the loop"),
         }
     }
@@ -595,9 +612,10 @@ impl Router {
             match slot {
                 Slot::Free => {}
                 Slot::Open { closing: false, .. } => counts.open += 1,
-                Slot::Open { closing: true, .. } | Slot::Abandoned | Slot::BrokerClosed { .. } => {
-                    counts.closing += 1
-                }
+                Slot::Open { closing: true, .. }
+                | Slot::Abandoned
+                | Slot::BrokerClosed { .. }
+                | Slot::Probe(_) => counts.closing += 1,
                 Slot::Draining(_) | Slot::Kept(_) => counts.kept += 1,
             }
         }
@@ -685,6 +703,13 @@ impl Router {
                     // The broker cancelled a consumer (its queue is gone); a
                     // client without consumer_cancel_notify is not told.
                 }
+                Some(method::QUEUE_DELETE_OK) => {
+                    delivered.replies.fetch_add(1, Ordering::Release);
+                    link.notify(ClientEvent::DeleteOk {
+                        channel: *client_channel,
+                    });
+                    link.push(frame.into_bytes_for(*client_channel));
+                }
                 Some(method::QUEUE_DECLARE_OK) => {
                     delivered.replies.fetch_add(1, Ordering::Release);
                     if let Ok(queue) = method::decode_declare_ok_queue(frame.method_args()) {
@@ -714,6 +739,24 @@ impl Router {
             Slot::Abandoned => match method_id {
                 Some(method::CHANNEL_CLOSE_OK) => self.free_id(id),
                 Some(method::CHANNEL_CLOSE) => self.send_upstream(method::channel_close_ok(id)),
+                _ => {}
+            },
+            Slot::Probe(reply) => match method_id {
+                Some(method::QUEUE_DECLARE_OK) => {
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(true);
+                    }
+                    *slot = Slot::Abandoned;
+                    self.send_close(id, "probe done");
+                }
+                Some(method::CHANNEL_CLOSE) => {
+                    let code = Close::decode(frame.method_args()).map_or(0, |c| c.code);
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(code != NOT_FOUND);
+                    }
+                    self.send_upstream(method::channel_close_ok(id));
+                    self.free_id(id);
+                }
                 _ => {}
             },
             Slot::BrokerClosed { .. } => {}
