@@ -100,8 +100,10 @@ impl Warren {
         let mut stream = TcpStream::connect(self.http)
             .await
             .map_err(|e| e.to_string())?;
+        // The endpoint answers only requests that name it by address.
+        let request = format!("GET /api/overview HTTP/1.0\r\nHost: {}\r\n\r\n", self.http);
         stream
-            .write_all(b"GET /api/overview HTTP/1.0\r\nHost: warren\r\n\r\n")
+            .write_all(request.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
         let mut answer = Vec::new();
