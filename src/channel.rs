@@ -53,6 +53,28 @@ pub enum ChannelState {
     ClosedByProxy,
 }
 
+impl ChannelState {
+    /// What the client did to the channel, while its upstream channel is
+    /// still its own (open, or closing at the client's request).
+    pub fn usage_mut(&mut self) -> Option<&mut Usage> {
+        match self {
+            ChannelState::Open { usage, .. } | ChannelState::ClosingByClient { usage, .. } => {
+                Some(usage)
+            }
+            ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => None,
+        }
+    }
+
+    pub fn usage(&self) -> Option<&Usage> {
+        match self {
+            ChannelState::Open { usage, .. } | ChannelState::ClosingByClient { usage, .. } => {
+                Some(usage)
+            }
+            ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => None,
+        }
+    }
+}
+
 /// What reached a client on its channel, counted by the upstream router as
 /// it forwards and read by the session when the client closes the channel:
 /// a channel with a reply or confirm still on its way cannot be handed over.

@@ -360,12 +360,6 @@ pub fn decode_cancel_tag(args: &[u8]) -> Result<String, DecodeError> {
     Decoder::new(args).short_str()
 }
 
-/// Queue.Delete's if-unused and if-empty flags: a delete the broker may
-/// refuse (406).
-pub fn decode_delete_is_conditional(args: &[u8]) -> Result<bool, DecodeError> {
-    Ok(QueueDelete::decode(args)?.conditional)
-}
-
 /// What Queue.Delete asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueDelete {

@@ -767,13 +767,12 @@ impl Session {
     /// or sent with no-wait on a channel now closing (its Close-Ok comes
     /// once the declare has run).
     fn awaits_exclusive_declare(&self) -> bool {
-        self.channels.iter().any(|(number, state)| match state {
-            ChannelState::Open { usage, .. } => usage.awaited_exclusive_declares().next().is_some(),
-            ChannelState::ClosingByClient { usage, .. } => {
-                usage.awaited_exclusive_declares().next().is_some()
-                    || self.declared_without_wait.iter().any(|(_, c)| c == number)
-            }
-            _ => false,
+        self.channels.iter().any(|(number, state)| {
+            let awaiting = state
+                .usage()
+                .is_some_and(|usage| usage.awaited_exclusive_declares().next().is_some());
+            let closing = matches!(state, ChannelState::ClosingByClient { .. });
+            awaiting || closing && self.declared_without_wait.iter().any(|(_, c)| c == number)
         })
     }
 
@@ -824,13 +823,7 @@ impl Session {
                 None
             }
             ClientEvent::DeclareOk { channel, queue } => {
-                let usage = match self.channels.get_mut(&channel) {
-                    Some(
-                        ChannelState::Open { usage, .. }
-                        | ChannelState::ClosingByClient { usage, .. },
-                    ) => usage,
-                    _ => return None,
-                };
+                let usage = self.channels.get_mut(&channel)?.usage_mut()?;
                 // Confirms a named claim; a server-named queue is claimed
                 // here, the first moment its name exists.
                 if let Some(declare) = usage.on_declare_ok() {
@@ -840,13 +833,9 @@ impl Session {
                 None
             }
             ClientEvent::DeleteOk { channel } => {
-                if let Some(
-                    ChannelState::Open { usage, .. } | ChannelState::ClosingByClient { usage, .. },
-                ) = self.channels.get_mut(&channel)
-                {
-                    if let Some(queue) = usage.on_delete_ok() {
-                        self.upstream.release_exclusive(&queue, self.id);
-                    }
+                let usage = self.channels.get_mut(&channel)?.usage_mut()?;
+                if let Some(queue) = usage.on_delete_ok() {
+                    self.upstream.release_exclusive(&queue, self.id);
                 }
                 None
             }
@@ -1111,7 +1100,11 @@ impl Session {
         if access == Access::Locked {
             return Some(self.locked_queue(&queue));
         }
-        if id == method::QUEUE_DELETE && method::decode_delete_is_conditional(args) == Ok(false) {
+        let unconditional_delete = (id == method::QUEUE_DELETE)
+            .then(|| method::QueueDelete::decode(args).ok())
+            .flatten()
+            .is_some_and(|delete| !delete.conditional);
+        if unconditional_delete {
             self.upstream.release_exclusive(&queue, self.id);
             self.declared_without_wait.retain(|(q, _)| *q != queue);
         }
@@ -1150,11 +1143,8 @@ impl Session {
     /// The broker closed `channel`: exclusive declares still awaiting their
     /// Declare-Ok were refused (or never ran), so the claims they made end.
     fn withdraw_refused_declares(&self, channel: u16) {
-        let usage = match self.channels.get(&channel) {
-            Some(
-                ChannelState::Open { usage, .. } | ChannelState::ClosingByClient { usage, .. },
-            ) => usage,
-            _ => return,
+        let Some(usage) = self.channels.get(&channel).and_then(ChannelState::usage) else {
+            return;
         };
         for declare in usage.awaited_exclusive_declares() {
             if let Ok(declare) = method::QueueDeclare::decode(declare) {
