@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::wire::{decode_table_entries, table_get, FieldValue};
+use crate::protocol::wire::{decode_table_entries, table_get, FieldValue};
 
 pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
 
@@ -127,7 +127,7 @@ impl Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::put_table;
+    use crate::protocol::wire::put_table;
     use bytes::BytesMut;
 
     #[test]

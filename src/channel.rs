@@ -12,6 +12,7 @@
 //!                     └──warren refuses──▶ ClosedByProxy ──client CloseOk──▶ (gone)
 //! ```
 
+use crate::protocol::ids::{self, MethodId};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::content::ContentAssembler;
-use crate::method::{self, Close, Qos, QueueDeclare, QueueDelete};
-use crate::reply::{self, NOT_ALLOWED, NOT_FOUND, NOT_IMPLEMENTED, SYNTAX_ERROR};
+use crate::protocol::method::{self, Close, Qos, QueueDeclare, QueueDelete};
+use crate::protocol::reply::{self, NOT_ALLOWED, NOT_FOUND, NOT_IMPLEMENTED, SYNTAX_ERROR};
 
 /// The upstream channel serving a client channel. The lease tells this use of
 /// the id apart from earlier and later ones.
@@ -220,7 +221,7 @@ impl Usage {
         }
     }
 
-    pub fn on_method(&mut self, id: method::MethodId, args: &[u8]) -> Step {
+    pub fn on_method(&mut self, id: MethodId, args: &[u8]) -> Step {
         let step = self.step_for(id, args);
         if matches!(
             step,
@@ -234,7 +235,7 @@ impl Usage {
         step
     }
 
-    fn step_for(&mut self, id: method::MethodId, args: &[u8]) -> Step {
+    fn step_for(&mut self, id: MethodId, args: &[u8]) -> Step {
         let syntax = |what: &str| {
             Step::ConnectionError(
                 reply::close(SYNTAX_ERROR, format!("malformed {what}")).caused_by(id),
@@ -248,7 +249,7 @@ impl Usage {
             );
         }
         match id {
-            method::BASIC_QOS => {
+            ids::BASIC_QOS => {
                 let Ok(qos) = Qos::decode(args) else {
                     return syntax("basic.qos");
                 };
@@ -264,7 +265,7 @@ impl Usage {
                     Step::Forward
                 }
             }
-            method::BASIC_CONSUME => {
+            ids::BASIC_CONSUME => {
                 let Ok(tag) = method::decode_consume_tag(args) else {
                     return syntax("basic.consume");
                 };
@@ -289,27 +290,27 @@ impl Usage {
                     Step::Forward
                 }
             }
-            method::BASIC_GET
-            | method::BASIC_ACK
-            | method::BASIC_NACK
-            | method::BASIC_REJECT
-            | method::BASIC_RECOVER
-            | method::BASIC_RECOVER_ASYNC => {
+            ids::BASIC_GET
+            | ids::BASIC_ACK
+            | ids::BASIC_NACK
+            | ids::BASIC_REJECT
+            | ids::BASIC_RECOVER
+            | ids::BASIC_RECOVER_ASYNC => {
                 self.dirty = Some("received deliveries");
                 Step::Forward
             }
-            method::TX_SELECT if self.confirm_broker && !self.confirm_client && !self.forwarded => {
+            ids::TX_SELECT if self.confirm_broker && !self.confirm_client && !self.forwarded => {
                 Step::SwitchToFreshChannel
             }
-            method::TX_SELECT => {
+            ids::TX_SELECT => {
                 self.dirty = Some("in tx mode");
                 Step::Forward
             }
-            method::CHANNEL_FLOW => {
+            ids::CHANNEL_FLOW => {
                 self.dirty = Some("used channel.flow");
                 Step::Forward
             }
-            method::CONFIRM_SELECT => {
+            ids::CONFIRM_SELECT => {
                 let Ok(nowait) = method::decode_confirm_nowait(args) else {
                     return syntax("confirm.select");
                 };
@@ -332,7 +333,7 @@ impl Usage {
                     Step::ForwardSelect
                 }
             }
-            method::BASIC_PUBLISH => {
+            ids::BASIC_PUBLISH => {
                 let Ok((mandatory, immediate)) = method::decode_publish_flags(args) else {
                     return syntax("basic.publish");
                 };
@@ -350,13 +351,13 @@ impl Usage {
                 }
                 Step::Forward
             }
-            method::BASIC_CANCEL => {
+            ids::BASIC_CANCEL => {
                 if let Ok(tag) = method::decode_cancel_tag(args) {
                     self.consumer_tags.retain(|t| *t != tag);
                 }
                 Step::Forward
             }
-            method::QUEUE_DELETE => {
+            ids::QUEUE_DELETE => {
                 let Ok(delete) = QueueDelete::decode(args) else {
                     return syntax("queue.delete");
                 };
@@ -366,7 +367,7 @@ impl Usage {
                 }
                 Step::Forward
             }
-            method::QUEUE_DECLARE => {
+            ids::QUEUE_DECLARE => {
                 let Ok(declare) = QueueDeclare::decode(args) else {
                     return syntax("queue.declare");
                 };
@@ -432,7 +433,7 @@ mod tests {
     fn qos_is_answered_locally_until_a_consumer_exists() {
         let mut usage = Usage::default();
         assert_eq!(
-            usage.on_method(method::BASIC_QOS, &qos_args(3)),
+            usage.on_method(ids::BASIC_QOS, &qos_args(3)),
             Step::AnswerQosOk
         );
         let three = Qos {
@@ -440,15 +441,12 @@ mod tests {
             ..Qos::default()
         };
         assert_eq!(
-            usage.on_method(method::BASIC_CONSUME, &CONSUME),
+            usage.on_method(ids::BASIC_CONSUME, &CONSUME),
             Step::RestoreQosThenForward(three)
         );
+        assert_eq!(usage.on_method(ids::BASIC_QOS, &qos_args(5)), Step::Forward);
         assert_eq!(
-            usage.on_method(method::BASIC_QOS, &qos_args(5)),
-            Step::Forward
-        );
-        assert_eq!(
-            usage.on_method(method::BASIC_QOS, &qos_args(5)),
+            usage.on_method(ids::BASIC_QOS, &qos_args(5)),
             Step::AnswerQosOk
         );
         assert_eq!(usage.inherited().qos.prefetch_count, 5);
@@ -465,14 +463,14 @@ mod tests {
         };
         let mut usage = Usage::new(inherited);
         assert_eq!(
-            usage.on_method(method::BASIC_QOS, &qos_args(3)),
+            usage.on_method(ids::BASIC_QOS, &qos_args(3)),
             Step::AnswerQosOk
         );
         assert_eq!(usage.dirty(0, 0), None);
 
         let mut unaware = Usage::new(inherited);
         assert_eq!(
-            unaware.on_method(method::BASIC_CONSUME, &CONSUME),
+            unaware.on_method(ids::BASIC_CONSUME, &CONSUME),
             Step::RestoreQosThenForward(Qos::default())
         );
         assert_eq!(unaware.dirty(0, 0), Some("had a consumer"));
@@ -483,13 +481,10 @@ mod tests {
     fn confirm_mode_is_adopted_and_publishes_counted() {
         let publish = [0, 0, 0, 1, b'q', 0];
         let mut first = Usage::default();
-        assert_eq!(
-            first.on_method(method::BASIC_PUBLISH, &publish),
-            Step::Forward
-        );
+        assert_eq!(first.on_method(ids::BASIC_PUBLISH, &publish), Step::Forward);
         first.on_publish_sent();
         assert_eq!(
-            first.on_method(method::CONFIRM_SELECT, &[0]),
+            first.on_method(ids::CONFIRM_SELECT, &[0]),
             Step::ForwardSelect
         );
         first.on_publish_sent();
@@ -498,7 +493,7 @@ mod tests {
         let mut next = Usage::new(first.inherited());
         next.on_publish_sent();
         assert_eq!(
-            next.on_method(method::CONFIRM_SELECT, &[1]),
+            next.on_method(ids::CONFIRM_SELECT, &[1]),
             Step::AdoptConfirms {
                 reply: false,
                 published_before: 1
@@ -519,13 +514,13 @@ mod tests {
             ..Inherited::default()
         };
         assert_eq!(
-            Usage::new(confirm).on_method(method::TX_SELECT, &[]),
+            Usage::new(confirm).on_method(ids::TX_SELECT, &[]),
             Step::SwitchToFreshChannel
         );
         let mut busy = Usage::new(confirm);
-        busy.on_method(method::QUEUE_DECLARE, &[0, 0, 1, b'q', 0]);
+        busy.on_method(ids::QUEUE_DECLARE, &[0, 0, 1, b'q', 0]);
         assert_eq!(
-            busy.on_method(method::TX_SELECT, &[]),
+            busy.on_method(ids::TX_SELECT, &[]),
             Step::Forward,
             "too late to move"
         );
@@ -533,7 +528,7 @@ mod tests {
 
     #[test]
     fn an_empty_queue_name_needs_a_queue_declared_by_this_client() {
-        use crate::wire::put_short_str;
+        use crate::protocol::wire::put_short_str;
         let get = {
             let mut b = BytesMut::new();
             b.put_u16(0);
@@ -541,7 +536,7 @@ mod tests {
             b.put_u8(1);
             b.to_vec()
         };
-        let Step::ChannelError(close) = Usage::default().on_method(method::BASIC_GET, &get) else {
+        let Step::ChannelError(close) = Usage::default().on_method(ids::BASIC_GET, &get) else {
             panic!("the previous client's queue would be used");
         };
         assert_eq!(
@@ -549,43 +544,37 @@ mod tests {
             (404, "NOT_FOUND - no previously declared queue")
         );
         let mut declared = Usage::default();
-        declared.on_method(method::QUEUE_DECLARE, &[0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(declared.on_method(method::BASIC_GET, &get), Step::Forward);
+        declared.on_method(ids::QUEUE_DECLARE, &[0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(declared.on_method(ids::BASIC_GET, &get), Step::Forward);
     }
 
     #[test]
     fn immediate_publishes_and_reused_consumer_tags_are_refused_like_rabbitmq() {
         let immediate = [0, 0, 0, 1, b'q', 2];
         let Step::ConnectionError(close) =
-            Usage::default().on_method(method::BASIC_PUBLISH, &immediate)
+            Usage::default().on_method(ids::BASIC_PUBLISH, &immediate)
         else {
             panic!("immediate accepted");
         };
         assert_eq!(close.text, "NOT_IMPLEMENTED - immediate=true");
         let consume = [0, 0, 1, b'q', 1, b't', 0, 0, 0, 0, 0];
         let mut usage = Usage::default();
-        assert_eq!(
-            usage.on_method(method::BASIC_CONSUME, &consume),
-            Step::Forward
-        );
-        let Step::ConnectionError(close) = usage.on_method(method::BASIC_CONSUME, &consume) else {
+        assert_eq!(usage.on_method(ids::BASIC_CONSUME, &consume), Step::Forward);
+        let Step::ConnectionError(close) = usage.on_method(ids::BASIC_CONSUME, &consume) else {
             panic!("tag reused");
         };
         assert_eq!(
             (close.code, close.text.as_str()),
             (530, "NOT_ALLOWED - attempt to reuse consumer tag 't'")
         );
-        usage.on_method(method::BASIC_CANCEL, &[1, b't', 0]);
-        assert_eq!(
-            usage.on_method(method::BASIC_CONSUME, &consume),
-            Step::Forward
-        );
+        usage.on_method(ids::BASIC_CANCEL, &[1, b't', 0]);
+        assert_eq!(usage.on_method(ids::BASIC_CONSUME, &consume), Step::Forward);
     }
 
     #[test]
     fn a_confirm_still_on_its_way_keeps_the_channel_from_reuse() {
         let mut usage = Usage::default();
-        usage.on_method(method::CONFIRM_SELECT, &[0]);
+        usage.on_method(ids::CONFIRM_SELECT, &[0]);
         usage.on_publish_sent();
         usage.on_publish_sent();
         assert_eq!(usage.dirty(1, 1), Some("a confirm is still on its way"));
@@ -596,13 +585,13 @@ mod tests {
     fn deliveries_tx_and_flow_make_a_channel_dirty() {
         let mandatory_publish = [0, 0, 0, 1, b'q', 1];
         let mut usage = Usage::default();
-        usage.on_method(method::BASIC_PUBLISH, &mandatory_publish);
+        usage.on_method(ids::BASIC_PUBLISH, &mandatory_publish);
         assert_eq!(usage.dirty(0, 0), Some("mandatory publish"));
         for id in [
-            method::BASIC_GET,
-            method::BASIC_ACK,
-            method::TX_SELECT,
-            method::CHANNEL_FLOW,
+            ids::BASIC_GET,
+            ids::BASIC_ACK,
+            ids::TX_SELECT,
+            ids::CHANNEL_FLOW,
         ] {
             let mut usage = Usage::default();
             usage.on_method(id, &[1; 16]);
@@ -612,7 +601,7 @@ mod tests {
 
     #[test]
     fn only_answered_exclusive_declares_are_the_clients() {
-        use crate::wire::put_short_str;
+        use crate::protocol::wire::put_short_str;
         let declare = |name: &str, bits: u8| {
             let mut b = BytesMut::new();
             b.put_u16(0);
@@ -622,9 +611,9 @@ mod tests {
             b.to_vec()
         };
         let mut usage = Usage::default();
-        usage.on_method(method::QUEUE_DECLARE, &declare("", 0b100));
-        usage.on_method(method::QUEUE_DECLARE, &declare("shared", 0b10));
-        usage.on_method(method::QUEUE_DECLARE, &declare("fire-and-forget", 0b10100));
+        usage.on_method(ids::QUEUE_DECLARE, &declare("", 0b100));
+        usage.on_method(ids::QUEUE_DECLARE, &declare("shared", 0b10));
+        usage.on_method(ids::QUEUE_DECLARE, &declare("fire-and-forget", 0b10100));
         assert_eq!(usage.dirty(1, 0), Some("a reply is still on its way"));
         assert_eq!(usage.awaited_exclusive_declares().count(), 1);
         assert_eq!(
@@ -646,15 +635,15 @@ mod tests {
     fn selecting_confirms_twice_changes_nothing() {
         let mut usage = Usage::default();
         assert_eq!(
-            usage.on_method(method::CONFIRM_SELECT, &[0]),
+            usage.on_method(ids::CONFIRM_SELECT, &[0]),
             Step::ForwardSelect
         );
         usage.on_publish_sent();
         assert_eq!(
-            usage.on_method(method::CONFIRM_SELECT, &[0]),
+            usage.on_method(ids::CONFIRM_SELECT, &[0]),
             Step::AnswerSelectOk
         );
-        assert_eq!(usage.on_method(method::CONFIRM_SELECT, &[1]), Step::Swallow);
+        assert_eq!(usage.on_method(ids::CONFIRM_SELECT, &[1]), Step::Swallow);
     }
 
     #[test]
@@ -663,14 +652,14 @@ mod tests {
             confirm: true,
             ..Inherited::default()
         });
-        usage.on_method(method::BASIC_QOS, &qos_args(10));
+        usage.on_method(ids::BASIC_QOS, &qos_args(10));
         let mut moved = usage.moved();
         let ten = Qos {
             prefetch_count: 10,
             ..Qos::default()
         };
         assert_eq!(
-            moved.on_method(method::BASIC_CONSUME, &CONSUME),
+            moved.on_method(ids::BASIC_CONSUME, &CONSUME),
             Step::RestoreQosThenForward(ten)
         );
     }
@@ -695,7 +684,7 @@ mod tests {
                 usage.on_method(id, &args);
                 let now_unfit = usage.dirty(u64::MAX, u64::MAX).is_some();
                 prop_assert!(!unfit || now_unfit, "{} made a dirty channel clean", method::name(id));
-                let leaves_state = matches!(id, method::BASIC_CONSUME | method::BASIC_GET | method::TX_SELECT);
+                let leaves_state = matches!(id, ids::BASIC_CONSUME | ids::BASIC_GET | ids::TX_SELECT);
                 if leaves_state && !garbage {
                     prop_assert!(now_unfit, "{} left the channel fit for reuse", method::name(id));
                 }
@@ -705,64 +694,64 @@ mod tests {
     }
 
     /// Methods a client sends on an open channel.
-    const CLIENT_METHODS: [method::MethodId; 12] = [
-        method::BASIC_QOS,
-        method::BASIC_CONSUME,
-        method::BASIC_CANCEL,
-        method::BASIC_PUBLISH,
-        method::BASIC_GET,
-        method::BASIC_ACK,
-        method::BASIC_RECOVER,
-        method::CONFIRM_SELECT,
-        method::TX_SELECT,
-        method::CHANNEL_FLOW,
-        method::QUEUE_DECLARE,
-        method::EXCHANGE_DECLARE,
+    const CLIENT_METHODS: [MethodId; 12] = [
+        ids::BASIC_QOS,
+        ids::BASIC_CONSUME,
+        ids::BASIC_CANCEL,
+        ids::BASIC_PUBLISH,
+        ids::BASIC_GET,
+        ids::BASIC_ACK,
+        ids::BASIC_RECOVER,
+        ids::CONFIRM_SELECT,
+        ids::TX_SELECT,
+        ids::CHANNEL_FLOW,
+        ids::QUEUE_DECLARE,
+        ids::EXCHANGE_DECLARE,
     ];
 
     /// Well-formed arguments for each of `CLIENT_METHODS`.
-    fn valid_args(id: method::MethodId) -> Vec<u8> {
+    fn valid_args(id: MethodId) -> Vec<u8> {
         let mut b = BytesMut::new();
         let short = |b: &mut BytesMut, s: &str| {
             b.put_u8(s.len() as u8);
             b.put_slice(s.as_bytes());
         };
         match id {
-            method::BASIC_QOS => {
+            ids::BASIC_QOS => {
                 b.put_u32(0);
                 b.put_u16(10);
                 b.put_u8(0);
             }
-            method::BASIC_CONSUME => {
+            ids::BASIC_CONSUME => {
                 b.put_u16(0);
                 short(&mut b, "q");
                 short(&mut b, "tag");
                 b.put_u8(0);
                 b.put_u32(0);
             }
-            method::BASIC_CANCEL => {
+            ids::BASIC_CANCEL => {
                 short(&mut b, "tag");
                 b.put_u8(0);
             }
-            method::BASIC_PUBLISH => {
+            ids::BASIC_PUBLISH => {
                 b.put_u16(0);
                 short(&mut b, "");
                 short(&mut b, "q");
                 b.put_u8(0);
             }
-            method::BASIC_GET => {
+            ids::BASIC_GET => {
                 b.put_u16(0);
                 short(&mut b, "q");
                 b.put_u8(0);
             }
-            method::BASIC_ACK => {
+            ids::BASIC_ACK => {
                 b.put_u64(1);
                 b.put_u8(0);
             }
-            method::BASIC_RECOVER => b.put_u8(1),
-            method::CONFIRM_SELECT | method::TX_SELECT => b.put_u8(0),
-            method::CHANNEL_FLOW => b.put_u8(0),
-            method::QUEUE_DECLARE => {
+            ids::BASIC_RECOVER => b.put_u8(1),
+            ids::CONFIRM_SELECT | ids::TX_SELECT => b.put_u8(0),
+            ids::CHANNEL_FLOW => b.put_u8(0),
+            ids::QUEUE_DECLARE => {
                 b.put_u16(0);
                 short(&mut b, "q");
                 b.put_u8(0);

@@ -13,13 +13,16 @@
 //! occupies. A client whose charge would go over either bound is closed with
 //! 506 RESOURCE_ERROR; nothing it held reaches the broker.
 
+use crate::protocol::ids::{self, MethodId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::frame::{Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
-use crate::method::{self, Close, MethodId};
-use crate::reply::{self, INTERNAL_ERROR, PRECONDITION_FAILED, RESOURCE_ERROR, UNEXPECTED_FRAME};
-use crate::spec::{self, BadHeader, MethodSpec};
+use crate::protocol::frame::{Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
+use crate::protocol::method::Close;
+use crate::protocol::reply::{
+    self, INTERNAL_ERROR, PRECONDITION_FAILED, RESOURCE_ERROR, UNEXPECTED_FRAME,
+};
+use crate::protocol::spec::{self, BadHeader, MethodSpec};
 
 /// RabbitMQ's default `max_message_size` (128 MiB): larger publishes are
 /// refused with the same channel error the broker would give.
@@ -183,7 +186,7 @@ impl ContentAssembler {
             self.reset();
             // RabbitMQ refuses a server's content method once it is whole.
             return match frames[0].method_id() {
-                Some(id) if id != method::BASIC_PUBLISH => {
+                Some(id) if id != ids::BASIC_PUBLISH => {
                     ContentVerdict::ConnectionError(reply::unimplemented_method(id))
                 }
                 _ => ContentVerdict::Complete(frames),
@@ -323,7 +326,7 @@ impl ContentAssembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{self, FRAME_HEARTBEAT};
+    use crate::protocol::frame::{self, FRAME_HEARTBEAT};
     use bytes::{BufMut, Bytes, BytesMut};
     use proptest::prelude::*;
 
@@ -363,7 +366,7 @@ mod tests {
     fn publish_is_held_until_the_last_body_byte() {
         let mut a = ContentAssembler::default();
         assert!(matches!(
-            a.take(method_frame(method::BASIC_PUBLISH)),
+            a.take(method_frame(ids::BASIC_PUBLISH)),
             ContentVerdict::Held
         ));
         assert!(matches!(a.take(header(10)), ContentVerdict::Held));
@@ -378,7 +381,7 @@ mod tests {
     #[test]
     fn empty_body_completes_at_the_header() {
         let mut a = ContentAssembler::default();
-        a.take(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(ids::BASIC_PUBLISH));
         assert!(matches!(a.take(header(0)), ContentVerdict::Complete(f) if f.len() == 2));
     }
 
@@ -386,7 +389,7 @@ mod tests {
     fn other_methods_pass_straight_through() {
         let mut a = ContentAssembler::default();
         assert!(matches!(
-            a.take(method_frame((50, 10))),
+            a.take(method_frame(ids::QUEUE_DECLARE)),
             ContentVerdict::Forward(_)
         ));
     }
@@ -394,7 +397,7 @@ mod tests {
     #[test]
     fn a_content_header_of_another_class_is_505() {
         let mut a = ContentAssembler::default();
-        a.take(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(ids::BASIC_PUBLISH));
         let header = wrap(frame::build(FRAME_HEADER, 1, |b| {
             b.put_u16(50);
             b.put_u16(0);
@@ -411,7 +414,7 @@ mod tests {
     fn a_weighted_header_or_broken_properties_never_pass() {
         let refused = |weight: u16, flags: u16, props: &[u8]| {
             let mut a = ContentAssembler::default();
-            a.take(method_frame(method::BASIC_PUBLISH));
+            a.take(method_frame(ids::BASIC_PUBLISH));
             let header = wrap(frame::build(FRAME_HEADER, 1, |b| {
                 b.put_u16(60);
                 b.put_u16(weight);
@@ -441,19 +444,19 @@ mod tests {
             a.take(body(1)),
             ContentVerdict::ConnectionError(_)
         ));
-        a.take(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(ids::BASIC_PUBLISH));
         assert!(matches!(
-            a.take(method_frame((50, 10))),
+            a.take(method_frame(ids::QUEUE_DECLARE)),
             ContentVerdict::ConnectionError(_)
         ));
         // A body past the announced size: like RabbitMQ, further bodies
         // are ignored and the next other frame is the error.
-        a.take(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(ids::BASIC_PUBLISH));
         a.take(header(2));
         assert!(matches!(a.take(body(3)), ContentVerdict::Ignored));
         assert!(matches!(a.take(body(3)), ContentVerdict::Ignored));
         assert!(!a.is_idle());
-        let ContentVerdict::ConnectionError(close) = a.take(method_frame((50, 10))) else {
+        let ContentVerdict::ConnectionError(close) = a.take(method_frame(ids::QUEUE_DECLARE)) else {
             panic!("accepted");
         };
         assert_eq!(
@@ -461,7 +464,7 @@ mod tests {
             (
                 505,
                 "UNEXPECTED_FRAME - expected content body, got non content body frame instead",
-                method::BASIC_PUBLISH
+                ids::BASIC_PUBLISH
             )
         );
         assert!(a.is_idle());
@@ -476,19 +479,19 @@ mod tests {
     #[test]
     fn a_servers_content_method_is_refused_once_whole() {
         let mut a = ContentAssembler::default();
-        a.take(method_frame(method::BASIC_DELIVER));
+        a.take(method_frame(ids::BASIC_DELIVER));
         a.take(header(1));
         let ContentVerdict::ConnectionError(close) = a.take(body(1)) else {
             panic!("accepted");
         };
         assert_eq!(close.code, 503);
-        assert_eq!(close.cause, method::BASIC_DELIVER);
+        assert_eq!(close.cause, ids::BASIC_DELIVER);
     }
 
     #[test]
     fn oversized_message_is_refused_on_the_channel() {
         let mut a = ContentAssembler::default();
-        a.take(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(ids::BASIC_PUBLISH));
         assert!(matches!(
             a.take(header(MAX_MESSAGE_SIZE + 1)),
             ContentVerdict::ChannelError(Close { code: 406, .. })
@@ -505,7 +508,7 @@ mod tests {
         bodies: usize,
         size: usize,
     ) -> Result<ContentVerdict, Close> {
-        a.take(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(ids::BASIC_PUBLISH));
         a.settle(budget)?;
         a.take(header(announced as u64));
         a.settle(budget)?;
@@ -525,7 +528,7 @@ mod tests {
         let shared = HeldBytes::new(u64::MAX);
         let budget = PublishBudget::new(shared.clone());
         let mut a = ContentAssembler::default();
-        a.take(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(ids::BASIC_PUBLISH));
         a.take(header(3 * 65536));
         a.take(body(65536));
         a.take(body(65536));
@@ -541,7 +544,7 @@ mod tests {
         let mut a = ContentAssembler::default();
         // A 40-byte frame left waiting costs its bytes plus the overhead,
         // not the read buffer it came in.
-        a.take(method_frame(method::BASIC_PUBLISH));
+        a.take(method_frame(ids::BASIC_PUBLISH));
         a.settle(&budget).unwrap();
         let one = shared.used();
         assert!(one > 0 && one <= 12 + HELD_FRAME_OVERHEAD, "{one}");
@@ -572,7 +575,7 @@ mod tests {
         let mut channels: Vec<ContentAssembler> = Vec::new();
         let refused = (0..10_000).find_map(|_| {
             let mut a = ContentAssembler::default();
-            a.take(method_frame(method::BASIC_PUBLISH));
+            a.take(method_frame(ids::BASIC_PUBLISH));
             let settled = a.settle(&budget);
             channels.push(a);
             settled.err()
@@ -637,13 +640,13 @@ mod tests {
             let mut a = ContentAssembler::default();
             for (kind, n) in steps {
                 let frame = match kind {
-                    0 => method_frame(method::BASIC_PUBLISH),
-                    1 => method_frame((50, 10)),
+                    0 => method_frame(ids::BASIC_PUBLISH),
+                    1 => method_frame(ids::QUEUE_DECLARE),
                     2 => header(n as u64),
                     _ => body(n),
                 };
                 if let ContentVerdict::Complete(frames) = a.take(frame) {
-                    prop_assert_eq!(frames[0].method_id(), Some(method::BASIC_PUBLISH));
+                    prop_assert_eq!(frames[0].method_id(), Some(ids::BASIC_PUBLISH));
                     let size = frames[1].content_body_size().unwrap();
                     let bodies: u64 = frames[2..].iter().map(|f| f.payload().len() as u64).sum();
                     prop_assert_eq!(size, bodies);

@@ -15,7 +15,7 @@
 //! still awaiting its Declare-Ok is withdrawn), when the broker says a
 //! confirmed claim's queue is gone (it expired), or when the client leaves;
 //! what a departing client still claims is deleted with an identity check
-//! (see [`crate::method::queue_redeclare_exclusive`]), never by name alone.
+//! (see [`crate::protocol::method::queue_redeclare_exclusive`]), never by name alone.
 //!
 //! Pure: the upstream connection holds one behind a lock.
 

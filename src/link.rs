@@ -13,8 +13,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::channel::UpstreamChannel;
-use crate::method::Close;
 use crate::outbox::{Outbox, TrySendError};
+use crate::protocol::method::Close;
 
 pub type ClientId = u64;
 

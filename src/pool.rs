@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::auth::{Credentials, Fingerprint, Salt};
-use crate::reply::{self, NOT_ALLOWED};
+use crate::protocol::limits::RABBITMQ_FRAME_MAX;
+use crate::protocol::reply::{self, NOT_ALLOWED};
 use crate::upstream::{ConnectError, PendingUpstream, Room, Upstream, UpstreamSettings};
 
 struct Pool {
@@ -108,7 +109,7 @@ impl Pools {
             salt: Salt::random(),
             pools: Mutex::new(HashMap::new()),
             next_upstream_id: AtomicU64::new(1),
-            broker_frame_max: AtomicU32::new(131072),
+            broker_frame_max: AtomicU32::new(RABBITMQ_FRAME_MAX),
             login_locks: Mutex::new(HashMap::new()),
         }
     }

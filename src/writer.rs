@@ -14,8 +14,8 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::frame;
 use crate::outbox::Inbox;
+use crate::protocol::frame;
 use crate::stats::Tally;
 
 /// Frames taken off the queue per write; bounds the iovec count.

@@ -15,8 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use warren::channel::{Inherited, Step, Usage};
 use warren::client::frame_check;
 use warren::content::{ContentAssembler, ContentVerdict, HeldBytes, PublishBudget};
-use warren::frame::{Frame, FrameReader, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
-use warren::spec;
+use warren::protocol::frame::{Frame, FrameReader, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
+use warren::protocol::spec;
 
 fuzz_target!(|data: &[u8]| {
     runtime::block_on(async {

@@ -7,7 +7,7 @@
 mod runtime;
 
 use libfuzzer_sys::fuzz_target;
-use warren::frame::{self, FrameReader};
+use warren::protocol::frame::{self, FrameReader};
 
 const FRAME_MAX: u32 = 4096;
 
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = (
                 frame.method_id(),
                 frame.content_body_size(),
-                frame.ack_tag(),
+                warren::protocol::method::ack_tag(&frame),
             );
             let _ = (
                 frame.method_args(),

@@ -8,8 +8,8 @@ mod runtime;
 
 use libfuzzer_sys::fuzz_target;
 use warren::client::handshake;
-use warren::frame::FrameReader;
-use warren::method::Tune;
+use warren::protocol::frame::FrameReader;
+use warren::protocol::method::Tune;
 use warren::net::{ReadHalf, WriteHalf};
 
 fuzz_target!(|data: &[u8]| {

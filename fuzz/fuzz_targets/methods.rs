@@ -1,5 +1,5 @@
-//! The method grammar (`warren::spec`) against the field codec
-//! (`warren::wire`), two independent readings of the same spec: whatever
+//! The method grammar (`warren::protocol::spec`) against the field codec
+//! (`warren::protocol::wire`), two independent readings of the same spec: whatever
 //! arguments the check accepts, the codec decodes field by field to exactly
 //! the last byte; encoded again, the values are accepted by the check and
 //! decode to the same values. (Not to the same bytes: the codec reads a
@@ -12,8 +12,8 @@
 
 use bytes::{BufMut, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use warren::spec::{self, Field, MethodSpec};
-use warren::wire::{put_long_bytes, put_table, Decoder, FieldTable};
+use warren::protocol::spec::{self, Field, MethodSpec};
+use warren::protocol::wire::{put_long_bytes, put_table, Decoder, FieldTable};
 
 /// One decoded argument; consecutive bits are one octet.
 #[derive(Debug, PartialEq)]

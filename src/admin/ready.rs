@@ -7,6 +7,7 @@
 //! credentials. Results are shared for a second, so a burst of probes (or a
 //! misconfigured scraper) costs the broker one connection.
 
+use crate::protocol::ids;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
-use crate::frame::{FrameReader, PROTOCOL_HEADER};
-use crate::method;
+use crate::protocol::frame::{FrameReader, PROTOCOL_HEADER};
 use crate::upstream::Nodes;
 
 /// How long one probe result stands.
@@ -88,7 +88,7 @@ async fn says_hello(nodes: &Nodes, node: usize) -> Result<(), String> {
         .read_frame()
         .await
         .map_err(|e| format!("no connection.start: {e}"))?;
-    if start.method_id() != Some(method::CONNECTION_START) {
+    if start.method_id() != Some(ids::CONNECTION_START) {
         return Err("it does not speak AMQP 0-9-1".into());
     }
     Ok(())

@@ -13,10 +13,13 @@
 //! expects a method ([`check_method`]; while a channel expects content, a
 //! method is an unexpected frame, see `content.rs`).
 
-use crate::frame::{Frame, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
-use crate::method::{self, Close, MethodId, Qos};
-use crate::reply::{self, COMMAND_INVALID, FRAME_ERROR, NOT_IMPLEMENTED, UNEXPECTED_FRAME};
-use crate::spec::{self, Malformed, MethodSpec, Sender};
+use crate::protocol::frame::{Frame, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
+use crate::protocol::ids::{self, MethodId};
+use crate::protocol::method::{self, Close, Qos};
+use crate::protocol::reply::{
+    self, COMMAND_INVALID, FRAME_ERROR, NOT_IMPLEMENTED, UNEXPECTED_FRAME,
+};
+use crate::protocol::spec::{self, Malformed, MethodSpec, Sender};
 
 /// What RabbitMQ's reader checks of every frame on a channel. A method
 /// frame's spec comes back.
@@ -77,18 +80,18 @@ fn check_values(id: MethodId, args: &[u8], exchange_types: &[String]) -> Result<
     let refuse = |code, detail: String| Err(reply::close(code, detail).caused_by(id));
     let first_bit_clear = || args.first().is_some_and(|bits| bits & 1 == 0);
     match id {
-        method::BASIC_QOS => match Qos::decode(args) {
+        ids::BASIC_QOS => match Qos::decode(args) {
             Ok(qos) if qos.prefetch_size != 0 => refuse(
                 NOT_IMPLEMENTED,
                 format!("prefetch_size!=0 ({})", qos.prefetch_size),
             ),
             _ => Ok(()),
         },
-        method::CHANNEL_FLOW if first_bit_clear() => refuse(NOT_IMPLEMENTED, "active=false".into()),
-        method::BASIC_RECOVER | method::BASIC_RECOVER_ASYNC if first_bit_clear() => {
+        ids::CHANNEL_FLOW if first_bit_clear() => refuse(NOT_IMPLEMENTED, "active=false".into()),
+        ids::BASIC_RECOVER | ids::BASIC_RECOVER_ASYNC if first_bit_clear() => {
             refuse(NOT_IMPLEMENTED, "requeue=false".into())
         }
-        method::EXCHANGE_DECLARE => match method::decode_exchange_declare(args) {
+        ids::EXCHANGE_DECLARE => match method::decode_exchange_declare(args) {
             Ok((kind, false)) if !method::exchange_type_known(&kind, exchange_types) => {
                 // RabbitMQ says "invalid" for a name that is an atom of its
                 // Erlang VM and "unknown" for any other; these few are atoms
@@ -119,7 +122,7 @@ fn cannot_decode(args: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{build, FRAME_BODY};
+    use crate::protocol::frame::{build, FRAME_BODY};
     use bytes::{BufMut, BytesMut};
 
     fn frame(kind: u8, payload: &[u8]) -> Frame {

@@ -4,15 +4,17 @@
 //! learns the vhost. It does not judge the credentials: the session asks the
 //! pool, which asks the broker, before it answers Open-Ok.
 
+use crate::protocol::ids::{self, MethodId};
 use tokio::io::AsyncWriteExt;
 
 use crate::auth::{AuthError, Credentials, MECHANISMS};
-use crate::frame::{Frame, FrameError, FrameReader, MIN_FRAME_MAX, PROTOCOL_HEADER};
 use crate::link::Capabilities;
-use crate::method::{self, Close, MethodId, StartOk, Tune};
 use crate::net::{ReadHalf, WriteHalf};
-use crate::reply::{self, COMMAND_INVALID, NOT_ALLOWED, SYNTAX_ERROR};
-use crate::wire::{table_get, FieldTable, FieldValue};
+use crate::protocol::frame::{Frame, FrameError, FrameReader, PROTOCOL_HEADER};
+use crate::protocol::limits::MIN_FRAME_MAX;
+use crate::protocol::method::{self, Close, StartOk, Tune};
+use crate::protocol::reply::{self, COMMAND_INVALID, NOT_ALLOWED, SYNTAX_ERROR};
+use crate::protocol::wire::{table_get, FieldTable, FieldValue};
 
 /// Who the client says it is (Start-Ok), ready for authentication.
 #[derive(Debug)]
@@ -98,7 +100,7 @@ async fn expect(
     }
 }
 
-fn malformed(what: MethodId) -> impl Fn(crate::wire::DecodeError) -> HandshakeError {
+fn malformed(what: MethodId) -> impl Fn(crate::protocol::wire::DecodeError) -> HandshakeError {
     move |e| {
         HandshakeError::Refused(reply::close(
             SYNTAX_ERROR,
@@ -136,7 +138,7 @@ fn check_tuned(field: &str, min: u32, offered: u32, asked: u32) -> Result<(), Ha
                 "negotiated {field} = {value}{no_limit} is {direction} allowed value ({bound})"
             ),
         )
-        .caused_by(method::CONNECTION_TUNE),
+        .caused_by(ids::CONNECTION_TUNE),
     ))
 }
 
@@ -155,9 +157,9 @@ pub async fn greet(
         .await
         .map_err(FrameError::Io)?;
 
-    let frame = expect(reader, method::CONNECTION_START_OK).await?;
+    let frame = expect(reader, ids::CONNECTION_START_OK).await?;
     let start_ok =
-        StartOk::decode(frame.method_args()).map_err(malformed(method::CONNECTION_START_OK))?;
+        StartOk::decode(frame.method_args()).map_err(malformed(ids::CONNECTION_START_OK))?;
     let credentials =
         Credentials::decode(&start_ok.mechanism, &start_ok.response).map_err(|e| {
             let code = match e {
@@ -186,12 +188,12 @@ pub async fn tune_and_open(
     offer: Tune,
 ) -> Result<(Tune, String), HandshakeError> {
     writer
-        .write_all(&offer.encode(method::CONNECTION_TUNE))
+        .write_all(&offer.encode(ids::CONNECTION_TUNE))
         .await
         .map_err(FrameError::Io)?;
 
-    let frame = expect(reader, method::CONNECTION_TUNE_OK).await?;
-    let asked = Tune::decode(frame.method_args()).map_err(malformed(method::CONNECTION_TUNE_OK))?;
+    let frame = expect(reader, ids::CONNECTION_TUNE_OK).await?;
+    let asked = Tune::decode(frame.method_args()).map_err(malformed(ids::CONNECTION_TUNE_OK))?;
     check_tuned("frame_max", MIN_FRAME_MAX, offer.frame_max, asked.frame_max)?;
     check_tuned(
         "channel_max",
@@ -210,9 +212,9 @@ pub async fn tune_and_open(
     };
     reader.set_frame_max(tune.frame_max);
 
-    let frame = expect(reader, method::CONNECTION_OPEN).await?;
-    let vhost = method::decode_open_vhost(frame.method_args())
-        .map_err(malformed(method::CONNECTION_OPEN))?;
+    let frame = expect(reader, ids::CONNECTION_OPEN).await?;
+    let vhost =
+        method::decode_open_vhost(frame.method_args()).map_err(malformed(ids::CONNECTION_OPEN))?;
     Ok((tune, vhost))
 }
 

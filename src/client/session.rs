@@ -7,6 +7,7 @@
 //! through here: the upstream router writes them to this client's write
 //! queue directly; only channel lifecycle events come back to the session.
 
+use crate::protocol::ids::{self, MethodId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,18 +23,19 @@ use super::{Admission, Context};
 use crate::channel::{ChannelState, Delivered, Step, UpstreamChannel, Usage};
 use crate::content::{ContentAssembler, ContentVerdict, PublishBudget};
 use crate::exclusive::{Access, Declared};
-use crate::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::logging::RateLimit;
-use crate::method::{self, Close, Tune};
 use crate::net::{Accepted, Peer, ReadHalf, WriteHalf};
 use crate::outbox::{outbox, Outbox};
 use crate::pool::PoolRef;
-use crate::reply::{
+use crate::protocol::frame::{self, Frame, FrameError, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
+use crate::protocol::limits::{self, RABBITMQ_FRAME_MAX};
+use crate::protocol::method::{self, Close, Tune};
+use crate::protocol::reply::{
     self, CHANNEL_ERROR, CONNECTION_FORCED, FRAME_ERROR, NOT_ALLOWED, RESOURCE_LOCKED,
     UNEXPECTED_FRAME,
 };
-use crate::spec::MethodSpec;
+use crate::protocol::spec::MethodSpec;
 use crate::stats::{
     ClientRecord, CloseScope, DisconnectReason, Events, HandshakeOutcome, Listed, PoolLabel,
 };
@@ -43,10 +45,6 @@ use crate::writer;
 
 /// Bytes queued for one client before it counts as too slow.
 const CLIENT_QUEUE_BYTES: usize = 16 << 20;
-/// The largest frame_max offered to clients: RabbitMQ's default. The
-/// broker's own, if smaller, is offered instead, so every client frame can
-/// be forwarded as it is (bodies for the client are split to its size).
-const OFFERED_FRAME_MAX: u32 = 131072;
 /// Publishes up to this size (all frames) are copied into one buffer with
 /// the other small publishes read in the same go: copying 16 KiB costs less
 /// than the hand-offs it saves.
@@ -163,7 +161,7 @@ pub async fn serve(accepted: Accepted, pending: PendingHandshake, ctx: Arc<Conte
     };
     // Until Tune-Ok, frames are held to what RabbitMQ reads before tuning,
     // which bounds Start-Ok (user, password, client properties) too.
-    let mut reader = FrameReader::new(read_half, frame::PRE_TUNE_FRAME_MAX);
+    let mut reader = FrameReader::new(read_half, limits::PRE_TUNE_FRAME_MAX);
     let admitted = match admit(id, peer, deadline, &mut reader, &mut write_half, &ctx).await {
         Ok(admitted) => admitted,
         Err(Refusal::Close(close)) => {
@@ -331,7 +329,10 @@ async fn admit<'a>(
 
     let offer = Tune {
         channel_max: config.channel_max.min(config.max_upstream_channels),
-        frame_max: OFFERED_FRAME_MAX.min(ctx.pools.broker_frame_max()),
+        // RabbitMQ's default, or the broker's own if smaller, so every client
+        // frame can be forwarded as it is (bodies for the client are split
+        // to its size).
+        frame_max: RABBITMQ_FRAME_MAX.min(ctx.pools.broker_frame_max()),
         heartbeat: config.heartbeat,
     };
     let (tune, vhost) = client_step(
@@ -479,7 +480,7 @@ async fn close_during_handshake(
 async fn wait_for_close_ok(reader: &mut FrameReader<ReadHalf>, limit: Duration) {
     let wait = async {
         while let Ok(frame) = reader.read_frame().await {
-            if frame.method_id() == Some(method::CONNECTION_CLOSE_OK) {
+            if frame.method_id() == Some(ids::CONNECTION_CLOSE_OK) {
                 return;
             }
         }
@@ -730,7 +731,7 @@ impl Session {
             // one (403, reserved name): no client can make an amq.* queue,
             // so none can have replaced it.
             if !queue.starts_with("amq.") {
-                self.upstream.hide_reply(channel, method::QUEUE_DECLARE_OK);
+                self.upstream.hide_reply(channel, ids::QUEUE_DECLARE_OK);
                 self.send_bytes(method::queue_redeclare_exclusive(
                     channel.id, &queue, &declared,
                 ))
@@ -870,7 +871,7 @@ impl Session {
             }
         }
         let method_id = spec.map(|m| (m.class, m.method));
-        if method_id == Some(method::CHANNEL_OPEN) && expects_method {
+        if method_id == Some(ids::CHANNEL_OPEN) && expects_method {
             return self.open_channel(channel).await;
         }
         let Some(state) = self.channels.get_mut(&channel) else {
@@ -888,12 +889,12 @@ impl Session {
             } => {
                 let upstream = *upstream;
                 let step = match method_id {
-                    Some(method::CHANNEL_CLOSE) if content.is_idle() => {
+                    Some(ids::CHANNEL_CLOSE) if content.is_idle() => {
                         return self.client_closes_channel(channel).await;
                     }
-                    Some(method::CHANNEL_CLOSE_OK) if content.is_idle() => {
+                    Some(ids::CHANNEL_CLOSE_OK) if content.is_idle() => {
                         return Some(Exit::Close(reply::unimplemented_method(
-                            method::CHANNEL_CLOSE_OK,
+                            ids::CHANNEL_CLOSE_OK,
                         )));
                     }
                     Some(id) if content.is_idle() => {
@@ -940,7 +941,7 @@ impl Session {
                         return None;
                     }
                     Step::RestoreQosThenForward(qos) => {
-                        self.upstream.hide_reply(upstream, method::BASIC_QOS_OK);
+                        self.upstream.hide_reply(upstream, ids::BASIC_QOS_OK);
                         self.send_bytes(qos.frame(upstream.id)).await;
                     }
                     Step::ChannelError(close) => {
@@ -955,10 +956,10 @@ impl Session {
             ChannelState::ClosingByClient { .. } => None,
             ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => {
                 match method_id {
-                    Some(method::CHANNEL_CLOSE_OK) => {
+                    Some(ids::CHANNEL_CLOSE_OK) => {
                         self.channels.remove(&channel);
                     }
-                    Some(method::CHANNEL_CLOSE) => {
+                    Some(ids::CHANNEL_CLOSE) => {
                         // Both sides closed at once: the client's Close gets
                         // its Close-Ok, and the channel is done.
                         self.channels.remove(&channel);
@@ -1081,11 +1082,11 @@ impl Session {
     async fn check_queue_access(
         &mut self,
         channel: u16,
-        id: method::MethodId,
+        id: MethodId,
         args: &[u8],
     ) -> Option<Close> {
         let queue = method::queue_needing_access(id, args)?;
-        let declare = (id == method::QUEUE_DECLARE)
+        let declare = (id == ids::QUEUE_DECLARE)
             .then(|| method::QueueDeclare::decode(args).ok())
             .flatten()
             .filter(|declare| declare.exclusive && !declare.passive);
@@ -1100,7 +1101,7 @@ impl Session {
         if access == Access::Locked {
             return Some(self.locked_queue(&queue));
         }
-        let unconditional_delete = (id == method::QUEUE_DELETE)
+        let unconditional_delete = (id == ids::QUEUE_DELETE)
             .then(|| method::QueueDelete::decode(args).ok())
             .flatten()
             .is_some_and(|delete| !delete.conditional);
@@ -1169,8 +1170,8 @@ impl Session {
             Err(close) => return Some(Exit::Close(close)),
         };
         match (spec.class, spec.method) {
-            method::CONNECTION_CLOSE => Some(Exit::ClientClosed),
-            method::CONNECTION_CLOSE_OK => Some(Exit::Gone(
+            ids::CONNECTION_CLOSE => Some(Exit::ClientClosed),
+            ids::CONNECTION_CLOSE_OK => Some(Exit::Gone(
                 "client sent an unexpected connection.close-ok".into(),
             )),
             id => Some(Exit::Close(
@@ -1196,7 +1197,7 @@ impl Session {
                         self.channel_max
                     ),
                 )
-                .caused_by(method::CHANNEL_OPEN),
+                .caused_by(ids::CHANNEL_OPEN),
             ));
         }
         if matches!(
@@ -1205,7 +1206,7 @@ impl Session {
         ) {
             return Some(Exit::Close(
                 reply::close(CHANNEL_ERROR, "second 'channel.open' seen")
-                    .caused_by(method::CHANNEL_OPEN),
+                    .caused_by(ids::CHANNEL_OPEN),
             ));
         }
         if !self.opened_a_channel {
@@ -1293,7 +1294,7 @@ impl Session {
         } else {
             "the upstream connection has no free channel (max-upstream-channels)".to_string()
         };
-        Exit::Close(reply::close(NOT_ALLOWED, text).caused_by(method::CHANNEL_OPEN))
+        Exit::Close(reply::close(NOT_ALLOWED, text).caused_by(ids::CHANNEL_OPEN))
     }
 
     /// Tells the upstream connection what this client keeps reserved now.

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::protocol::limits::{PROTOCOL_CHANNEL_MAX, RABBITMQ_CHANNEL_MAX};
+
 /// `upstream = "amqp://a"` as well as `upstream = ["amqp://a", "amqp://b"]`.
 /// The error names neither value: a URL may hold a password.
 fn one_or_many<'de, D: Deserializer<'de>>(
@@ -85,11 +87,11 @@ options! {
     max_pending_handshakes_per_source: u32 = Some(64);
     max_upstream_connections: u32 = Some(100);
     max_held_publish_mib: u32 = Some(1024);
-    max_upstream_channels: u16 = Some(65535);
+    max_upstream_channels: u16 = Some(PROTOCOL_CHANNEL_MAX);
     /// Exchange types of the broker's plugins that clients may declare.
     exchange_types: Vec<String> = Some(Vec::new());
     guaranteed_channels: u16 = Some(8);
-    channel_max: u16 = Some(2047);
+    channel_max: u16 = Some(RABBITMQ_CHANNEL_MAX);
     heartbeat: u16 = Some(60);
     channel_reuse: bool = Some(true);
     max_kept_channels: u16 = Some(64);

@@ -1,14 +1,16 @@
 //! Opening an authenticated connection to the broker, as an AMQP client.
 
+use crate::protocol::ids::{self, MethodId};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use crate::auth::Credentials;
-use crate::frame::{FrameError, FrameReader, PRE_TUNE_FRAME_MAX, PROTOCOL_HEADER};
-use crate::method::{self, Close, Start, Tune};
 use crate::net::{ReadHalf, WriteHalf};
-use crate::reply::{self, ACCESS_REFUSED, REPLY_SUCCESS};
-use crate::wire::{FieldTable, FieldValue};
+use crate::protocol::frame::{FrameError, FrameReader, PROTOCOL_HEADER};
+use crate::protocol::limits::{PRE_TUNE_FRAME_MAX, RABBITMQ_FRAME_MAX};
+use crate::protocol::method::{self, Close, Start, Tune};
+use crate::protocol::reply::{self, ACCESS_REFUSED, REPLY_SUCCESS};
+use crate::protocol::wire::{FieldTable, FieldValue};
 
 /// Why an upstream connection could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +107,7 @@ fn protocol(what: impl std::fmt::Display) -> ConnectError {
 
 async fn expect(
     reader: &mut FrameReader<ReadHalf>,
-    wanted: method::MethodId,
+    wanted: MethodId,
 ) -> Result<Vec<u8>, ConnectError> {
     let frame = reader.read_frame().await.map_err(|e| match e {
         FrameError::Closed => {
@@ -115,7 +117,7 @@ async fn expect(
     })?;
     match frame.method_id() {
         Some(id) if id == wanted => Ok(frame.method_args().to_vec()),
-        Some(method::CONNECTION_CLOSE) => Err(ConnectError::Refused(
+        Some(ids::CONNECTION_CLOSE) => Err(ConnectError::Refused(
             Close::decode(frame.method_args()).map_err(protocol)?,
         )),
         other => Err(protocol(format!(
@@ -150,7 +152,7 @@ pub async fn authenticate(
     writer.write_all(PROTOCOL_HEADER).await.map_err(io)?;
 
     let start =
-        Start::decode(&expect(&mut reader, method::CONNECTION_START).await?).map_err(protocol)?;
+        Start::decode(&expect(&mut reader, ids::CONNECTION_START).await?).map_err(protocol)?;
     if !start.mechanisms.split_whitespace().any(|m| m == "PLAIN") {
         return Err(protocol(format!(
             "broker does not offer PLAIN (offers: {})",
@@ -160,14 +162,14 @@ pub async fn authenticate(
     writer.write_all(start_ok).await.map_err(io)?;
 
     let offered =
-        Tune::decode(&expect(&mut reader, method::CONNECTION_TUNE).await?).map_err(protocol)?;
+        Tune::decode(&expect(&mut reader, ids::CONNECTION_TUNE).await?).map_err(protocol)?;
     let negotiated = Negotiated {
         channel_max: match offered.channel_max {
             0 => channel_limit,
             n => n.min(channel_limit),
         },
         frame_max: match offered.frame_max {
-            0 => 131072,
+            0 => RABBITMQ_FRAME_MAX,
             n => n,
         },
         heartbeat: offered.heartbeat,
@@ -178,7 +180,7 @@ pub async fn authenticate(
         heartbeat: negotiated.heartbeat,
     };
     writer
-        .write_all(&tune_ok.encode(method::CONNECTION_TUNE_OK))
+        .write_all(&tune_ok.encode(ids::CONNECTION_TUNE_OK))
         .await
         .map_err(io)?;
     Ok(Authenticated {
@@ -206,7 +208,7 @@ impl Authenticated {
             .write_all(&method::connection_open(vhost))
             .await
             .map_err(io)?;
-        match expect(&mut self.reader, method::CONNECTION_OPEN_OK).await {
+        match expect(&mut self.reader, ids::CONNECTION_OPEN_OK).await {
             Ok(_) => {
                 self.reader.set_frame_max(self.negotiated.frame_max);
                 Ok((self.reader, self.writer, self.negotiated))
@@ -229,7 +231,7 @@ impl Authenticated {
         };
         let close = Close::new(REPLY_SUCCESS, "warren: connection not needed");
         if writer.write_all(&close.connection_frame()).await.is_ok() {
-            let _ = expect(&mut reader, method::CONNECTION_CLOSE_OK).await;
+            let _ = expect(&mut reader, ids::CONNECTION_CLOSE_OK).await;
         }
     }
 }

@@ -27,12 +27,12 @@ pub use nodes::Nodes;
 use crate::auth::Credentials;
 use crate::channel::{Delivered, Inherited, UpstreamChannel};
 use crate::config::UpstreamAddr;
-use crate::frame::FrameReader;
 use crate::link::{ClientEvent, ClientId, ClientLink};
-use crate::method::MethodId;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::outbox::{outbox, Outbox};
-use crate::reply::{self, CONNECTION_FORCED};
+use crate::protocol::frame::FrameReader;
+use crate::protocol::ids::MethodId;
+use crate::protocol::reply::{self, CONNECTION_FORCED};
 use crate::stats::{LoginOutcome, PoolLabel, Stats, UpstreamRecord};
 use crate::writer;
 

@@ -17,6 +17,7 @@
 //! arrive, and are dropped, before it. Confirm tags are rebased per client
 //! ([`crate::confirms`]).
 
+use crate::protocol::ids::{self, MethodId};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,11 +31,11 @@ use super::handshake::Negotiated;
 use super::{ChannelCounts, Command, Grant, Inner, UpstreamSettings};
 use crate::channel::{Delivered, Inherited, UpstreamChannel};
 use crate::confirms::ConfirmTags;
-use crate::frame::{self, Frame, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::link::{ClientEvent, ClientId, ClientLink};
-use crate::method::{self, Close, MethodId};
 use crate::net::ReadHalf;
-use crate::reply::{self, CONNECTION_FORCED, NOT_FOUND, REPLY_SUCCESS};
+use crate::protocol::frame::{self, Frame, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
+use crate::protocol::method::{self, Close};
+use crate::protocol::reply::{self, CONNECTION_FORCED, NOT_FOUND, REPLY_SUCCESS};
 use crate::stats::{Listed, UpstreamRecord};
 use crate::untrusted::cut;
 
@@ -292,7 +293,7 @@ impl Router {
         self.send_upstream(close.connection_frame());
         let wait_close_ok = async {
             while let Ok(frame) = self.reader.read_frame().await {
-                if frame.method_id() == Some(method::CONNECTION_CLOSE_OK) {
+                if frame.method_id() == Some(ids::CONNECTION_CLOSE_OK) {
                     break;
                 }
             }
@@ -510,7 +511,7 @@ impl Router {
             // got its Open-Ok from warren.
             hidden: match kept {
                 Some(_) => VecDeque::new(),
-                None => VecDeque::from([method::CHANNEL_OPEN_OK]),
+                None => VecDeque::from([ids::CHANNEL_OPEN_OK]),
             },
             delivered,
         };
@@ -650,23 +651,23 @@ impl Router {
                 delivered,
                 ..
             } => match method_id {
-                Some(method::CHANNEL_CLOSE_OK) if *closing => {
+                Some(ids::CHANNEL_CLOSE_OK) if *closing => {
                     link.notify(ClientEvent::ChannelCloseOk {
                         channel: *client_channel,
                     });
                     self.free_id(id);
                 }
-                Some(method::CHANNEL_CLOSE_OK) => {
+                Some(ids::CHANNEL_CLOSE_OK) => {
                     tracing::debug!(
                         upstream = self.inner.id,
                         channel = id,
                         "unexpected channel.close-ok dropped"
                     );
                 }
-                Some(method::CHANNEL_CLOSE) if *closing => {
+                Some(ids::CHANNEL_CLOSE) if *closing => {
                     self.send_upstream(method::channel_close_ok(id));
                 }
-                Some(method::CHANNEL_CLOSE) => {
+                Some(ids::CHANNEL_CLOSE) => {
                     let code = Close::decode(frame.method_args()).map_or(0, |c| c.code);
                     let mut close = frame;
                     close.set_channel(*client_channel);
@@ -686,31 +687,31 @@ impl Router {
                 Some(reply) if hidden.front() == Some(&reply) => {
                     hidden.pop_front();
                 }
-                Some(method::BASIC_ACK | method::BASIC_NACK) => {
+                Some(ids::BASIC_ACK | ids::BASIC_NACK) => {
                     let mut ack = frame;
-                    match ack.ack_tag().and_then(|tag| confirms.to_client(tag)) {
+                    match method::ack_tag(&ack).and_then(|tag| confirms.to_client(tag)) {
                         Some(tag) => {
                             delivered.confirmed.fetch_max(tag, Ordering::Release);
                             if confirms.base > 0 {
-                                ack.set_ack_tag(tag);
+                                method::set_ack_tag(&mut ack, tag);
                             }
                             link.push(ack.into_bytes_for(*client_channel));
                         }
                         None => self.record.stale_dropped.add(1),
                     }
                 }
-                Some(method::BASIC_CANCEL) if !link.capabilities.cancel_notify => {
+                Some(ids::BASIC_CANCEL) if !link.capabilities.cancel_notify => {
                     // The broker cancelled a consumer (its queue is gone); a
                     // client without consumer_cancel_notify is not told.
                 }
-                Some(method::QUEUE_DELETE_OK) => {
+                Some(ids::QUEUE_DELETE_OK) => {
                     delivered.replies.fetch_add(1, Ordering::Release);
                     link.notify(ClientEvent::DeleteOk {
                         channel: *client_channel,
                     });
                     link.push(frame.into_bytes_for(*client_channel));
                 }
-                Some(method::QUEUE_DECLARE_OK) => {
+                Some(ids::QUEUE_DECLARE_OK) => {
                     delivered.replies.fetch_add(1, Ordering::Release);
                     if let Ok(queue) = method::decode_declare_ok_queue(frame.method_args()) {
                         link.notify(ClientEvent::DeclareOk {
@@ -722,7 +723,7 @@ impl Router {
                 }
                 _ => {
                     match method_id {
-                        Some(method::BASIC_DELIVER | method::BASIC_GET_OK) => {
+                        Some(ids::BASIC_DELIVER | ids::BASIC_GET_OK) => {
                             self.record.delivered.add(1)
                         }
                         Some(id) if method::is_reply(id) => {
@@ -737,19 +738,19 @@ impl Router {
                 }
             },
             Slot::Abandoned => match method_id {
-                Some(method::CHANNEL_CLOSE_OK) => self.free_id(id),
-                Some(method::CHANNEL_CLOSE) => self.send_upstream(method::channel_close_ok(id)),
+                Some(ids::CHANNEL_CLOSE_OK) => self.free_id(id),
+                Some(ids::CHANNEL_CLOSE) => self.send_upstream(method::channel_close_ok(id)),
                 _ => {}
             },
             Slot::Probe(reply) => match method_id {
-                Some(method::QUEUE_DECLARE_OK) => {
+                Some(ids::QUEUE_DECLARE_OK) => {
                     if let Some(reply) = reply.take() {
                         let _ = reply.send(true);
                     }
                     *slot = Slot::Abandoned;
                     self.send_close(id, "probe done");
                 }
-                Some(method::CHANNEL_CLOSE) => {
+                Some(ids::CHANNEL_CLOSE) => {
                     let code = Close::decode(frame.method_args()).map_or(0, |c| c.code);
                     if let Some(reply) = reply.take() {
                         let _ = reply.send(code != NOT_FOUND);
@@ -761,21 +762,21 @@ impl Router {
             },
             Slot::BrokerClosed { .. } => {}
             Slot::Draining(kept) => match method_id {
-                Some(method::CHANNEL_FLOW_OK) => {
+                Some(ids::CHANNEL_FLOW_OK) => {
                     let kept = *kept;
                     *slot = Slot::Kept(kept);
                     self.kept.push(id);
                     self.serve_waiting();
                 }
-                Some(method::CHANNEL_CLOSE) => {
+                Some(ids::CHANNEL_CLOSE) => {
                     self.send_upstream(method::channel_close_ok(id));
                     self.unpark(id);
                 }
-                Some(method::CHANNEL_OPEN_OK) => {}
+                Some(ids::CHANNEL_OPEN_OK) => {}
                 _ => self.record.stale_dropped.add(1),
             },
             Slot::Kept(_) => match method_id {
-                Some(method::CHANNEL_CLOSE) => {
+                Some(ids::CHANNEL_CLOSE) => {
                     self.send_upstream(method::channel_close_ok(id));
                     self.unpark(id);
                 }
@@ -797,14 +798,14 @@ impl Router {
             return None;
         }
         match frame.method_id() {
-            Some(method::CONNECTION_CLOSE) => {
+            Some(ids::CONNECTION_CLOSE) => {
                 let close = Close::decode(frame.method_args()).unwrap_or_else(|_| {
                     reply::close(CONNECTION_FORCED, "broker closed the connection")
                 });
                 self.send_upstream(method::connection_close_ok());
                 Some(End::Lost(close))
             }
-            Some(method::CONNECTION_BLOCKED) => {
+            Some(ids::CONNECTION_BLOCKED) => {
                 let blocked = frame.into_bytes();
                 tracing::warn!(upstream = self.inner.id, "broker blocked the connection");
                 self.broadcast_to_blocked_aware(&blocked);
@@ -812,7 +813,7 @@ impl Router {
                 self.record.blocked.store(true, Ordering::Relaxed);
                 None
             }
-            Some(method::CONNECTION_UNBLOCKED) => {
+            Some(ids::CONNECTION_UNBLOCKED) => {
                 tracing::info!(upstream = self.inner.id, "broker unblocked the connection");
                 self.broadcast_to_blocked_aware(&frame.into_bytes());
                 self.blocked = None;

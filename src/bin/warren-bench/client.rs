@@ -3,17 +3,18 @@
 //! possible (publishes are encoded once and written as prepared bytes).
 
 use std::net::SocketAddr;
+use warren::protocol::ids::{self, MethodId};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 
 use warren::auth::Credentials;
-use warren::frame::{self, Frame, FrameReader, FRAME_BODY, FRAME_HEADER};
-use warren::method::{self, Close, MethodId};
 use warren::net::{split_tcp, ReadHalf, WriteHalf};
+use warren::protocol::frame::{self, Frame, FrameReader, FRAME_BODY, FRAME_HEADER};
+use warren::protocol::method::{self, Close};
+use warren::protocol::wire::{put_short_str, put_table, Decoder, FieldTable, FieldValue};
 use warren::upstream::handshake;
-use warren::wire::{put_short_str, put_table, Decoder, FieldTable, FieldValue};
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -80,7 +81,7 @@ impl Connection {
             let frame = self.read().await?;
             match frame.method_id() {
                 Some(id) if id == wanted && frame.channel() == channel => return Ok(frame),
-                Some(method::CHANNEL_CLOSE | method::CONNECTION_CLOSE) => {
+                Some(ids::CHANNEL_CLOSE | ids::CONNECTION_CLOSE) => {
                     let close = Close::decode(frame.method_args()).map_err(|e| e.to_string())?;
                     return Err(format!(
                         "closed while waiting for {}: {} {}",
@@ -105,7 +106,7 @@ impl Connection {
         let channel = self.next_channel;
         self.next_channel += 1;
         self.send(&method::channel_open(channel)).await?;
-        self.expect(channel, method::CHANNEL_OPEN_OK).await?;
+        self.expect(channel, ids::CHANNEL_OPEN_OK).await?;
         Ok(channel)
     }
 
@@ -122,7 +123,7 @@ impl Connection {
         if let Some(max) = max_length {
             arguments.push(("x-max-length".into(), FieldValue::I64(max)));
         }
-        self.send(&method::encode(channel, method::QUEUE_DECLARE, |b| {
+        self.send(&method::encode(channel, ids::QUEUE_DECLARE, |b| {
             b.put_u16(0);
             put_short_str(b, queue);
             b.put_u8(0);
@@ -136,7 +137,7 @@ impl Connection {
     /// the queue holds. The broker answers it after every earlier publish
     /// on the channel, so it marks when those are all in.
     pub async fn message_count(&mut self, channel: u16, queue: &str) -> Result<u32> {
-        self.send(&method::encode(channel, method::QUEUE_DECLARE, |b| {
+        self.send(&method::encode(channel, ids::QUEUE_DECLARE, |b| {
             b.put_u16(0);
             put_short_str(b, queue);
             b.put_u8(1);
@@ -147,7 +148,7 @@ impl Connection {
     }
 
     async fn declare_ok(&mut self, channel: u16) -> Result<u32> {
-        let ok = self.expect(channel, method::QUEUE_DECLARE_OK).await?;
+        let ok = self.expect(channel, ids::QUEUE_DECLARE_OK).await?;
         let mut d = Decoder::new(ok.method_args());
         d.short_str().map_err(|e| e.to_string())?;
         d.u32().map_err(|e| e.to_string())
@@ -164,7 +165,7 @@ impl Connection {
     }
 
     pub async fn delete_queue(&mut self, channel: u16, queue: &str) -> Result<()> {
-        self.send(&method::encode(channel, method::QUEUE_DELETE, |b| {
+        self.send(&method::encode(channel, ids::QUEUE_DELETE, |b| {
             b.put_u16(0);
             put_short_str(b, queue);
             b.put_u8(0);
@@ -174,27 +175,25 @@ impl Connection {
     }
 
     pub async fn confirm_select(&mut self, channel: u16) -> Result<()> {
-        self.send(&method::encode(channel, method::CONFIRM_SELECT, |b| {
+        self.send(&method::encode(channel, ids::CONFIRM_SELECT, |b| {
             b.put_u8(0)
         }))
         .await?;
-        self.expect(channel, method::CONFIRM_SELECT_OK)
-            .await
-            .map(drop)
+        self.expect(channel, ids::CONFIRM_SELECT_OK).await.map(drop)
     }
 
     pub async fn qos(&mut self, channel: u16, prefetch: u16) -> Result<()> {
-        self.send(&method::encode(channel, method::BASIC_QOS, |b| {
+        self.send(&method::encode(channel, ids::BASIC_QOS, |b| {
             b.put_u32(0);
             b.put_u16(prefetch);
             b.put_u8(0);
         }))
         .await?;
-        self.expect(channel, method::BASIC_QOS_OK).await.map(drop)
+        self.expect(channel, ids::BASIC_QOS_OK).await.map(drop)
     }
 
     pub async fn consume(&mut self, channel: u16, queue: &str, no_ack: bool) -> Result<()> {
-        self.send(&method::encode(channel, method::BASIC_CONSUME, |b| {
+        self.send(&method::encode(channel, ids::BASIC_CONSUME, |b| {
             b.put_u16(0);
             put_short_str(b, queue);
             put_short_str(b, "");
@@ -214,7 +213,7 @@ impl Connection {
     }
 
     pub fn put_publish(&self, out: &mut BytesMut, channel: u16, queue: &str, body: &[u8]) {
-        out.extend_from_slice(&method::encode(channel, method::BASIC_PUBLISH, |b| {
+        out.extend_from_slice(&method::encode(channel, ids::BASIC_PUBLISH, |b| {
             b.put_u16(0);
             put_short_str(b, "");
             put_short_str(b, queue);
@@ -237,12 +236,12 @@ impl Connection {
     pub async fn close(mut self) -> Result<()> {
         self.send(&Close::new(200, "bye").connection_frame())
             .await?;
-        self.expect(0, method::CONNECTION_CLOSE_OK).await.map(drop)
+        self.expect(0, ids::CONNECTION_CLOSE_OK).await.map(drop)
     }
 }
 
 pub fn ack(channel: u16, tag: u64) -> Bytes {
-    method::encode(channel, method::BASIC_ACK, |b| {
+    method::encode(channel, ids::BASIC_ACK, |b| {
         b.put_u64(tag);
         b.put_u8(0);
     })
@@ -258,7 +257,7 @@ pub fn deliver_tag(frame: &Frame) -> Option<u64> {
 /// How many publishes are confirmed once this Basic.Ack or Nack is in, with
 /// `confirmed` before it (a "multiple" ack confirms everything up to its tag).
 pub fn confirmed_through(frame: &Frame, confirmed: u64) -> Option<u64> {
-    let tag = frame.ack_tag()?;
+    let tag = method::ack_tag(frame)?;
     let multiple = frame.method_args().get(8)? & 1 != 0;
     Some(if multiple { tag } else { confirmed + 1 })
 }

@@ -4,12 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use warren::protocol::ids;
 
 use bytes::BytesMut;
 use tokio::sync::{watch, Semaphore};
 
 use warren::auth::Credentials;
-use warren::method;
 
 use crate::client::{self, Connection, Result};
 
@@ -170,7 +170,7 @@ async fn sum_of(mut tasks: tokio::task::JoinSet<Result<u64>>) -> Result<u64> {
 /// Reads confirms, gives their window back, and returns once every publish
 /// is confirmed.
 struct AckReader {
-    reader: warren::frame::FrameReader<warren::net::ReadHalf>,
+    reader: warren::protocol::frame::FrameReader<warren::net::ReadHalf>,
     window: Arc<Semaphore>,
     /// How many were published, once the publisher is done.
     published: watch::Receiver<Option<u64>>,
@@ -195,12 +195,12 @@ impl AckReader {
                 }
             };
             match frame.method_id() {
-                Some(method::BASIC_ACK | method::BASIC_NACK) => {
+                Some(ids::BASIC_ACK | ids::BASIC_NACK) => {
                     let now = client::confirmed_through(&frame, confirmed).ok_or("bad ack")?;
                     self.window.add_permits((now - confirmed) as usize);
                     confirmed = now;
                 }
-                Some(method::CHANNEL_CLOSE) => {
+                Some(ids::CHANNEL_CLOSE) => {
                     return Err("the channel was closed while publishing".into());
                 }
                 _ => {}
@@ -234,7 +234,7 @@ pub async fn consume(
             return Err(format!("only {received} of {messages} deliveries arrived"));
         }
         let frame = bounded(conn.read()).await?;
-        if frame.method_id() != Some(method::BASIC_DELIVER) {
+        if frame.method_id() != Some(ids::BASIC_DELIVER) {
             continue;
         }
         started.get_or_insert_with(Instant::now);
@@ -277,10 +277,10 @@ async fn fill(login: &Login, broker: SocketAddr, queue: &str, messages: u64) -> 
     while confirmed < messages {
         let frame = bounded(conn.read()).await?;
         match frame.method_id() {
-            Some(method::BASIC_ACK) => {
+            Some(ids::BASIC_ACK) => {
                 confirmed = client::confirmed_through(&frame, confirmed).ok_or("bad ack")?;
             }
-            Some(method::BASIC_NACK) => {
+            Some(ids::BASIC_NACK) => {
                 return Err("the broker refused a message while filling the queue".into());
             }
             _ => {}
@@ -358,9 +358,11 @@ pub async fn churn(
                 let channel = conn.open_channel().await?;
                 let message = conn.publish(channel, &queue, b"churn");
                 conn.send(&message).await?;
-                conn.send(&warren::method::Close::new(200, "done").channel_frame(channel))
-                    .await?;
-                bounded(conn.expect(channel, method::CHANNEL_CLOSE_OK)).await?;
+                conn.send(
+                    &warren::protocol::method::Close::new(200, "done").channel_frame(channel),
+                )
+                .await?;
+                bounded(conn.expect(channel, ids::CHANNEL_CLOSE_OK)).await?;
                 bounded(conn.close()).await?;
                 cycles += 1;
             }

@@ -1,59 +1,12 @@
 //! The handful of AMQP methods whose arguments warren reads or writes itself.
 //! Every other method crosses the proxy as opaque bytes.
 
+use super::ids::*;
 use bytes::{BufMut, Bytes};
 
-use crate::frame::{self, FRAME_METHOD};
-use crate::spec;
-use crate::wire::{put_long_bytes, put_short_str, put_table, DecodeError, Decoder, FieldTable};
-
-pub type MethodId = (u16, u16);
-
-pub const CONNECTION_START: MethodId = (10, 10);
-pub const CONNECTION_START_OK: MethodId = (10, 11);
-pub const CONNECTION_SECURE: MethodId = (10, 20);
-pub const CONNECTION_TUNE: MethodId = (10, 30);
-pub const CONNECTION_TUNE_OK: MethodId = (10, 31);
-pub const CONNECTION_OPEN: MethodId = (10, 40);
-pub const CONNECTION_OPEN_OK: MethodId = (10, 41);
-pub const CONNECTION_CLOSE: MethodId = (10, 50);
-pub const CONNECTION_CLOSE_OK: MethodId = (10, 51);
-pub const CONNECTION_BLOCKED: MethodId = (10, 60);
-pub const CONNECTION_UNBLOCKED: MethodId = (10, 61);
-
-pub const CHANNEL_OPEN: MethodId = (20, 10);
-pub const CHANNEL_OPEN_OK: MethodId = (20, 11);
-pub const CHANNEL_FLOW: MethodId = (20, 20);
-pub const CHANNEL_FLOW_OK: MethodId = (20, 21);
-pub const CHANNEL_CLOSE: MethodId = (20, 40);
-pub const CHANNEL_CLOSE_OK: MethodId = (20, 41);
-
-pub const EXCHANGE_DECLARE: MethodId = (40, 10);
-
-pub const QUEUE_DECLARE: MethodId = (50, 10);
-pub const QUEUE_DECLARE_OK: MethodId = (50, 11);
-pub const QUEUE_DELETE: MethodId = (50, 40);
-pub const QUEUE_DELETE_OK: MethodId = (50, 41);
-
-pub const BASIC_QOS: MethodId = (60, 10);
-pub const BASIC_QOS_OK: MethodId = (60, 11);
-pub const BASIC_CONSUME: MethodId = (60, 20);
-pub const BASIC_CANCEL: MethodId = (60, 30);
-pub const BASIC_PUBLISH: MethodId = (60, 40);
-pub const BASIC_RETURN: MethodId = (60, 50);
-pub const BASIC_DELIVER: MethodId = (60, 60);
-pub const BASIC_GET: MethodId = (60, 70);
-pub const BASIC_GET_OK: MethodId = (60, 71);
-pub const BASIC_ACK: MethodId = (60, 80);
-pub const BASIC_REJECT: MethodId = (60, 90);
-pub const BASIC_RECOVER_ASYNC: MethodId = (60, 100);
-pub const BASIC_RECOVER: MethodId = (60, 110);
-pub const BASIC_NACK: MethodId = (60, 120);
-
-pub const CONFIRM_SELECT: MethodId = (85, 10);
-pub const CONFIRM_SELECT_OK: MethodId = (85, 11);
-
-pub const TX_SELECT: MethodId = (90, 10);
+use super::frame::{self, Frame, FRAME_METHOD};
+use super::spec;
+use super::wire::{put_long_bytes, put_short_str, put_table, DecodeError, Decoder, FieldTable};
 
 /// Human name of a method for log lines and error texts.
 pub fn name(id: MethodId) -> String {
@@ -264,12 +217,7 @@ pub fn decode_get_no_ack(args: &[u8]) -> Result<bool, DecodeError> {
 /// declare, bind, purge, unbind, delete, consume, get).
 pub fn queue_needing_access(id: MethodId, args: &[u8]) -> Option<String> {
     match id {
-        QUEUE_DECLARE
-        | (50, 20)
-        | (50, 30)
-        | QUEUE_DELETE
-        | (50, 50)
-        | BASIC_CONSUME
+        QUEUE_DECLARE | QUEUE_BIND | QUEUE_PURGE | QUEUE_DELETE | QUEUE_UNBIND | BASIC_CONSUME
         | BASIC_GET => decode_queue_name(args).filter(|name| !name.is_empty()),
         _ => None,
     }
@@ -288,13 +236,13 @@ fn decode_queue_name(args: &[u8]) -> Option<String> {
 /// only keeps a channel from being reused.
 pub fn reply_expected(id: MethodId, args: &[u8]) -> bool {
     let (strings, nowait_bit) = match id {
-        (40, 10) => (2, 4),
-        (40, 20) => (1, 1),
-        (40, 30) | (40, 40) | (50, 20) => (3, 0),
-        (50, 10) => (1, 4),
-        (50, 30) => (1, 0),
-        (50, 40) => (1, 2),
-        (50, 50) | BASIC_QOS => return true,
+        EXCHANGE_DECLARE => (2, 4),
+        EXCHANGE_DELETE => (1, 1),
+        EXCHANGE_BIND | EXCHANGE_UNBIND | QUEUE_BIND => (3, 0),
+        QUEUE_DECLARE => (1, 4),
+        QUEUE_PURGE => (1, 0),
+        QUEUE_DELETE => (1, 2),
+        QUEUE_UNBIND | BASIC_QOS => return true,
         CONFIRM_SELECT => return args.first().is_none_or(|bits| bits & 1 == 0),
         _ => return false,
     };
@@ -313,17 +261,30 @@ pub fn reply_expected(id: MethodId, args: &[u8]) -> bool {
 pub fn is_reply(id: MethodId) -> bool {
     matches!(
         id,
-        (40, 11)
-            | (40, 21)
-            | (40, 31)
-            | (40, 51)
-            | (50, 11)
-            | (50, 21)
-            | (50, 31)
-            | (50, 41)
-            | (50, 51)
+        EXCHANGE_DECLARE_OK
+            | EXCHANGE_DELETE_OK
+            | EXCHANGE_BIND_OK
+            | EXCHANGE_UNBIND_OK
+            | QUEUE_DECLARE_OK
+            | QUEUE_BIND_OK
+            | QUEUE_PURGE_OK
+            | QUEUE_DELETE_OK
+            | QUEUE_UNBIND_OK
     ) || id == BASIC_QOS_OK
         || id == CONFIRM_SELECT_OK
+}
+
+/// The delivery tag of Basic.Ack, Nack or Reject (their first argument).
+pub fn ack_tag(frame: &Frame) -> Option<u64> {
+    let args = frame.method_args();
+    (args.len() >= 8).then(|| u64::from_be_bytes(args[..8].try_into().expect("8 bytes")))
+}
+
+/// Rewrites the delivery tag of a Basic.Ack, Nack or Reject in place.
+pub fn set_ack_tag(frame: &mut Frame, tag: u64) {
+    if let Some(at) = frame.method_args_mut().get_mut(..8) {
+        at.copy_from_slice(&tag.to_be_bytes());
+    }
 }
 
 /// Basic.Publish's mandatory and immediate flags.
@@ -340,7 +301,7 @@ pub fn decode_publish_flags(args: &[u8]) -> Result<(bool, bool), DecodeError> {
 /// RabbitMQ then uses the queue last declared on the channel).
 pub fn queue_argument(id: MethodId, args: &[u8]) -> Option<String> {
     match id {
-        BASIC_CONSUME | BASIC_GET | (50, 20) | (50, 30) | QUEUE_DELETE | (50, 50) => {
+        BASIC_CONSUME | BASIC_GET | QUEUE_BIND | QUEUE_PURGE | QUEUE_DELETE | QUEUE_UNBIND => {
             decode_queue_name(args)
         }
         _ => None,
@@ -515,8 +476,8 @@ pub fn decode_open_vhost(args: &[u8]) -> Result<String, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{Frame, FrameReader};
-    use crate::wire::FieldValue;
+    use crate::protocol::frame::FrameReader;
+    use crate::protocol::wire::FieldValue;
 
     async fn parse(bytes: Bytes) -> Frame {
         FrameReader::new(&bytes[..], 1 << 20)

@@ -2,7 +2,8 @@
 //! every text with the code's name; warren does the same so clients and logs
 //! read identically with or without the proxy.
 
-use crate::method::Close;
+use super::ids::MethodId;
+use super::method::Close;
 
 pub const REPLY_SUCCESS: u16 = 200;
 pub const ACCESS_REFUSED: u16 = 403;
@@ -57,7 +58,7 @@ pub fn close(code: u16, detail: impl std::fmt::Display) -> Close {
 }
 
 /// RabbitMQ's answer to a method it does not take from clients.
-pub fn unimplemented_method(id: crate::method::MethodId) -> Close {
+pub fn unimplemented_method(id: MethodId) -> Close {
     close(COMMAND_INVALID, "unimplemented method").caused_by(id)
 }
 

@@ -6,6 +6,7 @@
 //! every frame as the exact bytes it arrived as, so forwarding one costs a
 //! two-byte rewrite and a queue push.
 
+use super::ids;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -18,12 +19,6 @@ pub const FRAME_END: u8 = 0xCE;
 pub const FRAME_OVERHEAD: usize = 8;
 const HEADER_LEN: usize = 7;
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
-/// The spec's floor for frame_max: every peer must accept frames this large.
-pub const MIN_FRAME_MAX: u32 = 4096;
-/// The largest frame RabbitMQ reads before the connection is tuned: a
-/// payload of `MIN_FRAME_MAX` bytes (measured on 3.10: a Start-Ok with a
-/// 4096-byte payload is answered, one byte more and the socket is dropped).
-pub const PRE_TUNE_FRAME_MAX: u32 = MIN_FRAME_MAX + FRAME_OVERHEAD as u32;
 
 /// Why a byte stream stopped being a valid frame sequence. Each maps to
 /// reply code 501 FRAME_ERROR when told to the peer.
@@ -85,7 +80,7 @@ impl Frame {
     pub fn is_publish_part(&self) -> bool {
         match self.kind() {
             FRAME_HEADER | FRAME_BODY => true,
-            _ => self.method_id() == Some(crate::method::BASIC_PUBLISH),
+            _ => self.method_id() == Some(ids::BASIC_PUBLISH),
         }
     }
 
@@ -101,16 +96,11 @@ impl Frame {
             .then(|| u64::from_be_bytes(p[4..12].try_into().expect("8 bytes")))
     }
 
-    /// The delivery tag of Basic.Ack, Nack or Reject (their first argument).
-    pub fn ack_tag(&self) -> Option<u64> {
-        let args = self.method_args();
-        (args.len() >= 8).then(|| u64::from_be_bytes(args[..8].try_into().expect("8 bytes")))
-    }
-
-    /// Rewrites the delivery tag of Basic.Ack, Nack or Reject in place.
-    pub fn set_ack_tag(&mut self, tag: u64) {
-        let at = HEADER_LEN + 4;
-        self.bytes[at..at + 8].copy_from_slice(&tag.to_be_bytes());
+    /// Arguments of a method frame, for the in-place edits of
+    /// [`super::method`].
+    pub fn method_args_mut(&mut self) -> &mut [u8] {
+        let end = self.bytes.len() - 1;
+        self.bytes.get_mut(HEADER_LEN + 4..end).unwrap_or_default()
     }
 
     /// Moves the frame into an allocation of its own, so that keeping it
