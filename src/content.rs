@@ -456,7 +456,8 @@ mod tests {
         assert!(matches!(a.take(body(3)), ContentVerdict::Ignored));
         assert!(matches!(a.take(body(3)), ContentVerdict::Ignored));
         assert!(!a.is_idle());
-        let ContentVerdict::ConnectionError(close) = a.take(method_frame(ids::QUEUE_DECLARE)) else {
+        let ContentVerdict::ConnectionError(close) = a.take(method_frame(ids::QUEUE_DECLARE))
+        else {
             panic!("accepted");
         };
         assert_eq!(

@@ -12,7 +12,8 @@ mod runtime;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use warren::channel::{Inherited, Step, Usage};
+use warren::channel::Inherited;
+use warren::client::usage::{Step, Usage};
 use warren::client::frame_check;
 use warren::content::{ContentAssembler, ContentVerdict, HeldBytes, PublishBudget};
 use warren::protocol::frame::{Frame, FrameReader, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};

@@ -1,12 +1,25 @@
-//! Client connections: the server-side handshake and the session that
-//! serves a client until it leaves.
+//! Client connections, from accept to close.
+//!
+//! - [`serve`] wires one connection's parts together;
+//! - `admission` runs the handshake ([`handshake`]) in the broker's order
+//!   and says what a refused client hears; `pending` bounds handshakes;
+//! - `session` serves an admitted client: each frame is checked
+//!   ([`frame_check`]), routed by its `channel_table`, judged by the
+//!   channel's [`usage`] and forwarded, small publishes through a
+//!   `publish_batch`.
 
+mod admission;
+mod channel_table;
 /// Public for the fuzz targets (`fuzz/`).
 pub mod frame_check;
 /// Public for the fuzz targets (`fuzz/`).
 pub mod handshake;
 mod pending;
+mod publish_batch;
+mod serve;
 mod session;
+/// Public for the fuzz targets (`fuzz/`).
+pub mod usage;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -14,7 +27,7 @@ use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 
 pub use pending::{PendingHandshake, PendingHandshakes};
-pub use session::serve;
+pub use serve::serve;
 
 use crate::config::Config;
 use crate::content::HeldBytes;

@@ -1,0 +1,230 @@
+//! The session's upstream channels: taken when the client opens a channel,
+//! kept for the next client when it closes a clean one, closed otherwise.
+
+use super::{Exit, Session};
+use crate::channel::UpstreamChannel;
+use crate::client::channel_table::{Leftover, OpenChannel};
+use crate::client::usage::Usage;
+use crate::protocol::frame::Frame;
+use crate::protocol::ids;
+use crate::protocol::method::{self, Close};
+use crate::protocol::reply::{self, CONNECTION_FORCED, NOT_ALLOWED};
+use crate::protocol::spec::MethodSpec;
+use crate::stats::CloseScope;
+use crate::untrusted::cut;
+use crate::upstream::Grant;
+
+impl Session {
+    pub(super) async fn open_channel(&mut self, channel: u16) -> Option<Exit> {
+        let opened = match self.channels.may_open(channel) {
+            Ok(opened) => opened,
+            Err(close) => return Some(Exit::Close(close)),
+        };
+        if !self.opened_a_channel {
+            self.move_if_crowded().await;
+            self.opened_a_channel = true;
+        }
+        let beyond_guarantee = self.upstream.reservation(true, opened) == 0;
+        let Some(grant) = self
+            .take_upstream_channel(channel, false, beyond_guarantee)
+            .await
+        else {
+            return Some(self.no_free_channel(opened, beyond_guarantee));
+        };
+        let usage = Usage::new(grant.inherited.unwrap_or_default());
+        self.channels
+            .insert_open(channel, grant.channel, usage, grant.delivered);
+        // Open-Ok right away, for a kept channel and a new one alike: a
+        // Channel.Open on a free id of a healthy connection cannot fail at
+        // channel level, and the client's next frames follow it upstream.
+        self.link.push(method::channel_open_ok(channel));
+        None
+    }
+
+    /// Takes an upstream channel for `client_channel`: a kept one, or a new
+    /// id whose Channel.Open goes upstream now, pipelined (the router hides
+    /// the broker's Open-Ok).
+    pub(super) async fn take_upstream_channel(
+        &mut self,
+        client_channel: u16,
+        fresh: bool,
+        beyond_guarantee: bool,
+    ) -> Option<Grant> {
+        let grant = self
+            .upstream
+            .open_channel(&self.link, client_channel, fresh, beyond_guarantee)
+            .await?;
+        if grant.inherited.is_none() {
+            self.send_bytes(method::channel_open(grant.channel.id))
+                .await;
+        }
+        Some(grant)
+    }
+
+    /// Moves a client channel that has sent nothing upstream yet to a new
+    /// upstream channel (the old one is clean and kept), then forwards the
+    /// frame that asked for it there.
+    pub(super) async fn switch_to_fresh_channel(
+        &mut self,
+        channel: u16,
+        frame: Frame,
+        spec: Option<&'static MethodSpec>,
+    ) -> Option<Exit> {
+        let open = self.channels.take_open(channel)?;
+        let mut moved = open.usage.moved();
+        self.give_back(open);
+        // A replacement, not one more: the client's count stays.
+        let Some(grant) = self.take_upstream_channel(channel, true, false).await else {
+            return Some(self.no_free_channel(self.channels.len(), false));
+        };
+        if let Some(id) = frame.method_id() {
+            moved.on_method(id, frame.method_args());
+        }
+        let upstream = grant.channel;
+        self.channels
+            .insert_open(channel, upstream, moved, grant.delivered);
+        self.forward_content(channel, upstream, frame, spec).await
+    }
+
+    /// The client closes a channel: a clean one is kept for the next client
+    /// and its Close-Ok answered at once; any other is closed upstream and
+    /// the broker's Close-Ok relayed.
+    pub(super) fn client_closes_channel(&mut self, channel: u16) -> Option<Exit> {
+        let open = self.channels.take_open(channel)?;
+        if self.try_keep(&open) {
+            self.link.push(method::channel_close_ok(channel));
+        } else {
+            self.upstream.closing(open.upstream);
+            self.channels
+                .closing_by_client(channel, open.upstream, open.usage);
+        }
+        None
+    }
+
+    /// warren closes a channel on its own (e.g. an oversized message): the
+    /// client gets Channel.Close, the upstream channel is closed and freed.
+    pub(super) async fn close_channel(
+        &mut self,
+        channel: u16,
+        upstream: UpstreamChannel,
+        close: Close,
+    ) {
+        tracing::warn!(
+            client = self.id,
+            channel,
+            code = close.code,
+            text = cut(&close.text),
+            "closing client channel"
+        );
+        // The channel's earlier publishes go before the router's Close.
+        self.flush_batch().await;
+        self.ctx.stats.events.close(CloseScope::channel, close.code);
+        self.upstream.abandon(upstream);
+        self.channels.closed_by_proxy(channel);
+        self.link.push(close.channel_frame(channel));
+    }
+
+    /// Gives every upstream channel back: clean ones are kept for the next
+    /// client, the others closed (the broker requeues their unacknowledged
+    /// deliveries). Exclusive queues the client declared are deleted first,
+    /// as the broker would when its connection closed.
+    pub(super) async fn release_channels(&mut self) {
+        if !self.upstream_alive {
+            self.channels.clear();
+            return;
+        }
+        self.delete_exclusive_queues().await;
+        let leftovers: Vec<Leftover> = self.channels.drain().collect();
+        for leftover in leftovers {
+            match leftover {
+                Leftover::Open(open) => self.give_back(open),
+                Leftover::Closing(upstream) => self.upstream.abandon(upstream),
+            }
+        }
+    }
+
+    /// Keeps a clean upstream channel for reuse, or closes it.
+    fn give_back(&mut self, open: OpenChannel) {
+        if !self.try_keep(&open) {
+            self.upstream.abandon(open.upstream);
+        }
+    }
+
+    /// Hands a clean channel back for reuse; false if it must be closed.
+    fn try_keep(&self, open: &OpenChannel) -> bool {
+        let (replies, confirmed) = open.delivered.load();
+        let why_not = match open.usage.dirty(replies, confirmed) {
+            None if self.ctx.config().channel_reuse => {
+                self.upstream.keep(
+                    open.upstream,
+                    open.usage.inherited(),
+                    open.usage.confirm_publishes,
+                );
+                return true;
+            }
+            None => "reuse is off",
+            Some(dirty) => dirty,
+        };
+        tracing::debug!(
+            client = self.id,
+            upstream_channel = open.upstream.id,
+            why_not,
+            "upstream channel not reused"
+        );
+        false
+    }
+
+    /// Why a channel could not be had: the upstream connection is gone, or
+    /// full, or what is free is kept for the other clients on it.
+    fn no_free_channel(&self, opened: usize, beyond_guarantee: bool) -> Exit {
+        if self.upstream.is_closed() {
+            return Exit::Close(reply::close(
+                CONNECTION_FORCED,
+                "the upstream connection to the broker was lost",
+            ));
+        }
+        let text = if beyond_guarantee {
+            format!(
+                "warren: this client has {opened} channels open; the free channels of its \
+                 upstream connection are kept for the other clients on it (guaranteed-channels)"
+            )
+        } else {
+            "the upstream connection has no free channel (max-upstream-channels)".to_string()
+        };
+        Exit::Close(reply::close(NOT_ALLOWED, text).caused_by(ids::CHANNEL_OPEN))
+    }
+
+    /// Tells the upstream connection what this client keeps reserved now.
+    pub(super) fn update_reservation(&mut self) {
+        let wanted = self
+            .upstream
+            .reservation(self.opened_a_channel, self.channels.len());
+        if wanted != self.reservation {
+            self.upstream.reserve(self.reservation, wanted);
+            self.reservation = wanted;
+        }
+    }
+
+    /// Before its first channel, the client may still move to a quieter
+    /// upstream connection (see `Pools::rebalance`).
+    async fn move_if_crowded(&mut self) {
+        let Some(quieter) = self
+            .ctx
+            .pools
+            .rebalance(&self.pool, &self.vhost, &self.upstream)
+            .await
+        else {
+            return;
+        };
+        tracing::debug!(
+            client = self.id,
+            from = self.upstream.id(),
+            to = quieter.id(),
+            "client moved to a quieter upstream"
+        );
+        self.upstream.unpin(self.id, self.reservation);
+        quieter.attach(self.link.clone());
+        self.record.upstream.set(quieter.id());
+        self.upstream = quieter;
+    }
+}

@@ -1,0 +1,336 @@
+//! An admitted client, from its first channel to its last frame.
+//!
+//! The session task owns the socket's read half and the client's
+//! [`ChannelTable`]. For each frame the client sends it asks the table
+//! where the frame goes, rewrites two bytes and pushes the frame to the
+//! pinned upstream connection. Frames from the broker do not pass through
+//! here: the upstream router writes them to this client's write queue
+//! directly; only channel lifecycle events come back to the session.
+//!
+//! The work is split by concern: [`frames`] decides what a client frame
+//! does, [`channels`] opens, closes and gives back upstream channels,
+//! [`forward`] sends frames upstream, and [`exclusive`] keeps the client's
+//! exclusive queues its own.
+
+mod channels;
+mod exclusive;
+mod forward;
+mod frames;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::admission::{wait_for_close_ok, CLOSE_OK_WAIT};
+use super::channel_table::{BrokerClose, ChannelTable};
+use super::publish_batch::PublishBatch;
+use super::serve::CLIENT_QUEUE_BYTES;
+use super::Context;
+use crate::channel::UpstreamChannel;
+use crate::content::PublishBudget;
+use crate::exclusive::Declared;
+use crate::link::{ClientEvent, ClientId, ClientLink};
+use crate::net::ReadHalf;
+use crate::outbox::Outbox;
+use crate::pool::PoolRef;
+use crate::protocol::frame::{FrameError, FrameReader};
+use crate::protocol::method::{self, Close};
+use crate::protocol::reply::{self, CONNECTION_FORCED, FRAME_ERROR};
+use crate::stats::{ClientRecord, CloseScope, DisconnectReason, Listed};
+use crate::untrusted::cut;
+use crate::upstream::Upstream;
+
+/// How the main loop ended.
+pub enum Exit {
+    /// The client sent Connection.Close.
+    ClientClosed,
+    /// warren closes the client with this.
+    Close(Close),
+    /// The connection is already gone or unusable; nothing to say.
+    Gone(String),
+    /// The client did not read what was queued for it in time.
+    TooSlow,
+}
+
+impl Exit {
+    pub fn reason(&self) -> DisconnectReason {
+        match self {
+            Exit::ClientClosed => DisconnectReason::client_closed,
+            Exit::Close(_) => DisconnectReason::closed_by_warren,
+            Exit::Gone(_) => DisconnectReason::connection_lost,
+            Exit::TooSlow => DisconnectReason::slow_client,
+        }
+    }
+
+    /// For the log line that says why the client left.
+    pub fn describe(&self) -> String {
+        match self {
+            Exit::ClientClosed => "client closed the connection".to_string(),
+            Exit::Close(close) => format!("closed by warren: {} {}", close.code, close.text),
+            Exit::Gone(why) => why.clone(),
+            Exit::TooSlow => format!(
+                "client too slow: more than {} MiB waiting for it",
+                CLIENT_QUEUE_BYTES >> 20
+            ),
+        }
+    }
+}
+
+/// How the session reaches its client: the link the router writes to, the
+/// write queue, and its entry in the client list.
+pub struct ClientSide {
+    pub link: Arc<ClientLink>,
+    pub outbox: Outbox,
+    pub record: Listed<ClientRecord>,
+}
+
+pub struct Session {
+    id: ClientId,
+    ctx: Arc<Context>,
+    pool: PoolRef,
+    vhost: String,
+    upstream: Upstream,
+    upstream_alive: bool,
+    link: Arc<ClientLink>,
+    outbox: Outbox,
+    channels: ChannelTable,
+    /// Once it has, the client stays on its upstream connection: it may own
+    /// exclusive queues or consumers there even with no channel open.
+    opened_a_channel: bool,
+    /// Exclusive queues declared with no-wait, by the client channel that
+    /// declared them: nothing says when the broker has made such a queue,
+    /// so at exit it is deleted on that channel, after the declare.
+    declared_without_wait: Vec<(String, u16)>,
+    /// Channels its upstream connection keeps for this client (see
+    /// `Upstream::reservation`), as last told to it.
+    reservation: usize,
+    scratch: Vec<Bytes>,
+    /// Whole small publishes not yet queued upstream: anything else sent
+    /// upstream, and every event, goes after them.
+    batch: PublishBatch,
+    /// This client's share of the bytes held in partly received publishes.
+    publish_budget: Arc<PublishBudget>,
+    /// Channels that held a frame since the last `settle_held`.
+    holding: Vec<u16>,
+    /// The broker's plugin exchange types, as configured when the client came.
+    exchange_types: Vec<String>,
+    record: Listed<ClientRecord>,
+}
+
+impl Session {
+    pub fn new(
+        id: ClientId,
+        ctx: &Arc<Context>,
+        pool: PoolRef,
+        vhost: String,
+        upstream: Upstream,
+        channel_max: u16,
+        client: ClientSide,
+    ) -> Self {
+        Session {
+            id,
+            ctx: ctx.clone(),
+            pool,
+            vhost,
+            upstream,
+            upstream_alive: true,
+            link: client.link,
+            outbox: client.outbox,
+            channels: ChannelTable::new(channel_max),
+            opened_a_channel: false,
+            declared_without_wait: Vec::new(),
+            reservation: 1,
+            scratch: Vec::new(),
+            batch: PublishBatch::default(),
+            publish_budget: PublishBudget::new(ctx.held_bytes.clone()),
+            holding: Vec::new(),
+            exchange_types: ctx.config().exchange_types.clone(),
+            record: client.record,
+        }
+    }
+
+    /// Reads the client's frames and the router's events until one ends
+    /// the session.
+    pub async fn run(
+        &mut self,
+        reader: &mut FrameReader<ReadHalf>,
+        events: &mut mpsc::UnboundedReceiver<ClientEvent>,
+        heartbeat: Option<Duration>,
+        ctx: &Context,
+    ) -> Exit {
+        // Liveness is counted in quarter intervals rather than timed per
+        // frame (a clock read per frame is measurable): a client is gone once
+        // more than eight quarters, two intervals, pass without a frame.
+        let mut liveness =
+            tokio::time::interval(heartbeat.map_or(Duration::from_secs(3600), |hb| hb / 4));
+        let mut quiet_quarters = 0u32;
+        // Made once: polling a fresh `cancelled()` per frame would register
+        // a waker with the token each time.
+        let force_close = ctx.force_close.cancelled();
+        tokio::pin!(force_close);
+        // The client's writer stops when its socket fails or stalls.
+        let outbox = self.outbox.clone();
+        let writer_stopped = outbox.closed();
+        tokio::pin!(writer_stopped);
+        loop {
+            let step = tokio::select! {
+                biased;
+                Some(event) = events.recv() => {
+                    self.flush_batch().await;
+                    self.on_event(event).await
+                }
+                read = reader.read_frame() => match read {
+                    Ok(frame) => {
+                        quiet_quarters = 0;
+                        self.on_read(frame, reader.has_buffered_frame()).await
+                    }
+                    Err(FrameError::Closed) => Some(Exit::Gone("client dropped the connection".into())),
+                    Err(FrameError::Io(e)) => Some(Exit::Gone(format!("client connection failed: {e}"))),
+                    Err(e) => Some(Exit::Close(reply::close(FRAME_ERROR, e))),
+                },
+                _ = liveness.tick() => {
+                    quiet_quarters += 1;
+                    match heartbeat {
+                        Some(hb) if quiet_quarters > 8 => Some(Exit::Gone(format!(
+                            "missed heartbeats from client, timeout: {}s",
+                            hb.as_secs()
+                        ))),
+                        _ => None,
+                    }
+                }
+                _ = &mut writer_stopped => {
+                    Some(Exit::Gone("the client stopped reading (nothing written for too long) or its connection failed".into()))
+                }
+                _ = &mut force_close => {
+                    Some(Exit::Close(reply::close(CONNECTION_FORCED, "warren is shutting down")))
+                }
+            };
+            self.record.channels.set(self.channels.len() as u64);
+            self.update_reservation();
+            if let Some(exit) = step {
+                return exit;
+            }
+        }
+    }
+
+    /// Closes what is left: upstream channels go back (closed so the broker
+    /// requeues unacknowledged deliveries), the client hears why.
+    pub async fn finish(
+        &mut self,
+        exit: Exit,
+        reader: &mut FrameReader<ReadHalf>,
+        events: &mut mpsc::UnboundedReceiver<ClientEvent>,
+        ctx: &Context,
+    ) {
+        self.flush_batch().await;
+        self.await_exclusive_declares(events, CLOSE_OK_WAIT).await;
+        self.release_channels().await;
+        self.record.channels.set(0);
+        match exit {
+            Exit::ClientClosed => {
+                let _ = self.outbox.send_now(method::connection_close_ok());
+            }
+            Exit::Close(close) => {
+                ctx.stats.events.close(CloseScope::connection, close.code);
+                tracing::warn!(
+                    client = self.id,
+                    code = close.code,
+                    text = cut(&close.text),
+                    "closing client connection"
+                );
+                if self.outbox.send_now(close.connection_frame()).is_ok() {
+                    let wait = if ctx.force_close.is_cancelled() {
+                        ctx.config().term_client_close_timeout
+                    } else {
+                        CLOSE_OK_WAIT
+                    };
+                    wait_for_close_ok(reader, wait).await;
+                }
+            }
+            Exit::Gone(_) | Exit::TooSlow => {}
+        }
+    }
+
+    /// Leaves the upstream connection; what remains is the client's entry
+    /// in the list, to be dropped once its writer is done.
+    pub fn leave(self) -> Listed<ClientRecord> {
+        self.upstream.unpin(self.id, self.reservation);
+        self.record
+    }
+
+    async fn on_event(&mut self, event: ClientEvent) -> Option<Exit> {
+        match event {
+            ClientEvent::ChannelCloseOk { channel } => {
+                if self.channels.on_broker_close_ok(channel) {
+                    self.link.push(method::channel_close_ok(channel));
+                }
+                None
+            }
+            ClientEvent::ChannelClosedByBroker {
+                channel,
+                upstream,
+                close,
+                code,
+            } => {
+                self.on_broker_close(channel, upstream, close, code).await;
+                None
+            }
+            ClientEvent::DeclareOk { channel, queue } => {
+                let usage = self.channels.usage_mut(channel)?;
+                // Confirms a named claim; a server-named queue is claimed
+                // here, the first moment its name exists.
+                if let Some(declare) = usage.on_declare_ok() {
+                    self.upstream
+                        .claim_exclusive(&queue, self.id, declare, Declared::Confirmed);
+                }
+                None
+            }
+            ClientEvent::DeleteOk { channel } => {
+                let usage = self.channels.usage_mut(channel)?;
+                if let Some(queue) = usage.on_delete_ok() {
+                    self.upstream.release_exclusive(&queue, self.id);
+                }
+                None
+            }
+            ClientEvent::UpstreamClosed { upstream, close } if upstream == self.upstream.id() => {
+                self.upstream_alive = false;
+                Some(Exit::Close(close))
+            }
+            ClientEvent::UpstreamClosed { .. } => None,
+            ClientEvent::Overflowed => Some(Exit::TooSlow),
+        }
+    }
+
+    /// The broker closed an upstream channel of this client's.
+    async fn on_broker_close(
+        &mut self,
+        channel: u16,
+        upstream: UpstreamChannel,
+        close: Bytes,
+        code: u16,
+    ) {
+        let (usage, crossed) = match self.channels.on_broker_close(channel, upstream) {
+            // Already given back (kept or abandoned): the router
+            // acknowledged the broker's Close itself.
+            BrokerClose::NotOurs => return,
+            BrokerClose::CrossedClientClose { usage } => (usage, true),
+            BrokerClose::Closed { usage } => (usage, false),
+        };
+        self.withdraw_refused_declares(&usage);
+        // Acknowledge first, release second: the id must not be handed out
+        // before our Close-Ok is queued ahead of any Channel.Open that could
+        // reuse it.
+        self.send_bytes(method::channel_close_ok(upstream.id)).await;
+        self.upstream.release(upstream);
+        if crossed {
+            // The client's Close crossed the broker's: the channel is
+            // closed either way, and the client gets its Close-Ok.
+            self.link.push(method::channel_close_ok(channel));
+        } else {
+            self.ctx.stats.events.close(CloseScope::channel, code);
+            self.link.push(close);
+        }
+    }
+}
