@@ -9,7 +9,12 @@
 
 pub mod handshake;
 mod nodes;
+mod occupancy;
 mod router;
+mod slots;
+
+use occupancy::Occupancy;
+pub use occupancy::Room;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,40 +102,11 @@ pub struct Grant {
     pub delivered: Arc<Delivered>,
 }
 
-/// Who uses an upstream connection, read by the pool when it picks one.
-///
-/// Channels are shared fairly: every pinned client has channels reserved,
-/// which no other client may take. A client that has not opened a channel
-/// reserves one (it can still move to another connection, see
-/// `Pools::rebalance`); from its first on, it reserves what it lacks of
-/// `--guaranteed-channels`. Beyond its guarantee a client takes only
-/// channels nobody has reserved, so a client that opens channels by the
-/// thousand never takes the next channel of one that opened a few.
-#[derive(Debug, Default)]
-struct Occupancy {
-    clients: usize,
-    channels: usize,
-    /// Channels reserved by pinned clients and not in use by them.
-    reserved: usize,
-    closed: bool,
-}
-
-impl Occupancy {
-    /// Whether a client past its guarantee may take one more channel of
-    /// `capacity` without touching any reservation.
-    fn has_unreserved(&self, capacity: usize) -> bool {
-        self.channels + self.reserved < capacity
-    }
-}
-
 #[derive(Debug)]
 struct Inner {
     id: u64,
     frames: Outbox,
     commands: mpsc::UnboundedSender<Command>,
-    capacity: usize,
-    /// `--guaranteed-channels`, at most `capacity`.
-    guaranteed: usize,
     frame_max: u32,
     occupancy: Mutex<Occupancy>,
     /// The broker node it is connected to.
@@ -193,24 +169,6 @@ enum Command {
         reply: oneshot::Sender<bool>,
     },
     Shutdown,
-}
-
-/// How much room a connection must have to take another client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Room {
-    /// At least one free channel.
-    Any,
-    /// At least half of its channels free.
-    HalfFree,
-}
-
-impl Room {
-    fn fits(self, used: usize, capacity: usize) -> bool {
-        match self {
-            Room::Any => used < capacity,
-            Room::HalfFree => used * 2 < capacity,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -354,12 +312,11 @@ impl Upstream {
             id,
             frames,
             commands,
-            capacity: negotiated.channel_max as usize,
-            guaranteed: settings
-                .guaranteed_channels
-                .clamp(1, usize::from(negotiated.channel_max.max(1))),
             frame_max: negotiated.frame_max,
-            occupancy: Mutex::new(Occupancy::default()),
+            occupancy: Mutex::new(Occupancy::new(
+                negotiated.channel_max.into(),
+                settings.guaranteed_channels,
+            )),
             retire_at: settings
                 .max_lifetime
                 .map(|lifetime| Instant::now() + lifetime),
@@ -400,7 +357,7 @@ impl Upstream {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.0.occupancy.lock().expect("occupancy lock").closed
+        self.occupancy().closed
     }
 
     /// Past `--upstream-max-lifetime`: it serves the clients it has, takes
@@ -412,49 +369,34 @@ impl Upstream {
 
     /// Clients pinned to this connection.
     pub fn client_count(&self) -> usize {
-        self.0.occupancy.lock().expect("occupancy lock").clients
+        self.occupancy().clients()
     }
 
-    /// Reserves a place for one more client if the connection is alive and
-    /// has room for it by `room` (a client is counted as needing a channel
-    /// until it has one).
+    fn occupancy(&self) -> std::sync::MutexGuard<'_, Occupancy> {
+        self.0.occupancy.lock().expect("occupancy lock")
+    }
+
+    /// Reserves a place for one more client if the connection is alive,
+    /// not retired, and has room for it by `room` (see [`Occupancy`]).
     pub fn try_pin(&self, room: Room) -> bool {
         let retired = self.is_retired();
-        let mut o = self.0.occupancy.lock().expect("occupancy lock");
-        if o.closed || retired || !room.fits(o.channels + o.reserved, self.0.capacity) {
-            return false;
-        }
-        o.clients += 1;
-        o.reserved += 1;
-        true
+        !retired && self.occupancy().try_pin(room)
     }
 
     /// What a client holding `held` channels keeps reserved (see
-    /// [`Occupancy`]); 0 once it is past its guarantee.
+    /// [`Occupancy::reservation`]).
     pub fn reservation(&self, opened_a_channel: bool, held: usize) -> usize {
-        if opened_a_channel {
-            self.0.guaranteed.saturating_sub(held)
-        } else {
-            1
-        }
+        self.occupancy().reservation(opened_a_channel, held)
     }
 
-    /// A client's reservation changed from `from` to `to` (see
-    /// [`Upstream::reservation`]).
+    /// A client's reservation changed from `from` to `to`.
     pub fn reserve(&self, from: usize, to: usize) {
-        let mut o = self.0.occupancy.lock().expect("occupancy lock");
-        o.reserved = (o.reserved + to).saturating_sub(from);
+        self.occupancy().reserve(from, to);
     }
 
-    /// A client about to open its first channel is better served by a
-    /// quieter connection when more than half of this one's channels are
-    /// taken or reserved, or its guarantee would not fit: clients that open
-    /// many channels do not crowd each other out.
+    /// See [`Occupancy::is_crowded`].
     pub fn is_crowded(&self) -> bool {
-        let o = self.0.occupancy.lock().expect("occupancy lock");
-        let taken = o.channels + o.reserved;
-        !Room::HalfFree.fits(taken, self.0.capacity)
-            || taken.saturating_sub(1) + self.0.guaranteed > self.0.capacity
+        self.occupancy().is_crowded()
     }
 
     fn exclusive(&self) -> std::sync::MutexGuard<'_, ExclusiveQueues> {
@@ -544,9 +486,7 @@ impl Upstream {
     /// channels (see [`Upstream::reservation`]).
     pub fn unpin(&self, client: ClientId, reserved: usize) {
         let _ = self.0.commands.send(Command::Detach(client));
-        let mut o = self.0.occupancy.lock().expect("occupancy lock");
-        o.clients = o.clients.saturating_sub(1);
-        o.reserved = o.reserved.saturating_sub(reserved);
+        self.occupancy().unpin(reserved);
     }
 
     /// Reserves an upstream channel id routed to `client_channel` of `link`.
