@@ -117,6 +117,9 @@ struct Inner {
     /// exclusivity to this connection, which many clients share; warren
     /// scopes it to the client, as a direct connection would.
     exclusive: Mutex<ExclusiveQueues>,
+    /// Held from a client's check of a queue-naming method to the moment
+    /// the method is queued upstream (see [`Upstream::order_queue_methods`]).
+    queue_order: Arc<tokio::sync::Mutex<()>>,
     ended: CancellationToken,
 }
 
@@ -322,6 +325,7 @@ impl Upstream {
                 .map(|lifetime| Instant::now() + lifetime),
             node,
             exclusive: Mutex::default(),
+            queue_order: Arc::default(),
             ended: CancellationToken::new(),
         });
         tracing::info!(
@@ -453,6 +457,17 @@ impl Upstream {
             return true;
         }
         answer.await.unwrap_or(true)
+    }
+
+    /// Puts queue-naming methods in one order for the claims and for the
+    /// broker. Without it, a client could find no claim on a queue, another
+    /// client claim it and queue its declare, and only then the first
+    /// client's request reach the broker, after the declare, on the same
+    /// connection: the broker would let it in. Held while a request that
+    /// was allowed is queued upstream, and while a claimed declare is, it
+    /// makes every request reach the broker in the order it was checked.
+    pub async fn order_queue_methods(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.0.queue_order.clone().lock_owned().await
     }
 
     /// `client` leaves: its exclusive queues, to delete.

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedMutexGuard};
 
 use super::Session;
 use crate::client::channel_table::Route;
@@ -25,13 +25,19 @@ impl Session {
     /// (a conditional one only with its Delete-Ok). Another client's claim
     /// can outlive its queue (`x-expires`): before refusing, warren asks
     /// the broker whether the queue is still there.
+    ///
+    /// Ok with a guard for a request that may go: it is to be queued
+    /// upstream before the guard is dropped (see
+    /// `Upstream::order_queue_methods`). `None`: the method names no queue.
     pub(super) async fn check_queue_access(
         &mut self,
         channel: u16,
         id: MethodId,
         args: &[u8],
-    ) -> Option<Close> {
-        let queue = method::queue_needing_access(id, args)?;
+    ) -> Result<Option<OwnedMutexGuard<()>>, Close> {
+        let Some(queue) = method::queue_needing_access(id, args) else {
+            return Ok(None);
+        };
         let declare = (id == ids::QUEUE_DECLARE)
             .then(|| method::QueueDeclare::decode(args).ok())
             .flatten()
@@ -45,7 +51,13 @@ impl Session {
             access = self.request_access(channel, &queue, args, declare.as_ref());
         }
         if access == Access::Locked {
-            return Some(self.locked_queue(&queue));
+            return Err(self.locked_queue(&queue));
+        }
+        let order = self.upstream.order_queue_methods().await;
+        // Another client may have claimed the queue while this one waited:
+        // its declare went upstream first, so this request is refused.
+        if declare.is_none() && self.upstream.queue_access(&queue, self.id) == Access::Locked {
+            return Err(self.locked_queue(&queue));
         }
         let unconditional_delete = (id == ids::QUEUE_DELETE)
             .then(|| method::QueueDelete::decode(args).ok())
@@ -55,7 +67,7 @@ impl Session {
             self.upstream.release_exclusive(&queue, self.id);
             self.declared_without_wait.retain(|(q, _)| *q != queue);
         }
-        None
+        Ok(Some(order))
     }
 
     /// RabbitMQ's refusal of another connection's exclusive queue.

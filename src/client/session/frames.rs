@@ -101,14 +101,18 @@ impl Session {
             }
             _ => {}
         }
-        if let Some(close) = self
+        // Held until the method is queued upstream (or dropped).
+        let _queue_order = match self
             .check_queue_access(channel, id, frame.method_args())
             .await
         {
-            self.close_channel(channel, upstream, close.caused_by(id))
-                .await;
-            return None;
-        }
+            Ok(order) => order,
+            Err(close) => {
+                self.close_channel(channel, upstream, close.caused_by(id))
+                    .await;
+                return None;
+            }
+        };
         let (_, usage) = self.channels.open_mut(channel)?;
         match usage.on_method(id, frame.method_args()) {
             Step::Forward => {}
