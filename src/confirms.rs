@@ -21,7 +21,7 @@ impl ConfirmTags {
     /// ack. A `multiple` ack that spans the hand-over is clipped by the same
     /// rule: "everything up to broker tag T" becomes "everything up to T -
     /// base", which names only this client's publishes.
-    pub fn to_client(&self, broker_tag: u64) -> Option<u64> {
+    pub fn to_client(self, broker_tag: u64) -> Option<u64> {
         (self.wanted && broker_tag > self.base).then(|| broker_tag - self.base)
     }
 }

@@ -2,31 +2,48 @@
 //!
 //! Where a frame goes, by module:
 //! - [`listener`] accepts a client and starts a [`client`] session;
-//! - the session reads client frames ([`frame`]), tracks channels
-//!   ([`channel`]) and pushes frames to its pinned [`upstream`] connection,
-//!   found or opened by the [`pool`];
+//! - the session reads client frames ([`protocol::frame`]), checks them,
+//!   tracks channels and pushes frames to its pinned [`upstream`]
+//!   connection, found or opened by the [`pool`];
 //! - the upstream router reads broker frames and pushes them to the client
 //!   through its [`link`]; every socket is written by a [`writer`] task.
+//!
+//! The crate exports only [`main`]: everything else is internal, so the
+//! compiler reports what nothing uses. With the `fuzzing` feature the
+//! parsers and state machines the fuzz targets (`fuzz/`) drive are public
+//! too.
 
-pub mod admin;
-pub mod auth;
-pub mod channel;
-pub mod client;
-pub mod config;
-pub mod confirms;
-pub mod content;
-pub mod exclusive;
-pub mod fd_limit;
-pub mod link;
-pub mod listener;
-pub mod logging;
-pub mod memory;
-pub mod net;
-pub mod outbox;
-pub mod pool;
-pub mod protocol;
-pub mod stats;
-pub mod tls;
-pub mod untrusted;
-pub mod upstream;
-pub mod writer;
+/// Modules public only to the fuzz targets.
+macro_rules! fuzzed {
+    ($($module:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "fuzzing")]
+            pub mod $module;
+            #[cfg(not(feature = "fuzzing"))]
+            mod $module;
+        )*
+    };
+}
+
+mod admin;
+mod app;
+mod auth;
+mod config;
+mod confirms;
+mod exclusive;
+mod fd_limit;
+mod link;
+mod listener;
+mod logging;
+mod memory;
+mod outbox;
+mod pool;
+mod stats;
+mod tls;
+mod untrusted;
+mod upstream;
+mod writer;
+
+fuzzed!(channel, client, content, net, protocol);
+
+pub use app::main;

@@ -26,7 +26,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
-pub use pending::{PendingHandshake, PendingHandshakes};
+pub use pending::PendingHandshakes;
 pub use serve::serve;
 
 use crate::config::Config;

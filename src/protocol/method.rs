@@ -204,14 +204,6 @@ pub fn exchange_type_known(kind: &str, plugin_types: &[String]) -> bool {
         || plugin_types.iter().any(|t| t == kind)
 }
 
-/// Basic.Get's no-ack flag.
-pub fn decode_get_no_ack(args: &[u8]) -> Result<bool, DecodeError> {
-    let mut d = Decoder::new(args);
-    d.u16()?;
-    d.short_bytes()?;
-    Ok(d.u8()? & 1 == 1)
-}
-
 /// The queue named by a method that needs exclusive access to it when the
 /// queue is exclusive to another connection (RabbitMQ answers 405 for these:
 /// declare, bind, purge, unbind, delete, consume, get).
@@ -452,7 +444,6 @@ impl StartOk {
 /// Connection.Start as sent by the broker.
 #[derive(Debug)]
 pub struct Start {
-    pub server_properties: FieldTable,
     pub mechanisms: String,
 }
 
@@ -461,8 +452,8 @@ impl Start {
         let mut d = Decoder::new(args);
         d.u8()?;
         d.u8()?;
+        d.table()?;
         Ok(Start {
-            server_properties: d.table()?,
             mechanisms: String::from_utf8_lossy(d.long_bytes()?).into_owned(),
         })
     }

@@ -226,40 +226,7 @@ pub fn plot(rows: &[Row], title: &str) -> String {
         r##"<text x="12" y="44" fill="#555">warren ÷ direct, median of the runs, log scale; right of the grey line = faster through warren; black ticks = targets</text>"##
     );
     for (i, row) in ratios.iter().enumerate() {
-        let y = top + i as f64 * row_height;
-        let ratio = row.outcome();
-        let colour = match row.met() {
-            Some(false) => "#d9534f",
-            _ => "#2b7bba",
-        };
-        let _ = writeln!(
-            svg,
-            r##"<text x="{}" y="{}" text-anchor="end">{}</text>"##,
-            label_width - 8.0,
-            y + 17.0,
-            escape(&row.name)
-        );
-        let _ = writeln!(
-            svg,
-            r##"<rect x="{label_width}" y="{}" width="{:.1}" height="18" fill="{colour}"/>"##,
-            y + 4.0,
-            (x(ratio) - label_width).max(1.0)
-        );
-        let _ = writeln!(
-            svg,
-            r##"<text x="{:.1}" y="{}">{ratio:.2}x</text>"##,
-            x(ratio) + 6.0,
-            y + 17.0
-        );
-        if let Some(Goal::AtLeast(bound) | Goal::AtMost(bound)) = row.goal {
-            let _ = writeln!(
-                svg,
-                r##"<line x1="{0:.1}" x2="{0:.1}" y1="{1}" y2="{2}" stroke="#000" stroke-width="2"/>"##,
-                x(bound),
-                y + 1.0,
-                y + 25.0
-            );
-        }
+        plot_row(&mut svg, row, top + i as f64 * row_height, label_width, &x);
     }
     let bottom = top + ratios.len() as f64 * row_height;
     let _ = writeln!(
@@ -278,6 +245,43 @@ pub fn plot(rows: &[Row], title: &str) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// One row's bar, value and target tick, at height `y`.
+fn plot_row(svg: &mut String, row: &Row, y: f64, label_width: f64, x: &impl Fn(f64) -> f64) {
+    let ratio = row.outcome();
+    let colour = match row.met() {
+        Some(false) => "#d9534f",
+        _ => "#2b7bba",
+    };
+    let _ = writeln!(
+        svg,
+        r##"<text x="{}" y="{}" text-anchor="end">{}</text>"##,
+        label_width - 8.0,
+        y + 17.0,
+        escape(&row.name)
+    );
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{label_width}" y="{}" width="{:.1}" height="18" fill="{colour}"/>"##,
+        y + 4.0,
+        (x(ratio) - label_width).max(1.0)
+    );
+    let _ = writeln!(
+        svg,
+        r##"<text x="{:.1}" y="{}">{ratio:.2}x</text>"##,
+        x(ratio) + 6.0,
+        y + 17.0
+    );
+    if let Some(Goal::AtLeast(bound) | Goal::AtMost(bound)) = row.goal {
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{0:.1}" x2="{0:.1}" y1="{1}" y2="{2}" stroke="#000" stroke-width="2"/>"##,
+            x(bound),
+            y + 1.0,
+            y + 25.0
+        );
+    }
 }
 
 fn escape(text: &str) -> String {

@@ -139,6 +139,7 @@ impl Warren {
 impl Drop for Warren {
     fn drop(&mut self) {
         // SIGTERM with --term-timeout 0: it closes its clients and exits.
+        // SAFETY: kill only sends a signal to the child we started.
         unsafe {
             libc::kill(self.pid() as libc::pid_t, libc::SIGTERM);
         }

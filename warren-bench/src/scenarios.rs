@@ -4,14 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use warren::protocol::ids;
 
 use bytes::BytesMut;
 use tokio::sync::{watch, Semaphore};
 
-use warren::auth::Credentials;
-
-use crate::client::{self, Connection, Result};
+use crate::amqp::{self, FrameReader};
+use crate::client::{self, Connection, Login, Result};
 
 /// Unacknowledged publishes a confirming publisher allows itself.
 const CONFIRM_WINDOW: usize = 1024;
@@ -26,16 +24,10 @@ const CONNECT_PARALLELISM: usize = 64;
 /// The longest any single wait for the broker may take.
 const STEP_LIMIT: Duration = Duration::from_secs(30);
 
-/// Where and as whom the scenarios connect.
-#[derive(Clone)]
-pub struct Login {
-    pub credentials: Arc<Credentials>,
-    pub vhost: String,
-}
-
 impl Login {
+    /// Connects and logs in, within the step limit.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Connection> {
-        bounded(Connection::open(addr, &self.credentials, &self.vhost)).await
+        bounded(Connection::open(addr, self)).await
     }
 }
 
@@ -170,7 +162,7 @@ async fn sum_of(mut tasks: tokio::task::JoinSet<Result<u64>>) -> Result<u64> {
 /// Reads confirms, gives their window back, and returns once every publish
 /// is confirmed.
 struct AckReader {
-    reader: warren::protocol::frame::FrameReader<warren::net::ReadHalf>,
+    reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
     window: Arc<Semaphore>,
     /// How many were published, once the publisher is done.
     published: watch::Receiver<Option<u64>>,
@@ -195,12 +187,12 @@ impl AckReader {
                 }
             };
             match frame.method_id() {
-                Some(ids::BASIC_ACK | ids::BASIC_NACK) => {
+                Some(amqp::BASIC_ACK | amqp::BASIC_NACK) => {
                     let now = client::confirmed_through(&frame, confirmed).ok_or("bad ack")?;
                     self.window.add_permits((now - confirmed) as usize);
                     confirmed = now;
                 }
-                Some(ids::CHANNEL_CLOSE) => {
+                Some(amqp::CHANNEL_CLOSE) => {
                     return Err("the channel was closed while publishing".into());
                 }
                 _ => {}
@@ -234,7 +226,7 @@ pub async fn consume(
             return Err(format!("only {received} of {messages} deliveries arrived"));
         }
         let frame = bounded(conn.read()).await?;
-        if frame.method_id() != Some(ids::BASIC_DELIVER) {
+        if frame.method_id() != Some(amqp::BASIC_DELIVER) {
             continue;
         }
         started.get_or_insert_with(Instant::now);
@@ -277,10 +269,10 @@ async fn fill(login: &Login, broker: SocketAddr, queue: &str, messages: u64) -> 
     while confirmed < messages {
         let frame = bounded(conn.read()).await?;
         match frame.method_id() {
-            Some(ids::BASIC_ACK) => {
+            Some(amqp::BASIC_ACK) => {
                 confirmed = client::confirmed_through(&frame, confirmed).ok_or("bad ack")?;
             }
-            Some(ids::BASIC_NACK) => {
+            Some(amqp::BASIC_NACK) => {
                 return Err("the broker refused a message while filling the queue".into());
             }
             _ => {}
@@ -358,11 +350,8 @@ pub async fn churn(
                 let channel = conn.open_channel().await?;
                 let message = conn.publish(channel, &queue, b"churn");
                 conn.send(&message).await?;
-                conn.send(
-                    &warren::protocol::method::Close::new(200, "done").channel_frame(channel),
-                )
-                .await?;
-                bounded(conn.expect(channel, ids::CHANNEL_CLOSE_OK)).await?;
+                conn.send(&amqp::close(channel, "done")).await?;
+                bounded(conn.expect(channel, amqp::CHANNEL_CLOSE_OK)).await?;
                 bounded(conn.close()).await?;
                 cycles += 1;
             }

@@ -7,6 +7,7 @@
 //! through warren alternately, repeats, and prints medians, spreads,
 //! ratios and whether each target was met.
 
+mod amqp;
 mod client;
 mod report;
 mod scenarios;
@@ -15,17 +16,14 @@ mod target;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use zeroize::Zeroizing;
 
+use client::Login;
 use client::Result;
 use report::{Compare, Goal, Row};
-use scenarios::Login;
 use target::Warren;
-use warren::auth::Credentials;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -541,30 +539,20 @@ fn parse_broker(raw: &str) -> Result<(SocketAddr, Login)> {
         "" => "/".to_string(),
         path => decode(path),
     };
-    let credentials = Credentials {
-        user,
-        password: Zeroizing::new(password),
-    };
     Ok((
         addr,
         Login {
-            credentials: Arc::new(credentials),
-            vhost,
+            user: user.into(),
+            password: password.into(),
+            vhost: vhost.into(),
         },
     ))
 }
 
 /// 10k idle clients need 10k descriptors here and in the warren started.
 fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("warren-bench: cannot raise the open files limit: {e}");
     }
 }
 
