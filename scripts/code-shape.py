@@ -2,7 +2,7 @@
 """Prints the shape of warren's source: lines per file, the longest
 functions, and cycles between modules.
 
-    scripts/code-shape.py [--check] [DIR ...]
+    scripts/code-shape.py [--check] [DIR ...]   (default: src, warren-bench/src)
 
 With --check it exits 1 when a file is over MAX_FILE_LINES, a function over
 MAX_FN_LINES, or two modules import each other (directly or around a loop):
@@ -139,7 +139,8 @@ def top_module(mod):
 
 def main(argv):
     check = "--check" in argv
-    roots = [Path(a) for a in argv if a != "--check"] or [Path(__file__).resolve().parent.parent / "src"]
+    repo = Path(__file__).resolve().parent.parent
+    roots = [Path(a) for a in argv if a != "--check"] or [repo / "src", repo / "warren-bench" / "src"]
     failures = []
     for src in roots:
         files = sorted(p for p in src.rglob("*.rs") if "/bin/" not in str(p))

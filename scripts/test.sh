@@ -29,15 +29,17 @@ fi
 [[ -n $PORT ]] || { echo "test: no free broker port found" >&2; exit 1; }
 export WARREN_TEST_BROKER_PORT=$PORT
 
-echo "== format and lints"
-cargo fmt --check
-cargo clippy --release --all-targets -- -D warnings
+echo "== format, lints and the shape of the source"
+cargo fmt --all --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+# No file over 600 lines, no function over 80, no import cycle.
+scripts/code-shape.py --check >/dev/null
 
 echo "== build"
 cargo build --release
 
 echo "== unit tests"
-cargo test --release
+cargo test --release --workspace
 
 echo "== fuzzing (cargo-fuzz, 20 s per target)"
 scripts/fuzz.sh "${WARREN_FUZZ_SECONDS:-20}"
@@ -47,6 +49,8 @@ echo "== cargo install"
 INSTALL_ROOT=$(mktemp -d)
 CARGO_TARGET_DIR=$ROOT/target cargo install --quiet --locked --offline --path . --root "$INSTALL_ROOT"
 "$INSTALL_ROOT/bin/warren" --version
+# warren alone: the benchmark tool is a crate of its own.
+[[ $(ls "$INSTALL_ROOT/bin") == warren ]] || { echo "cargo install installed more than warren" >&2; exit 1; }
 rm -rf "$INSTALL_ROOT"
 
 echo "== test certificates"

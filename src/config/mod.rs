@@ -204,84 +204,17 @@ impl Config {
     }
 
     fn from_options(options: Options) -> Result<Self, ConfigError> {
-        let o = options.clone();
-        let upstream_urls = o.upstream.filter(|urls| !urls.is_empty()).ok_or_else(|| {
+        let mut o = options.clone();
+        let upstream_urls = o.upstream.take().filter(|urls| !urls.is_empty()).ok_or_else(|| {
             err("missing upstream: give UPSTREAM_URL, set AMQP_URL, or set upstream in the config file")
         })?;
         let upstreams = upstream_urls
             .iter()
             .map(|url| parse_upstream_url(url))
             .collect::<Result<Vec<_>, _>>()?;
-        let log_level = o.log_level.unwrap_or_default();
-        if !matches!(
-            log_level.as_str(),
-            "error" | "warn" | "info" | "debug" | "trace"
-        ) {
-            return Err(err(format!(
-                "invalid log level '{log_level}': expected error, warn, info, debug or trace"
-            )));
-        }
-        let log_format = match o.log_format.as_deref() {
-            Some("json") => LogFormat::Json,
-            Some("text") | None => LogFormat::Text,
-            Some(other) => {
-                return Err(err(format!(
-                    "invalid --log-format '{other}': expected text or json"
-                )))
-            }
-        };
-        let at_least_one = |name: &str, value: Option<u16>| match value {
-            Some(0) => Err(err(format!("invalid --{name} 0: must be at least 1"))),
-            other => Ok(other.unwrap_or_default()),
-        };
-        let max_upstream_channels = at_least_one("max-upstream-channels", o.max_upstream_channels)?;
-        let channel_max = at_least_one("channel-max", o.channel_max)?;
-        let listen = match o.listen.unwrap_or_default() {
-            l if l.is_empty() => return Err(err("invalid --listen '': give an address")),
-            l => match l.strip_prefix("unix:") {
-                Some(path) if path.starts_with('/') => Listen::Unix(PathBuf::from(path)),
-                Some(path) => {
-                    return Err(err(format!(
-                        "invalid --listen 'unix:{path}': the socket path must be absolute"
-                    )))
-                }
-                None => Listen::Tcp(l),
-            },
-        };
-        let socket_mode = o.socket_mode.unwrap_or_default();
-        let socket_mode = u32::from_str_radix(&socket_mode, 8)
-            .ok()
-            .filter(|mode| *mode <= 0o777)
-            .ok_or_else(|| {
-                err(format!(
-                    "invalid --socket-mode '{socket_mode}': expected octal permissions such as 0660"
-                ))
-            })?;
-        let client_ca = given(o.tls_client_ca).map(PathBuf::from);
-        let tls = match cert_and_key(o.tls_cert, o.tls_key, "tls")? {
-            Some((cert, key)) => Some(ListenerTls {
-                port: o.tls_port.unwrap_or_default(),
-                cert,
-                key,
-                client_ca,
-            }),
-            None if client_ca.is_some() => {
-                return Err(err(
-                    "--tls-client-ca needs --tls-cert and --tls-key (the TLS listener)",
-                ))
-            }
-            None => None,
-        };
-        if tls.is_some() && matches!(listen, Listen::Unix(_)) {
-            return Err(err(
-                "the TLS listener needs an IP --listen address, not a Unix socket",
-            ));
-        }
+        let (log_level, log_format) = logging(&mut o)?;
+        let (listen, tls, socket_mode) = listeners(&mut o)?;
         let seconds = |value: Option<u64>| Duration::from_secs(value.unwrap_or_default());
-        let at_least_a_second = |name: &str, value: Option<u64>| match value {
-            Some(0) => Err(err(format!("invalid --{name} 0: must be at least 1"))),
-            other => Ok(seconds(other)),
-        };
         Ok(Config {
             upstreams,
             listen,
@@ -311,19 +244,11 @@ impl Config {
                 .max_pending_handshakes_per_source
                 .unwrap_or_default() as usize,
             max_upstream_connections: o.max_upstream_connections.unwrap_or_default() as usize,
-            max_held_publish_bytes: match o.max_held_publish_mib {
-                Some(mib @ 128..) => u64::from(mib) << 20,
-                other => {
-                    return Err(err(format!(
-                        "invalid --max-held-publish-mib {}: must be at least 128 (one message of the largest size)",
-                        other.unwrap_or_default()
-                    )))
-                }
-            },
-            max_upstream_channels,
+            max_held_publish_bytes: held_publish_bytes(o.max_held_publish_mib)?,
+            max_upstream_channels: at_least_one("max-upstream-channels", o.max_upstream_channels)?,
             exchange_types: exchange_types(o.exchange_types.unwrap_or_default())?,
             guaranteed_channels: at_least_one("guaranteed-channels", o.guaranteed_channels)?,
-            channel_max,
+            channel_max: at_least_one("channel-max", o.channel_max)?,
             heartbeat: o.heartbeat.unwrap_or_default(),
             channel_reuse: o.channel_reuse.unwrap_or_default(),
             max_kept_channels: o.max_kept_channels.unwrap_or_default(),
@@ -370,6 +295,104 @@ impl Config {
             .copied()
             .filter(|key| ours.get(*key) != theirs.get(*key))
             .collect()
+    }
+}
+
+/// `--log-level` and `--log-format`, checked.
+fn logging(o: &mut Options) -> Result<(String, LogFormat), ConfigError> {
+    let log_level = o.log_level.take().unwrap_or_default();
+    if !matches!(
+        log_level.as_str(),
+        "error" | "warn" | "info" | "debug" | "trace"
+    ) {
+        return Err(err(format!(
+            "invalid log level '{log_level}': expected error, warn, info, debug or trace"
+        )));
+    }
+    let log_format = match o.log_format.take().as_deref() {
+        Some("json") => LogFormat::Json,
+        Some("text") | None => LogFormat::Text,
+        Some(other) => {
+            return Err(err(format!(
+                "invalid --log-format '{other}': expected text or json"
+            )))
+        }
+    };
+    Ok((log_level, log_format))
+}
+
+/// `--listen`, the TLS listener's files and `--socket-mode`, checked
+/// against each other.
+fn listeners(o: &mut Options) -> Result<(Listen, Option<ListenerTls>, u32), ConfigError> {
+    let listen = match o.listen.take().unwrap_or_default() {
+        l if l.is_empty() => return Err(err("invalid --listen '': give an address")),
+        l => match l.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => Listen::Unix(PathBuf::from(path)),
+            Some(path) => {
+                return Err(err(format!(
+                    "invalid --listen 'unix:{path}': the socket path must be absolute"
+                )))
+            }
+            None => Listen::Tcp(l),
+        },
+    };
+    let socket_mode = o.socket_mode.take().unwrap_or_default();
+    let socket_mode = u32::from_str_radix(&socket_mode, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| {
+            err(format!(
+                "invalid --socket-mode '{socket_mode}': expected octal permissions such as 0660"
+            ))
+        })?;
+    let client_ca = given(o.tls_client_ca.take()).map(PathBuf::from);
+    let tls = match cert_and_key(o.tls_cert.take(), o.tls_key.take(), "tls")? {
+        Some((cert, key)) => Some(ListenerTls {
+            port: o.tls_port.unwrap_or_default(),
+            cert,
+            key,
+            client_ca,
+        }),
+        None if client_ca.is_some() => {
+            return Err(err(
+                "--tls-client-ca needs --tls-cert and --tls-key (the TLS listener)",
+            ))
+        }
+        None => None,
+    };
+    if tls.is_some() && matches!(listen, Listen::Unix(_)) {
+        return Err(err(
+            "the TLS listener needs an IP --listen address, not a Unix socket",
+        ));
+    }
+    Ok((listen, tls, socket_mode))
+}
+
+/// `--max-held-publish-mib` in bytes: room for one message of the largest
+/// size at least.
+fn held_publish_bytes(mib: Option<u32>) -> Result<u64, ConfigError> {
+    match mib {
+        Some(mib @ 128..) => Ok(u64::from(mib) << 20),
+        other => Err(err(format!(
+            "invalid --max-held-publish-mib {}: must be at least 128 (one message of the largest size)",
+            other.unwrap_or_default()
+        ))),
+    }
+}
+
+/// A count that 0 would make meaningless.
+fn at_least_one(name: &str, value: Option<u16>) -> Result<u16, ConfigError> {
+    match value {
+        Some(0) => Err(err(format!("invalid --{name} 0: must be at least 1"))),
+        other => Ok(other.unwrap_or_default()),
+    }
+}
+
+/// A timeout that 0 would make meaningless.
+fn at_least_a_second(name: &str, value: Option<u64>) -> Result<Duration, ConfigError> {
+    match value {
+        Some(0) => Err(err(format!("invalid --{name} 0: must be at least 1"))),
+        other => Ok(Duration::from_secs(other.unwrap_or_default())),
     }
 }
 
