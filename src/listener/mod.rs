@@ -26,16 +26,9 @@ use handover::Probe;
 use crate::client::{self, Context};
 use crate::config::{Config, Listen};
 use crate::logging::RateLimit;
-use crate::memory;
 use crate::net::Accepted;
 use crate::stats::HandshakeOutcome;
 
-/// How often pools whose connections all closed are forgotten, and freed
-/// memory is looked at.
-const PRUNE_EVERY: Duration = Duration::from_secs(5);
-/// After this many clients left, freed heap is given back to the system
-/// (see `memory::give_back_freed_memory`).
-const DEPARTURES_BEFORE_TRIM: u64 = 256;
 /// How long upstream connections get to close cleanly at exit.
 const UPSTREAM_CLOSE_WAIT: Duration = Duration::from_secs(3);
 /// After a drain starts, connections still arriving (handshakes the kernel
@@ -200,19 +193,9 @@ fn local(listener: &TcpListener) -> String {
 /// cleanly.
 pub async fn run(listeners: Arc<Listeners>, ctx: Arc<Context>, stop: CancellationToken) {
     let sessions = TaskTracker::new();
-    let mut prune = tokio::time::interval(PRUNE_EVERY);
-    let mut departed_at_trim = 0;
     loop {
         tokio::select! {
             accepted = accept_when_room(&listeners, &ctx) => spawn_or_back_off(accepted, &sessions, &ctx).await,
-            _ = prune.tick() => {
-                ctx.pools.prune();
-                let departed = ctx.stats.departed_clients();
-                if departed >= departed_at_trim + DEPARTURES_BEFORE_TRIM {
-                    memory::give_back_freed_memory();
-                    departed_at_trim = departed;
-                }
-            }
             _ = stop.cancelled() => break,
         }
     }
