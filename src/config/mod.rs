@@ -483,8 +483,6 @@ pub fn parse_upstream_url(raw: &str) -> Result<UpstreamAddr, ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
     fn cli(args: &[&str]) -> Cli {
