@@ -15,7 +15,7 @@ if [[ $# -gt 0 && $1 =~ ^amqps?:// ]]; then
   UPSTREAM=$1
   shift
 fi
-cargo build --release --quiet
+cargo build --release --quiet --package warren
 
 if [[ -z $UPSTREAM ]]; then
   scripts/setup.sh broker
