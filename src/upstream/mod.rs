@@ -13,8 +13,7 @@ mod occupancy;
 mod router;
 mod slots;
 
-use occupancy::Occupancy;
-pub use occupancy::Room;
+pub use occupancy::{Occupancy, Room};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

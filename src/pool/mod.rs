@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+mod connections;
+
+use connections::Connections;
+
 use crate::auth::{Credentials, Fingerprint, Salt};
 use crate::protocol::limits::RABBITMQ_FRAME_MAX;
 use crate::protocol::reply::{self, NOT_ALLOWED};
@@ -20,40 +24,31 @@ struct Pool {
     fingerprint: Fingerprint,
     /// Kept to open more connections for this pool; zeroized on drop.
     credentials: Credentials,
-    upstreams: Mutex<Vec<Upstream>>,
+    upstreams: Mutex<Connections<Upstream>>,
     /// Serialises connection opening so a burst of new clients opens one
     /// upstream connection, not one each.
     opening: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
-    /// Pins the client to a live connection with `room`, dropping dead ones.
+    fn upstreams(&self) -> std::sync::MutexGuard<'_, Connections<Upstream>> {
+        self.upstreams.lock().expect("pool lock")
+    }
+
+    /// Pins the client to a live connection with `room` (see
+    /// [`Connections::pin`]).
     fn try_pin(&self, room: Room) -> Option<Upstream> {
-        let mut upstreams = self.upstreams.lock().expect("pool lock");
-        upstreams.retain(|u| !u.is_closed());
-        upstreams.iter().find(|u| u.try_pin(room)).cloned()
+        self.upstreams().pin(room)
     }
 
     fn is_empty(&self) -> bool {
-        let mut upstreams = self.upstreams.lock().expect("pool lock");
-        upstreams.retain(|u| !u.is_closed());
-        upstreams.is_empty()
+        self.upstreams().is_empty()
     }
 
     /// Has a connection that still takes clients: the broker accepted these
     /// credentials less than `--upstream-max-lifetime` ago.
     fn vouches(&self) -> bool {
-        self.current_connections() > 0
-    }
-
-    /// Connections that count against `--max-upstream-connections`: retired
-    /// ones are on their way out.
-    fn current_connections(&self) -> usize {
-        let upstreams = self.upstreams.lock().expect("pool lock");
-        upstreams
-            .iter()
-            .filter(|u| !u.is_closed() && !u.is_retired())
-            .count()
+        self.upstreams().current() > 0
     }
 }
 
@@ -264,7 +259,7 @@ impl Pools {
         vhost: &str,
     ) -> Result<(), ConnectError> {
         let limit = settings.max_connections;
-        if limit > 0 && pool.current_connections() >= limit {
+        if !pool.upstreams().may_open(limit) {
             return Err(ConnectError::Refused(reply::close(
                 NOT_ALLOWED,
                 format!(
@@ -280,10 +275,7 @@ impl Pools {
     fn adopt(&self, pool: &Pool, upstream: &Upstream) {
         let pinned = upstream.try_pin(Room::Any);
         debug_assert!(pinned, "a new connection has room");
-        pool.upstreams
-            .lock()
-            .expect("pool lock")
-            .push(upstream.clone());
+        pool.upstreams().adopt(upstream.clone());
     }
 
     fn pool_for(&self, credentials: &Credentials, vhost: &str) -> Arc<Pool> {
@@ -301,7 +293,7 @@ impl Pools {
         let pool = Arc::new(Pool {
             fingerprint,
             credentials: credentials.clone(),
-            upstreams: Mutex::new(Vec::new()),
+            upstreams: Mutex::default(),
             opening: tokio::sync::Mutex::new(()),
         });
         candidates.push(pool.clone());
@@ -341,9 +333,8 @@ impl Pools {
             .iter()
             .flat_map(|((vhost, user), candidates)| {
                 candidates.iter().map(move |pool| {
-                    let upstreams = pool.upstreams.lock().expect("pool lock");
-                    let live: Vec<&Upstream> =
-                        upstreams.iter().filter(|u| !u.is_closed()).collect();
+                    let upstreams = pool.upstreams();
+                    let live: Vec<&Upstream> = upstreams.live().collect();
                     PoolSummary {
                         vhost: vhost.clone(),
                         user: user.clone(),
@@ -363,8 +354,7 @@ impl Pools {
         pools
             .values()
             .flatten()
-            .flat_map(|p| p.upstreams.lock().expect("pool lock").clone())
-            .filter(|u| !u.is_closed())
+            .flat_map(|p| p.upstreams().live().cloned().collect::<Vec<_>>())
             .collect()
     }
 }
