@@ -14,9 +14,9 @@ use crate::housekeeping;
 use crate::listener;
 use crate::logging::{self, SetLevel};
 use crate::pool::Pools;
-use crate::reload::{reload_on_hangup, upstream_settings, warn_if_insecure, Loaded};
+use crate::reload::{reload_on_hangup, upstream_settings, warn_if_insecure, Loaded, Running};
 use crate::stats::Stats;
-use crate::{fd_limit, memory};
+use crate::{fd_limit, memory, systemd};
 
 /// Runs warren as the command line says; the binary is only this.
 pub fn main() -> ExitCode {
@@ -112,16 +112,17 @@ async fn run(cli: Cli, loaded: Loaded, set_level: SetLevel) -> ExitCode {
         None => "off".into(),
     };
     tracing::info!(listen = %addresses.join(", "), http = %http_local, upstream = %upstreams.join(","), "warren is ready");
+    systemd::ready(&format!("listening on {}", addresses.join(", ")));
+    tokio::spawn(systemd::keep_watchdog_fed());
 
     tokio::spawn(watch_signals(term, int, stop.clone()));
-    tokio::spawn(reload_on_hangup(
-        hangups,
-        cli,
-        ctx.clone(),
-        Arc::downgrade(&listeners),
+    let running = Running {
+        ctx: ctx.clone(),
+        listeners: Arc::downgrade(&listeners),
         set_level,
         listening,
-    ));
+    };
+    tokio::spawn(reload_on_hangup(hangups, cli, running));
     tokio::spawn(housekeeping::run(ctx.clone(), stop.clone()));
     listener::run(listeners, ctx, stop).await;
     tracing::info!("warren stopped");
@@ -132,6 +133,7 @@ async fn run(cli: Cli, loaded: Loaded, set_level: SetLevel) -> ExitCode {
 async fn watch_signals(mut term: Signal, mut int: Signal, stop: CancellationToken) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::info!("shutdown requested; send the signal again to exit at once");
+    systemd::stopping();
     stop.cancel();
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::warn!("second signal: exiting now");

@@ -41,6 +41,7 @@ mod outbox;
 mod pool;
 mod reload;
 mod stats;
+mod systemd;
 mod tls;
 mod untrusted;
 mod upstream;

@@ -10,8 +10,8 @@ use crate::config::{Cli, Config, ConfigError};
 use crate::listener::Listeners;
 use crate::logging::SetLevel;
 use crate::stats::Stats;
-use crate::tls;
 use crate::upstream::{Nodes, UpstreamSettings};
+use crate::{systemd, tls};
 
 /// The configuration with what is built from its files: read at start and
 /// at every reload, so a bad certificate is a configuration error like any
@@ -85,58 +85,76 @@ const NEEDS_RESTART: &[&str] = &[
     "log_format",
 ];
 
+/// What a reload needs besides the command line.
+pub struct Running {
+    pub ctx: Arc<Context>,
+    pub listeners: Weak<Listeners>,
+    pub set_level: SetLevel,
+    pub listening: String,
+}
+
 /// SIGHUP re-reads the configuration (file, with the command line and
 /// environment still on top). Limits, timeouts, log level, upstream nodes
 /// and TLS files apply to connections made from now on; a file that does
-/// not load is logged and the running configuration stays.
-pub async fn reload_on_hangup(
-    mut hangups: Signal,
-    cli: Cli,
-    ctx: Arc<Context>,
-    listeners: Weak<Listeners>,
-    set_level: SetLevel,
-    listening: String,
-) {
+/// not load is logged and the running configuration stays. systemd hears
+/// RELOADING=1 before and READY=1 after, whatever the outcome.
+pub async fn reload_on_hangup(mut hangups: Signal, cli: Cli, running: Running) {
     while hangups.recv().await.is_some() {
-        let Loaded {
-            config,
-            nodes,
-            server_tls,
-        } = match Loaded::from(&cli) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                tracing::error!(error = %e, "reload failed; the running configuration stays");
-                continue;
-            }
-        };
-        nodes.carry_health_from(&ctx.pools.settings().nodes);
-        if let Some(listeners) = listeners.upgrade() {
-            listeners.set_tls(server_tls);
-        }
-        let current = ctx.config();
-        let changed = config.changed_from(&current);
-        let mut ignored: Vec<&str> = changed
-            .iter()
-            .copied()
-            .filter(|key| NEEDS_RESTART.contains(key))
-            .collect();
-        if config.tls.is_some() != current.tls.is_some() {
-            ignored.push("tls_cert and tls_key (turning the TLS listener on or off)");
-        }
-        if !ignored.is_empty() {
-            tracing::warn!(settings = %ignored.join(", "), "these settings change only at a restart");
-        }
-        ctx.pools
-            .reconfigure(upstream_settings(&config, nodes, &ctx.stats, &listening));
-        if !current.upstream_tls.insecure {
-            warn_if_insecure(&config);
-        }
-        let level = config.log_level.clone();
-        ctx.set_config(config);
-        tracing::info!(changed = %changed.join(", "), "configuration reloaded");
-        // Last, so the line above is written at the level it was asked under.
-        if let Err(e) = set_level(&level) {
-            tracing::error!(error = %e, "cannot change the log level");
-        }
+        systemd::reloading();
+        systemd::ready(match reload(&cli, &running) {
+            true => "reloaded",
+            false => "reload failed; the running configuration stays",
+        });
     }
+}
+
+/// Whether the configuration loaded (and is now in force).
+fn reload(cli: &Cli, running: &Running) -> bool {
+    let Running {
+        ctx,
+        listeners,
+        set_level,
+        listening,
+    } = running;
+    let Loaded {
+        config,
+        nodes,
+        server_tls,
+    } = match Loaded::from(cli) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed; the running configuration stays");
+            return false;
+        }
+    };
+    nodes.carry_health_from(&ctx.pools.settings().nodes);
+    if let Some(listeners) = listeners.upgrade() {
+        listeners.set_tls(server_tls);
+    }
+    let current = ctx.config();
+    let changed = config.changed_from(&current);
+    let mut ignored: Vec<&str> = changed
+        .iter()
+        .copied()
+        .filter(|key| NEEDS_RESTART.contains(key))
+        .collect();
+    if config.tls.is_some() != current.tls.is_some() {
+        ignored.push("tls_cert and tls_key (turning the TLS listener on or off)");
+    }
+    if !ignored.is_empty() {
+        tracing::warn!(settings = %ignored.join(", "), "these settings change only at a restart");
+    }
+    ctx.pools
+        .reconfigure(upstream_settings(&config, nodes, &ctx.stats, listening));
+    if !current.upstream_tls.insecure {
+        warn_if_insecure(&config);
+    }
+    let level = config.log_level.clone();
+    ctx.set_config(config);
+    tracing::info!(changed = %changed.join(", "), "configuration reloaded");
+    // Last, so the line above is written at the level it was asked under.
+    if let Err(e) = set_level(&level) {
+        tracing::error!(error = %e, "cannot change the log level");
+    }
+    true
 }

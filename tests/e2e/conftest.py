@@ -151,10 +151,11 @@ def broker():
 class Warren:
     latest_port = None
 
-    def __init__(self, args, upstream_port, upstreams=None, port=None, log_level="debug"):
+    def __init__(self, args, upstream_port, upstreams=None, port=None, log_level="debug", env=None):
         """upstreams: broker URLs instead of the test broker's ([]: none
         on the command line). port: the AMQP port, free by default.
-        log_level: given on the command line unless None."""
+        log_level: given on the command line unless None. env: added to
+        the environment."""
         self.port = port or free_port()
         self.http_port = free_port()
         # A later --http-port in args wins (0 turns HTTP off).
@@ -166,7 +167,7 @@ class Warren:
             [str(WARREN), "-p", str(self.port), "--http-port", str(self.http_port),
              *(["--log-level", log_level] if log_level else []), *args,
              *(upstreams if upstreams is not None else [f"amqp://127.0.0.1:{upstream_port}"])],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         try:
             wait_until(self._accepting, 10, "warren to listen")
         except BaseException:
@@ -217,8 +218,8 @@ class Warren:
 def warren_factory(broker):
     started = []
 
-    def start(*args, upstream_port=None, upstreams=None, port=None, log_level="debug"):
-        w = Warren(["--term-timeout", "0", *args], upstream_port or broker.port, upstreams, port, log_level)
+    def start(*args, upstream_port=None, upstreams=None, port=None, log_level="debug", env=None):
+        w = Warren(["--term-timeout", "0", *args], upstream_port or broker.port, upstreams, port, log_level, env)
         started.append(w)
         return w
 
