@@ -21,6 +21,17 @@ use crate::{fd_limit, memory, systemd};
 /// Runs warren as the command line says; the binary is only this.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(what) = cli.generate {
+        return match Cli::generate(what, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            // A reader that stops early (`| head`) is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("warren: cannot write: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let loaded = match Loaded::from(&cli) {
         Ok(loaded) => loaded,
         Err(e) => {

@@ -45,6 +45,7 @@ mod systemd;
 mod tls;
 mod untrusted;
 mod upstream;
+mod version;
 mod writer;
 
 fuzzed!(channel, client, content, net, protocol);

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::Admin;
 use crate::stats::Traffic;
 use crate::upstream::ChannelCounts;
+use crate::version;
 
 /// How long a router gets to report its channels before it is shown
 /// without them (a router is never blocked for long; this bounds a page).
@@ -17,6 +18,8 @@ const REPORT_WAIT: Duration = Duration::from_secs(1);
 #[derive(Serialize)]
 pub struct Overview {
     version: &'static str,
+    commit: &'static str,
+    built: &'static str,
     uptime_seconds: f64,
     ready: bool,
     draining: bool,
@@ -121,7 +124,9 @@ pub async fn overview(admin: &Admin) -> Overview {
     }
     let upstream_channels = ChannelCounts::sum(channels.values());
     Overview {
-        version: env!("CARGO_PKG_VERSION"),
+        version: version::VERSION,
+        commit: version::COMMIT,
+        built: version::BUILD_DATE,
         uptime_seconds: admin.ctx.stats.started.elapsed().as_secs_f64(),
         ready,
         draining: admin.draining.is_cancelled(),

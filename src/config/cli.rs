@@ -14,12 +14,23 @@ pub struct Cli {
     options: Options,
     pub config: Option<PathBuf>,
     pub check_config: Option<PathBuf>,
+    /// Print a document generated from these definitions instead of running.
+    pub generate: Option<Generate>,
+}
+
+/// Documents generated from the command line's definitions, never written
+/// by hand: they list exactly the flags `--help` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generate {
+    /// The man page (roff), for `man 1 warren`.
+    Man,
+    Completions(clap_complete::Shell),
 }
 
 impl Cli {
-    fn command() -> Command {
+    pub fn command() -> Command {
         Command::new("warren")
-            .version(env!("CARGO_PKG_VERSION"))
+            .version(crate::version::LONG)
             .about("AMQP 0-9-1 proxy that pools upstream connections and channels")
             .after_help(
                 "Every option can also come from the file given with --config: TOML \
@@ -55,6 +66,32 @@ impl Cli {
                          environment), print the effective configuration and exit",
                     ),
             )
+            .arg(
+                Arg::new("generate_man")
+                    .long("generate-man")
+                    .action(ArgAction::SetTrue)
+                    .help("Print the man page (roff) and exit"),
+            )
+            .arg(
+                Arg::new("generate_completions")
+                    .long("generate-completions")
+                    .value_name("SHELL")
+                    .value_parser(clap::value_parser!(clap_complete::Shell))
+                    .conflicts_with("generate_man")
+                    .help("Print shell completions (bash, zsh, fish, elvish, powershell) and exit"),
+            )
+    }
+
+    /// Writes the document `what` to `out`.
+    pub fn generate(what: Generate, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut command = Self::command();
+        match what {
+            Generate::Man => clap_mangen::Man::new(command).render(out),
+            Generate::Completions(shell) => {
+                clap_complete::generate(shell, &mut command, "warren", out);
+                Ok(())
+            }
+        }
     }
 
     /// The process's command line; exits with clap's message when it is wrong.
@@ -78,10 +115,15 @@ impl Cli {
         if matches.get_flag("debug") {
             options.log_level = Some("debug".into());
         }
+        let generate = match matches.get_one::<clap_complete::Shell>("generate_completions") {
+            Some(shell) => Some(Generate::Completions(*shell)),
+            None => matches.get_flag("generate_man").then_some(Generate::Man),
+        };
         Cli {
             options,
             config: matches.get_one::<PathBuf>("config").cloned(),
             check_config: matches.get_one::<PathBuf>("check_config").cloned(),
+            generate,
         }
     }
 

@@ -112,3 +112,35 @@ def test_every_option_is_documented_with_its_flag_variable_and_key(tmp_path):
     assert len(flags) > 30 and len(variables) > 25 and len(keys) > 25, (flags, variables, keys)
     missing = sorted(name for name in flags | variables | keys if name not in doc)
     assert missing == [], f"not in docs/configuration.md: {missing}"
+
+
+def test_version_names_the_commit_and_build_date():
+    import re
+    from conftest import ROOT
+    out = run("--version")
+    assert out.returncode == 0, out.stderr
+    match = re.fullmatch(r"warren (\d+\.\d+\.\d+) \(commit ([0-9a-f]{12}|unknown), built (\d{4}-\d{2}-\d{2})\)\n",
+                         out.stdout)
+    assert match, out.stdout
+    if (ROOT / ".git").exists():
+        known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{match[2]}^{{commit}}"])
+        assert known.returncode == 0, f"{match[2]} is no commit of this repository"
+
+
+def test_man_page_and_completions_list_every_flag_of_help():
+    import re
+    help_text = run("--help").stdout
+    flags = sorted(set(re.findall(r"(--[a-z][a-z-]+)", help_text)))
+    assert len(flags) > 30, flags
+    man = run("--generate-man")
+    assert man.returncode == 0 and man.stdout.startswith(".ie"), man.stderr
+    roff_flags = man.stdout.replace("\\-", "-")
+    assert [f for f in flags if f not in roff_flags] == []
+    bash = run("--generate-completions", "bash")
+    assert bash.returncode == 0, bash.stderr
+    assert [f for f in flags if f not in bash.stdout] == []
+    # The script is valid bash.
+    checked = subprocess.run(["bash", "-n"], input=bash.stdout, text=True, capture_output=True)
+    assert checked.returncode == 0, checked.stderr
+    wrong = run("--generate-completions", "tcsh")
+    assert wrong.returncode == 2 and "possible values" in wrong.stderr
