@@ -5,7 +5,9 @@
 //! decode to the same values. (Not to the same bytes: the codec reads a
 //! boolean as 0 or 1, `L` as `l`, and a table key that is not UTF-8 with
 //! replacement characters; warren forwards a client's own bytes, never a
-//! re-encoding.)
+//! re-encoding.) A key whose replacement characters make it longer than a
+//! short string can be is outside what the codec can write back, so such
+//! inputs are skipped.
 //!
 //! Input: class (2 bytes), method (2 bytes), then the arguments.
 #![no_main]
@@ -13,7 +15,7 @@
 use bytes::{BufMut, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use warren::protocol::spec::{self, Field, MethodSpec};
-use warren::protocol::wire::{put_long_bytes, put_table, Decoder, FieldTable};
+use warren::protocol::wire::{put_long_bytes, put_table, Decoder, FieldTable, FieldValue};
 
 /// One decoded argument; consecutive bits are one octet.
 #[derive(Debug, PartialEq)]
@@ -56,6 +58,24 @@ fn decode(spec: &MethodSpec, args: &[u8]) -> Vec<(Field, Value)> {
     values
 }
 
+/// Every table key, nested ones included, fits a short string again.
+fn keys_fit(values: &[(Field, Value)]) -> bool {
+    fn table(t: &FieldTable) -> bool {
+        t.iter().all(|(key, value)| key.len() <= 255 && field(value))
+    }
+    fn field(value: &FieldValue) -> bool {
+        match value {
+            FieldValue::Table(t) => table(t),
+            FieldValue::Array(items) => items.iter().all(field),
+            _ => true,
+        }
+    }
+    values.iter().all(|(_, value)| match value {
+        Value::Table(t) => table(t),
+        _ => true,
+    })
+}
+
 fn encode(values: &[(Field, Value)]) -> BytesMut {
     let mut out = BytesMut::new();
     for (field, value) in values {
@@ -89,6 +109,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let values = decode(spec, args);
+    if !keys_fit(&values) {
+        return;
+    }
     let again = encode(&values);
     assert!(
         spec::check_arguments(spec, &again).is_ok(),
