@@ -66,6 +66,11 @@ impl HeldBytes {
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
+
+    /// The budget, `--max-held-publish-mib` in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
 }
 
 /// One client connection's share of the budget.

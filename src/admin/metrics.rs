@@ -30,6 +30,8 @@ pub async fn render(admin: &Admin) -> String {
         snapshot: admin.ctx.stats.snapshot(),
         stats: admin.ctx.stats.clone(),
         held_publish_bytes: admin.ctx.held_bytes.used(),
+        held_publish_limit: admin.ctx.held_bytes.limit(),
+        upstream_connections_limit: admin.ctx.config().max_upstream_connections,
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(exposition));
@@ -50,6 +52,8 @@ struct Exposition {
     pools: usize,
     stats: Arc<Stats>,
     held_publish_bytes: u64,
+    held_publish_limit: u64,
+    upstream_connections_limit: usize,
 }
 
 impl Collector for Exposition {
@@ -121,6 +125,19 @@ impl Exposition {
             "warren_held_publish_bytes",
             "Bytes of partly received large messages held until whole (budget: --max-held-publish-mib)",
             self.held_publish_bytes,
+        )?;
+        // The limits, so alerts compare against what this warren runs with.
+        gauge(
+            encoder,
+            "warren_held_publish_bytes_limit",
+            "The budget for partly received messages, bytes (--max-held-publish-mib)",
+            self.held_publish_limit,
+        )?;
+        gauge(
+            encoder,
+            "warren_upstream_connections_limit",
+            "Most upstream connections per pool (--max-upstream-connections); 0: no limit",
+            self.upstream_connections_limit as u64,
         )
     }
 
