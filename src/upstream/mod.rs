@@ -107,6 +107,8 @@ struct Inner {
     frames: Outbox,
     commands: mpsc::UnboundedSender<Command>,
     frame_max: u32,
+    /// `Occupancy::guaranteed`, unchanging: read without the lock.
+    guaranteed: usize,
     occupancy: Mutex<Occupancy>,
     /// The broker node it is connected to.
     node: UpstreamAddr,
@@ -310,15 +312,14 @@ impl Upstream {
             record.bytes_out.clone(),
         ));
         let (commands, command_queue) = mpsc::unbounded_channel();
+        let occupancy = Occupancy::new(negotiated.channel_max.into(), settings.guaranteed_channels);
         let inner = Arc::new(Inner {
             id,
             frames,
             commands,
             frame_max: negotiated.frame_max,
-            occupancy: Mutex::new(Occupancy::new(
-                negotiated.channel_max.into(),
-                settings.guaranteed_channels,
-            )),
+            guaranteed: occupancy.guaranteed(),
+            occupancy: Mutex::new(occupancy),
             retire_at: settings
                 .max_lifetime
                 .map(|lifetime| Instant::now() + lifetime),
@@ -387,9 +388,10 @@ impl Upstream {
     }
 
     /// What a client holding `held` channels keeps reserved (see
-    /// [`Occupancy::reservation`]).
+    /// [`occupancy::reservation`]); without the lock, as sessions ask after
+    /// every frame.
     pub fn reservation(&self, opened_a_channel: bool, held: usize) -> usize {
-        self.occupancy().reservation(opened_a_channel, held)
+        occupancy::reservation(self.0.guaranteed, opened_a_channel, held)
     }
 
     /// A client's reservation changed from `from` to `to`.

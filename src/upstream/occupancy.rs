@@ -28,6 +28,17 @@ impl Room {
     }
 }
 
+/// What a client holding `held` channels keeps reserved under a guarantee
+/// of `guaranteed`; 0 once it is past it. Needs no lock: sessions ask after
+/// every frame they handle.
+pub fn reservation(guaranteed: usize, opened_a_channel: bool, held: usize) -> usize {
+    if opened_a_channel {
+        guaranteed.saturating_sub(held)
+    } else {
+        1
+    }
+}
+
 #[derive(Debug)]
 pub struct Occupancy {
     /// The connection's channel_max.
@@ -77,14 +88,9 @@ impl Occupancy {
         self.reserved = self.reserved.saturating_sub(reserved);
     }
 
-    /// What a client holding `held` channels keeps reserved; 0 once it is
-    /// past its guarantee.
-    pub fn reservation(&self, opened_a_channel: bool, held: usize) -> usize {
-        if opened_a_channel {
-            self.guaranteed.saturating_sub(held)
-        } else {
-            1
-        }
+    /// `--guaranteed-channels` as this connection applies it.
+    pub fn guaranteed(&self) -> usize {
+        self.guaranteed
     }
 
     /// A client's reservation changed from `from` to `to`.
@@ -147,16 +153,20 @@ mod tests {
     #[test]
     fn a_client_reserves_one_channel_then_what_it_lacks_of_its_guarantee() {
         let o = Occupancy::new(10, 3);
-        assert_eq!(o.reservation(false, 0), 1);
-        assert_eq!(o.reservation(true, 0), 3);
-        assert_eq!(o.reservation(true, 2), 1);
-        assert_eq!(o.reservation(true, 5), 0);
+        assert_eq!(reservation(o.guaranteed(), false, 0), 1);
+        assert_eq!(reservation(o.guaranteed(), true, 0), 3);
+        assert_eq!(reservation(o.guaranteed(), true, 2), 1);
+        assert_eq!(reservation(o.guaranteed(), true, 5), 0);
         assert_eq!(
-            Occupancy::new(2, 8).reservation(true, 0),
+            reservation(Occupancy::new(2, 8).guaranteed(), true, 0),
             2,
             "at most the capacity"
         );
-        assert_eq!(Occupancy::new(2, 0).reservation(true, 0), 1, "at least one");
+        assert_eq!(
+            reservation(Occupancy::new(2, 0).guaranteed(), true, 0),
+            1,
+            "at least one"
+        );
     }
 
     #[test]
@@ -245,7 +255,7 @@ mod tests {
                     }
                     Op::Open(i) if !clients.is_empty() => {
                         let i = i % clients.len();
-                        let beyond = o.reservation(true, clients[i].held) == 0;
+                        let beyond = reservation(o.guaranteed(), true, clients[i].held) == 0;
                         if beyond && !o.has_unreserved() {
                             prop_assert!(promised >= capacity);
                             continue;
@@ -259,7 +269,7 @@ mod tests {
                         o.channels += 1;
                         c.held += 1;
                         c.opened = true;
-                        let wanted = o.reservation(true, c.held);
+                        let wanted = reservation(o.guaranteed(), true, c.held);
                         o.reserve(c.reserved, wanted);
                         c.reserved = wanted;
                         if beyond {
@@ -272,7 +282,7 @@ mod tests {
                         if c.held > 0 {
                             c.held -= 1;
                             o.channels -= 1;
-                            let wanted = o.reservation(c.opened, c.held);
+                            let wanted = reservation(o.guaranteed(), c.opened, c.held);
                             o.reserve(c.reserved, wanted);
                             c.reserved = wanted;
                         }
