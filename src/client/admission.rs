@@ -171,7 +171,7 @@ fn client_step<T>(
             return Err(Refusal::Drop);
         }
     };
-    let (outcome, refusal) = client_refusal(error.fault());
+    let (outcome, refusal) = client_refusal(&error);
     events.handshake(outcome);
     match &refusal {
         Refusal::Close(close) => {
@@ -190,29 +190,13 @@ fn client_step<T>(
 /// What a client's own handshake error means: a refusal to tell it, a
 /// client that went away, or an oversized or broken frame (RabbitMQ drops
 /// such a socket without a word, and so does warren).
-fn client_refusal(error: ClientFault) -> (HandshakeOutcome, Refusal) {
+fn client_refusal(error: &HandshakeError) -> (HandshakeOutcome, Refusal) {
     match error {
-        ClientFault::Refused(close) => (HandshakeOutcome::invalid, Refusal::Close(close)),
-        ClientFault::Left => (HandshakeOutcome::abandoned, Refusal::Drop),
-        ClientFault::Broken => (HandshakeOutcome::invalid, Refusal::Drop),
-    }
-}
-
-/// A [`HandshakeError`] as far as the client is to be told.
-#[derive(Debug)]
-enum ClientFault {
-    Refused(Close),
-    Left,
-    Broken,
-}
-
-impl HandshakeError {
-    fn fault(&self) -> ClientFault {
-        match self {
-            HandshakeError::Refused(close) => ClientFault::Refused(close.clone()),
-            HandshakeError::Frame(FrameError::Closed | FrameError::Io(_)) => ClientFault::Left,
-            _ => ClientFault::Broken,
+        HandshakeError::Refused(close) => (HandshakeOutcome::invalid, Refusal::Close(close.clone())),
+        HandshakeError::Frame(FrameError::Closed | FrameError::Io(_)) => {
+            (HandshakeOutcome::abandoned, Refusal::Drop)
         }
+        _ => (HandshakeOutcome::invalid, Refusal::Drop),
     }
 }
 
@@ -360,25 +344,21 @@ mod tests {
     fn client_faults_are_told_only_when_there_is_something_to_say() {
         let close = reply::close(NOT_ALLOWED, "no");
         assert_eq!(
-            client_refusal(ClientFault::Refused(close.clone())),
+            client_refusal(&HandshakeError::Refused(close.clone())),
             (HandshakeOutcome::invalid, Refusal::Close(close))
         );
         assert_eq!(
-            client_refusal(ClientFault::Left),
+            client_refusal(&HandshakeError::Frame(FrameError::Closed)),
+            (HandshakeOutcome::abandoned, Refusal::Drop)
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(
+            client_refusal(&HandshakeError::Frame(FrameError::Io(io))),
             (HandshakeOutcome::abandoned, Refusal::Drop)
         );
         assert_eq!(
-            client_refusal(ClientFault::Broken),
+            client_refusal(&HandshakeError::Frame(FrameError::BadEnd(0))),
             (HandshakeOutcome::invalid, Refusal::Drop)
         );
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
-        assert!(matches!(
-            HandshakeError::Frame(FrameError::Io(io)).fault(),
-            ClientFault::Left
-        ));
-        assert!(matches!(
-            HandshakeError::Frame(FrameError::BadEnd(0)).fault(),
-            ClientFault::Broken
-        ));
     }
 }

@@ -26,12 +26,8 @@ use crate::protocol::reply::{self, CHANNEL_ERROR, NOT_ALLOWED};
 
 enum ChannelState {
     Open {
-        upstream: UpstreamChannel,
+        open: OpenChannel,
         content: ContentAssembler,
-        usage: Usage,
-        /// What the broker sent the client on this channel (counted by the
-        /// upstream router).
-        delivered: Arc<Delivered>,
     },
     /// The client's Close went upstream; waiting for the broker's CloseOk
     /// (a Declare-Ok still on its way is matched against `usage`).
@@ -63,10 +59,13 @@ pub enum Route {
     Closed,
 }
 
-/// An open channel as given back by [`ChannelTable::take_open`].
+/// An open channel's upstream side, as given back by
+/// [`ChannelTable::take_open`].
 pub struct OpenChannel {
     pub upstream: UpstreamChannel,
     pub usage: Usage,
+    /// What the broker sent the client on this channel (counted by the
+    /// upstream router).
     pub delivered: Arc<Delivered>,
 }
 
@@ -114,10 +113,8 @@ impl ChannelTable {
     pub fn route(&self, channel: u16) -> Route {
         match self.channels.get(&channel) {
             None => Route::Unopened,
-            Some(ChannelState::Open {
-                upstream, content, ..
-            }) => Route::Open {
-                upstream: *upstream,
+            Some(ChannelState::Open { open, content }) => Route::Open {
+                upstream: open.upstream,
                 expects_method: content.is_idle(),
             },
             Some(ChannelState::ClosingByClient { .. }) => Route::Closing,
@@ -158,10 +155,12 @@ impl ChannelTable {
         self.channels.insert(
             channel,
             ChannelState::Open {
-                upstream,
+                open: OpenChannel {
+                    upstream,
+                    usage,
+                    delivered,
+                },
                 content: ContentAssembler::default(),
-                usage,
-                delivered,
             },
         );
     }
@@ -170,16 +169,7 @@ impl ChannelTable {
     /// in any other state stays.
     pub fn take_open(&mut self, channel: u16) -> Option<OpenChannel> {
         match self.channels.remove(&channel)? {
-            ChannelState::Open {
-                upstream,
-                usage,
-                delivered,
-                ..
-            } => Some(OpenChannel {
-                upstream,
-                usage,
-                delivered,
-            }),
+            ChannelState::Open { open, .. } => Some(open),
             other => {
                 self.channels.insert(channel, other);
                 None
@@ -216,8 +206,8 @@ impl ChannelTable {
     /// router last knew.
     pub fn on_broker_close(&mut self, channel: u16, upstream: UpstreamChannel) -> BrokerClose {
         let ours = match self.channels.get(&channel) {
-            Some(ChannelState::Open { upstream: u, .. })
-            | Some(ChannelState::ClosingByClient { upstream: u, .. }) => *u == upstream,
+            Some(ChannelState::Open { open, .. }) => open.upstream == upstream,
+            Some(ChannelState::ClosingByClient { upstream: u, .. }) => *u == upstream,
             _ => false,
         };
         if !ours {
@@ -228,7 +218,7 @@ impl ChannelTable {
                 self.channels.remove(&channel);
                 BrokerClose::CrossedClientClose { usage }
             }
-            Some(ChannelState::Open { usage, .. }) => BrokerClose::Closed { usage },
+            Some(ChannelState::Open { open, .. }) => BrokerClose::Closed { usage: open.usage },
             _ => unreachable!("checked to be open or closing above"),
         }
     }
@@ -253,7 +243,7 @@ impl ChannelTable {
     /// The assembler and usage of an open channel.
     pub fn open_mut(&mut self, channel: u16) -> Option<(&mut ContentAssembler, &mut Usage)> {
         match self.channels.get_mut(&channel)? {
-            ChannelState::Open { content, usage, .. } => Some((content, usage)),
+            ChannelState::Open { open, content } => Some((content, &mut open.usage)),
             _ => None,
         }
     }
@@ -262,9 +252,8 @@ impl ChannelTable {
     /// own (open, or closing at its request).
     pub fn usage_mut(&mut self, channel: u16) -> Option<&mut Usage> {
         match self.channels.get_mut(&channel)? {
-            ChannelState::Open { usage, .. } | ChannelState::ClosingByClient { usage, .. } => {
-                Some(usage)
-            }
+            ChannelState::Open { open, .. } => Some(&mut open.usage),
+            ChannelState::ClosingByClient { usage, .. } => Some(usage),
             ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => None,
         }
     }
@@ -274,7 +263,9 @@ impl ChannelTable {
     /// a no-wait one (its Close-Ok comes once the declare has run).
     pub fn awaits_exclusive_declare(&self, declared_without_wait: impl Fn(u16) -> bool) -> bool {
         self.channels.iter().any(|(number, state)| match state {
-            ChannelState::Open { usage, .. } => usage.awaited_exclusive_declares().next().is_some(),
+            ChannelState::Open { open, .. } => {
+                open.usage.awaited_exclusive_declares().next().is_some()
+            }
             ChannelState::ClosingByClient { usage, .. } => {
                 usage.awaited_exclusive_declares().next().is_some()
                     || declared_without_wait(*number)
@@ -291,16 +282,7 @@ impl ChannelTable {
     /// Empties the table at the end of the session.
     pub fn drain(&mut self) -> impl Iterator<Item = Leftover> + '_ {
         self.channels.drain().filter_map(|(_, state)| match state {
-            ChannelState::Open {
-                upstream,
-                usage,
-                delivered,
-                ..
-            } => Some(Leftover::Open(OpenChannel {
-                upstream,
-                usage,
-                delivered,
-            })),
+            ChannelState::Open { open, .. } => Some(Leftover::Open(open)),
             ChannelState::ClosingByClient { upstream, .. } => Some(Leftover::Closing(upstream)),
             ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => None,
         })

@@ -377,10 +377,7 @@ impl<L, P> Slots<L, P> {
         };
         match method {
             Some(ids::CHANNEL_CLOSE_OK) if lease.closing => {
-                let Slot::Open(lease) = std::mem::replace(&mut self.slots[id as usize], Slot::Free)
-                else {
-                    unreachable!("matched above");
-                };
+                let lease = self.end_lease(id, Slot::Free);
                 self.free_id(id);
                 FromBroker::CloseOk {
                     link: lease.link,
@@ -396,19 +393,15 @@ impl<L, P> Slots<L, P> {
                 FromBroker::Dropped
             }
             Some(ids::CHANNEL_CLOSE) => {
-                let channel = UpstreamChannel {
-                    id,
-                    lease: lease.lease,
-                };
                 let closed = Slot::BrokerClosed { lease: lease.lease };
-                let Slot::Open(lease) = std::mem::replace(&mut self.slots[id as usize], closed)
-                else {
-                    unreachable!("matched above");
-                };
+                let lease = self.end_lease(id, closed);
                 FromBroker::Closed {
+                    channel: UpstreamChannel {
+                        id,
+                        lease: lease.lease,
+                    },
                     link: lease.link,
                     client_channel: lease.client_channel,
-                    channel,
                 }
             }
             Some(reply) if lease.hidden.front() == Some(&reply) => {
@@ -421,6 +414,14 @@ impl<L, P> Slots<L, P> {
                 };
                 FromBroker::Deliver(lease)
             }
+        }
+    }
+
+    /// Takes the lease out of an open slot, leaving `with` in its place.
+    fn end_lease(&mut self, id: u16, with: Slot<L, P>) -> Lease<L> {
+        match std::mem::replace(&mut self.slots[id as usize], with) {
+            Slot::Open(lease) => lease,
+            _ => unreachable!("only an open slot holds a lease"),
         }
     }
 
