@@ -21,6 +21,9 @@ use crate::{fd_limit, memory, systemd};
 /// Runs warren as the command line says; the binary is only this.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(request) = cli.ctl {
+        return request.run();
+    }
     if let Some(what) = cli.generate {
         return match Cli::generate(what, &mut std::io::stdout().lock()) {
             Ok(()) => ExitCode::SUCCESS,

@@ -30,6 +30,7 @@ mod app;
 mod auth;
 mod config;
 mod confirms;
+mod ctl;
 mod exclusive;
 mod fd_limit;
 mod housekeeping;

@@ -16,6 +16,8 @@ pub struct Cli {
     pub check_config: Option<PathBuf>,
     /// Print a document generated from these definitions instead of running.
     pub generate: Option<Generate>,
+    /// `warren ctl ...`: talk to a running warren instead of running one.
+    pub ctl: Option<crate::ctl::Request>,
 }
 
 /// Documents generated from the command line's definitions, never written
@@ -40,6 +42,10 @@ impl Cli {
             )
             .args_override_self(true)
             .args(options::args())
+            // `warren ctl ...` takes none of the proxy's flags; the
+            // environment (AMQP_URL in a container) does not count.
+            .args_conflicts_with_subcommands(true)
+            .subcommand(crate::ctl::command())
             .arg(
                 Arg::new("debug")
                     .short('d')
@@ -124,6 +130,9 @@ impl Cli {
             config: matches.get_one::<PathBuf>("config").cloned(),
             check_config: matches.get_one::<PathBuf>("check_config").cloned(),
             generate,
+            ctl: matches
+                .subcommand_matches("ctl")
+                .map(crate::ctl::Request::from_matches),
         }
     }
 
