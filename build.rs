@@ -1,22 +1,28 @@
 //! Build facts for `warren --version`, the status page and `/api/`: the
-//! commit the binary was built from and the build date. Outside a git
-//! checkout (a source tarball) the commit is "unknown"; SOURCE_DATE_EPOCH
-//! fixes the date for reproducible builds.
+//! commit the binary was built from and the build date. WARREN_COMMIT
+//! names the commit where there is no git checkout to ask (a container
+//! build's context leaves .git out); without either it is "unknown".
+//! SOURCE_DATE_EPOCH fixes the date for reproducible builds.
 
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn main() {
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
+    let commit = std::env::var("WARREN_COMMIT")
         .ok()
-        .filter(|out| out.status.success())
-        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .or_else(|| {
+            Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+                .and_then(|out| String::from_utf8(out.stdout).ok())
+        })
         .map(|sha| sha.trim().to_string())
         .filter(|sha| !sha.is_empty())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=WARREN_COMMIT={commit}");
+    println!("cargo:rerun-if-env-changed=WARREN_COMMIT");
     println!("cargo:rustc-env=WARREN_BUILD_DATE={}", build_date());
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     // A new commit changes the ref HEAD points to (or HEAD itself).

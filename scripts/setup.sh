@@ -4,14 +4,15 @@
 #   scripts/setup.sh          everything
 #   scripts/setup.sh broker   only the broker (what scripts/run.sh needs)
 #   apt:  rabbitmq-server, php-cli, php-amqp (C extension), php-amqplib,
-#         chromium and chromium-driver (the status page's browser test)
+#         chromium and chromium-driver (the status page's browser test),
+#         rpm (to read the .rpm scripts/package.sh builds)
 #   pip:  pika, pytest and selenium, in a virtualenv at .cache/venv
 #   npm:  amqplib, in tests/clients/node_modules (from the lockfile)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 t0=$SECONDS
 
-packages=(rabbitmq-server php-cli php-amqp php-amqplib python3-venv openssl iproute2 chromium chromium-driver)
+packages=(rabbitmq-server php-cli php-amqp php-amqplib python3-venv openssl iproute2 chromium chromium-driver rpm)
 [[ ${1:-} == broker ]] && packages=(rabbitmq-server)
 need=()
 for p in "${packages[@]}"; do

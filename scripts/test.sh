@@ -53,6 +53,11 @@ CARGO_TARGET_DIR=$ROOT/target cargo install --quiet --locked --offline --path . 
 [[ $(ls "$INSTALL_ROOT/bin") == warren ]] || { echo "cargo install installed more than warren" >&2; exit 1; }
 rm -rf "$INSTALL_ROOT"
 
+echo "== packages"
+# The .deb and .rpm (test_package.py installs the .deb with dpkg).
+scripts/package.sh
+export WARREN_TEST_PACKAGE_DIR=$ROOT/target/package
+
 echo "== test certificates"
 export WARREN_TEST_TLS_DIR=$ROOT/target/test-ca
 scripts/test-ca.sh "$WARREN_TEST_TLS_DIR"

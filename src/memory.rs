@@ -8,9 +8,11 @@
 //! 10k clients left, RSS stayed at its peak.
 
 /// Buffers up to this size come from the heap, not from mmap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: i32 = 4 << 20;
 /// Free memory at the top of the heap kept rather than returned at once
 /// (`give_back_freed_memory` returns it when clients leave).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_THRESHOLD: i32 = 16 << 20;
 
 /// Call once, before the runtime starts.

@@ -151,11 +151,13 @@ def broker():
 class Warren:
     latest_port = None
 
-    def __init__(self, args, upstream_port, upstreams=None, port=None, log_level="debug", env=None):
+    def __init__(self, args, upstream_port, upstreams=None, port=None, log_level="debug", env=None,
+                 command=(str(WARREN),)):
         """upstreams: broker URLs instead of the test broker's ([]: none
         on the command line). port: the AMQP port, free by default.
         log_level: given on the command line unless None. env: added to
-        the environment."""
+        the environment. command: what runs warren (an installed binary,
+        under runuser)."""
         self.port = port or free_port()
         self.http_port = free_port()
         # A later --http-port in args wins (0 turns HTTP off).
@@ -164,7 +166,7 @@ class Warren:
         self.log_path = Path(os.environ.get("WARREN_TEST_LOGS", "/tmp")) / f"warren-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [str(WARREN), "-p", str(self.port), "--http-port", str(self.http_port),
+            [*command, "-p", str(self.port), "--http-port", str(self.http_port),
              *(["--log-level", log_level] if log_level else []), *args,
              *(upstreams if upstreams is not None else [f"amqp://127.0.0.1:{upstream_port}"])],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
@@ -218,8 +220,10 @@ class Warren:
 def warren_factory(broker):
     started = []
 
-    def start(*args, upstream_port=None, upstreams=None, port=None, log_level="debug", env=None):
-        w = Warren(["--term-timeout", "0", *args], upstream_port or broker.port, upstreams, port, log_level, env)
+    def start(*args, upstream_port=None, upstreams=None, port=None, log_level="debug", env=None,
+              command=(str(WARREN),)):
+        w = Warren(["--term-timeout", "0", *args], upstream_port or broker.port, upstreams, port, log_level, env,
+                   command)
         started.append(w)
         return w
 
