@@ -39,6 +39,7 @@ mod listener;
 mod logging;
 mod memory;
 mod outbox;
+mod pause;
 mod pool;
 mod reload;
 mod stats;

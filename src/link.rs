@@ -43,6 +43,8 @@ pub enum ClientEvent {
     /// The client did not drain its write queue in time and frames for it had
     /// to be dropped: it must be disconnected.
     Overflowed,
+    /// An operator closed the client (`warren ctl kill`).
+    Killed,
 }
 
 /// Notifications a client must have asked for in its Start-Ok

@@ -17,12 +17,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use tokio::sync::mpsc;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-use crate::link::ClientId;
+use crate::link::{ClientEvent, ClientId};
 use crate::untrusted::shown;
 
 /// A counter with exactly one writer. `add` is a load and a store, not a
@@ -115,8 +117,12 @@ pub struct ClientRecord {
     /// Entries in its channel table: open, or closing.
     pub channels: Tally,
     pub upstream: Tally,
+    /// 1 while a publish or channel open waits for `warren ctl resume`.
+    pub paused: Tally,
     /// Written by the client's writer task.
     pub bytes_out: Arc<Tally>,
+    /// To its session, for operator actions.
+    pub session: mpsc::UnboundedSender<ClientEvent>,
 }
 
 impl ClientRecord {
@@ -126,9 +132,11 @@ impl ClientRecord {
         pool: PoolLabel,
         connection_name: Option<&str>,
         since: Instant,
+        session: mpsc::UnboundedSender<ClientEvent>,
     ) -> Self {
         ClientRecord {
             id,
+            session,
             peer,
             pool,
             connection_name: connection_name.map(shown),
@@ -138,6 +146,7 @@ impl ClientRecord {
             published: Tally::default(),
             channels: Tally::default(),
             upstream: Tally::default(),
+            paused: Tally::default(),
             bytes_out: Arc::default(),
         }
     }
@@ -525,7 +534,15 @@ mod tests {
     fn client(stats: &Arc<Stats>, id: ClientId, vhost: &str) -> Listed<ClientRecord> {
         let pool = PoolLabel::new(vhost, "guest");
         let peer = Peer::Tcp("127.0.0.1:1".parse().unwrap());
-        stats.client_connected(ClientRecord::new(id, peer, pool, None, Instant::now()))
+        let (session, _) = mpsc::unbounded_channel();
+        stats.client_connected(ClientRecord::new(
+            id,
+            peer,
+            pool,
+            None,
+            Instant::now(),
+            session,
+        ))
     }
 
     #[test]

@@ -9,13 +9,16 @@
 //! answered whatever the `Host`, for load balancers that send their own.
 //!
 //! The admin API (`/api/`) can also require a bearer token
-//! (`--http-token`), for an endpoint opened beyond loopback.
+//! (`--http-token`), for an endpoint opened beyond loopback. Its operator
+//! actions (POSTs) need one there; and since a web page can make a
+//! browser POST anywhere (a form needs no permission), a POST that a
+//! browser marks as coming from another origin is refused.
 
 use std::net::IpAddr;
 
-use hyper::header::{AUTHORIZATION, HOST};
+use hyper::header::{AUTHORIZATION, HOST, ORIGIN};
 use hyper::http::request::Parts;
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 
 use crate::config::Config;
 
@@ -35,6 +38,9 @@ pub fn check(config: &Config, parts: &Parts) -> Result<(), Refusal> {
             "this host name is not served here (see --http-hosts)\n",
         ));
     }
+    if parts.method == Method::POST {
+        check_action(config, parts)?;
+    }
     if let (Some(token), true) = (&config.http_token, path.starts_with("/api/")) {
         let authorization = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
         if !token.admits(authorization) {
@@ -45,6 +51,40 @@ pub fn check(config: &Config, parts: &Parts) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// What a POST needs beyond a GET: not sent by a page of another origin,
+/// and a token when the endpoint is reachable beyond this machine.
+fn check_action(config: &Config, parts: &Parts) -> Result<(), Refusal> {
+    let origin = parts.headers.get(ORIGIN).map(|v| v.as_bytes());
+    let host = parts.headers.get(HOST).map(|v| v.as_bytes());
+    if !same_origin(origin, host) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "operator actions are not taken from another site's page\n",
+        ));
+    }
+    if config.http_token.is_none() && !is_loopback(&config.http_address) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "operator actions on an endpoint beyond loopback need --http-token\n",
+        ));
+    }
+    Ok(())
+}
+
+/// No `Origin` (not a browser), or the page came from this endpoint.
+fn same_origin(origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
+    match (origin, host) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => origin.strip_prefix(b"http://") == Some(host),
+        (Some(_), None) => false,
+    }
+}
+
+fn is_loopback(address: &str) -> bool {
+    address.eq_ignore_ascii_case("localhost")
+        || address.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A `Host` value naming an IP address, localhost or one of `names`; a
@@ -90,6 +130,33 @@ mod tests {
             assert!(allowed(host), "{host}");
         }
         assert!(host_allowed(None, &[]));
+    }
+
+    #[test]
+    fn actions_come_from_no_page_or_a_page_of_this_endpoint() {
+        let host = Some(&b"127.0.0.1:15673"[..]);
+        assert!(same_origin(None, host));
+        assert!(same_origin(Some(b"http://127.0.0.1:15673"), host));
+        for origin in [
+            &b"http://evil.example"[..],
+            b"null",
+            b"http://127.0.0.1:15674",
+            b"https://127.0.0.1:15673",
+            b"http://127.0.0.1:15673.evil.example",
+        ] {
+            assert!(!same_origin(Some(origin), host), "{origin:?}");
+        }
+        assert!(!same_origin(Some(b"http://127.0.0.1:15673"), None));
+    }
+
+    #[test]
+    fn loopback_addresses() {
+        for address in ["127.0.0.1", "127.0.0.2", "::1", "localhost"] {
+            assert!(is_loopback(address), "{address}");
+        }
+        for address in ["0.0.0.0", "::", "10.0.0.1", "warren.internal"] {
+            assert!(!is_loopback(address), "{address}");
+        }
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! password: records hold none.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::Admin;
 use crate::stats::Traffic;
+use crate::untrusted::shown;
 use crate::upstream::ChannelCounts;
 use crate::version;
 
@@ -32,6 +33,14 @@ pub struct Overview {
     delivered: u64,
     bytes: ByteTotals,
     reuse: ReuseTotals,
+    paused: PausedView,
+}
+
+/// What `warren ctl pause` holds.
+#[derive(Serialize)]
+struct PausedView {
+    all: bool,
+    vhosts: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -80,6 +89,18 @@ pub struct Upstream {
 }
 
 #[derive(Serialize)]
+pub struct Node {
+    node: String,
+    tls: bool,
+    /// "up", "backing_off" (failed lately: tried after the others) or
+    /// "drained" (by an operator).
+    state: &'static str,
+    failures: u32,
+    retry_in_seconds: Option<f64>,
+    upstreams: usize,
+}
+
+#[derive(Serialize)]
 pub struct Client {
     id: u64,
     peer: String,
@@ -92,6 +113,8 @@ pub struct Client {
     bytes_in: u64,
     bytes_out: u64,
     age_seconds: f64,
+    /// A publish or channel open of its waits for `warren ctl resume`.
+    paused: bool,
 }
 
 /// Every live upstream connection's channels, by connection id. The
@@ -151,6 +174,13 @@ pub async fn overview(admin: &Admin) -> Overview {
         reuse: ReuseTotals {
             hits: traffic.reuse_hits,
             misses: traffic.reuse_misses,
+        },
+        paused: {
+            let paused = admin.ctx.pauses.current();
+            PausedView {
+                all: paused.all,
+                vhosts: paused.vhosts.iter().map(|v| shown(v)).collect(),
+            }
         },
     }
 }
@@ -218,6 +248,36 @@ pub fn clients(admin: &Admin) -> Vec<Client> {
             bytes_in: c.bytes_in.get(),
             bytes_out: c.bytes_out.get(),
             age_seconds: c.since.elapsed().as_secs_f64(),
+            paused: c.paused.get() == 1,
+        })
+        .collect()
+}
+
+pub fn nodes(admin: &Admin) -> Vec<Node> {
+    let upstreams = admin.ctx.pools.upstreams();
+    admin
+        .ctx
+        .pools
+        .settings()
+        .nodes
+        .report(Instant::now())
+        .into_iter()
+        .map(|report| Node {
+            node: report.addr.to_string(),
+            tls: report.addr.tls,
+            state: if report.drained {
+                "drained"
+            } else if report.retry_in.is_some() {
+                "backing_off"
+            } else {
+                "up"
+            },
+            failures: report.failures,
+            retry_in_seconds: report.retry_in.map(|d| d.as_secs_f64()),
+            upstreams: upstreams
+                .iter()
+                .filter(|u| *u.node() == report.addr)
+                .count(),
         })
         .collect()
 }

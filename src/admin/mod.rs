@@ -9,9 +9,11 @@
 mod access;
 mod api;
 mod metrics;
+mod operate;
 mod ready;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,8 +75,8 @@ pub async fn bind(config: &Config) -> std::io::Result<Option<TcpListener>> {
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let mut stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "http accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -87,14 +89,19 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
             });
             continue;
         };
-        tokio::spawn(serve_connection(stream, admin.clone(), slot));
+        tokio::spawn(serve_connection(stream, peer, admin.clone(), slot));
     }
 }
 
-async fn serve_connection(stream: TcpStream, admin: Arc<Admin>, _slot: OwnedSemaphorePermit) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    admin: Arc<Admin>,
+    _slot: OwnedSemaphorePermit,
+) {
     let service = hyper::service::service_fn(move |request| {
         let admin = admin.clone();
-        async move { Ok::<_, Infallible>(route(&admin, request).await) }
+        async move { Ok::<_, Infallible>(route(&admin, request, peer).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -116,18 +123,37 @@ async fn serve_connection(stream: TcpStream, admin: Arc<Admin>, _slot: OwnedSema
     }
 }
 
-async fn route(admin: &Admin, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    // The body is never read: every endpoint is a GET.
+async fn route(
+    admin: &Admin,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    // The body is never read: actions take their arguments in the query.
     let (request, _body) = request.into_parts();
     if let Err((status, why)) = access::check(&admin.ctx.config(), &request) {
         return text(status, why);
     }
-    if request.method != Method::GET && request.method != Method::HEAD {
-        let mut refused = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
+    let path = request.uri.path();
+    let action = operate::ACTIONS.contains(&path);
+    let allowed = if action { "POST" } else { "GET, HEAD" };
+    let method_fits = if action {
+        request.method == Method::POST
+    } else {
+        request.method == Method::GET || request.method == Method::HEAD
+    };
+    if !method_fits {
+        let mut refused = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("this endpoint takes {allowed}\n"),
+        );
         refused
             .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            .insert(ALLOW, HeaderValue::from_static(allowed));
         return refused;
+    }
+    if action {
+        let (status, answer) = operate::run(admin, path, request.uri.query(), peer);
+        return text(status, &answer);
     }
     match request.uri.path() {
         "/" => respond(
@@ -152,6 +178,7 @@ async fn route(admin: &Admin, request: Request<Incoming>) -> Response<Full<Bytes
         "/api/pools" => json(&api::pools(admin)),
         "/api/upstreams" => json(&api::upstreams(admin).await),
         "/api/clients" => json(&api::clients(admin)),
+        "/api/nodes" => json(&api::nodes(admin)),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -32,6 +32,7 @@ pub use serve::serve;
 use crate::config::Config;
 use crate::content::HeldBytes;
 use crate::link::ClientId;
+use crate::pause::Pauses;
 use crate::pool::Pools;
 use crate::stats::Stats;
 
@@ -51,6 +52,8 @@ pub struct Context {
     pub held_bytes: Arc<HeldBytes>,
     /// Handshakes not finished yet, for `--max-pending-handshakes`.
     pub pending: Arc<PendingHandshakes>,
+    /// Vhosts whose publishes and channel opens wait (`warren ctl pause`).
+    pub pauses: Pauses,
 }
 
 /// A place under `--max-clients`, given back on drop.
@@ -73,6 +76,7 @@ impl Context {
             next_client_id: AtomicU64::new(1),
             admitted: AtomicUsize::new(0),
             pending: Arc::default(),
+            pauses: Pauses::default(),
         }
     }
 

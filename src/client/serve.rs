@@ -126,17 +126,19 @@ async fn run_admitted(
         upstream = upstream.id(),
         "client connected"
     );
+    let (events_tx, mut events) = mpsc::unbounded_channel();
     let record = ctx.stats.client_connected(ClientRecord::new(
         who.id,
         who.peer,
         PoolLabel::new(&vhost, user),
         hello.connection_name.as_deref(),
         started,
+        events_tx.clone(),
     ));
     record.upstream.set(upstream.id());
     let heartbeat = (tune.heartbeat > 0).then(|| Duration::from_secs(tune.heartbeat.into()));
-    let (client, mut events, writer_task) =
-        client_side(who, &tune, heartbeat, &hello, write_half, record);
+    let (client, writer_task) =
+        client_side(who, &tune, heartbeat, &hello, write_half, record, events_tx);
     upstream.attach(client.link.clone());
     let mut session = Session::new(
         who.id,
@@ -177,11 +179,8 @@ fn client_side(
     hello: &Hello,
     write_half: WriteHalf,
     record: Listed<ClientRecord>,
-) -> (
-    ClientSide,
-    mpsc::UnboundedReceiver<ClientEvent>,
-    JoinHandle<std::io::Result<()>>,
-) {
+    events: mpsc::UnboundedSender<ClientEvent>,
+) -> (ClientSide, JoinHandle<std::io::Result<()>>) {
     let (outbox, queue) = outbox(CLIENT_QUEUE_BYTES);
     // A client whose socket takes nothing for two heartbeat intervals (or a
     // minute without heartbeats) is gone, whether or not it still sends.
@@ -193,11 +192,10 @@ fn client_side(
         Some(stall_limit),
         record.bytes_out.clone(),
     ));
-    let (events_tx, events) = mpsc::unbounded_channel();
     let link = Arc::new(ClientLink::new(
         who.id,
         outbox.clone(),
-        events_tx,
+        events,
         tune.frame_max as usize,
         hello.capabilities,
     ));
@@ -206,7 +204,7 @@ fn client_side(
         outbox,
         record,
     };
-    (client, events, writer_task)
+    (client, writer_task)
 }
 
 /// Lets the writer send what is queued (the final Close or Close-Ok), for

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::HOST;
-use hyper::Request;
+use hyper::header::{AUTHORIZATION, HOST};
+use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use url::Url;
@@ -19,8 +19,14 @@ pub struct Response {
     pub body: String,
 }
 
-/// GETs `path` from the endpoint at `base`.
-pub async fn get(base: &Url, path: &str) -> Result<Response, String> {
+/// Sends `method path` (no body) to the endpoint at `base`, with the
+/// admin API token if there is one.
+pub async fn request(
+    base: &Url,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> Result<Response, String> {
     let host = base.host_str().ok_or("no host")?;
     let port = base.port_or_known_default().ok_or("no port")?;
     let stream = TcpStream::connect((host.trim_matches(['[', ']']), port))
@@ -34,8 +40,14 @@ pub async fn get(base: &Url, path: &str) -> Result<Response, String> {
         Some(port) => format!("{host}:{port}"),
         None => host.to_string(),
     };
-    let request = Request::get(path)
-        .header(HOST, authority)
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, authority);
+    if let Some(token) = token {
+        request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("bad request: {e}"))?;
     let response = sender

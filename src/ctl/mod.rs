@@ -3,34 +3,95 @@
 //! A subcommand of the one binary rather than a separate tool, so a
 //! container image without a shell or curl can run its own health check,
 //! and an operator always has a client that speaks the API of the warren
-//! it was installed with.
+//! it was installed with. Each command is one request; the operator
+//! actions are POSTs under `/api/` (see docs/operations.md).
 
 mod http;
+mod table;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Arg, ArgMatches, Command};
+use clap::{Arg, ArgAction, ArgMatches, Command};
 use url::Url;
+use zeroize::Zeroizing;
 
 /// What `warren ctl ...` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     admin: Url,
     timeout: Duration,
+    token_file: Option<String>,
     action: Action,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
     /// Exit 0 when `/readyz` answers 200: a health check.
     Ready,
+    List {
+        what: Listing,
+        json: bool,
+    },
+    /// POST `/api/<name>` with these query parameters.
+    Operate {
+        name: &'static str,
+        query: Vec<(&'static str, String)>,
+    },
+}
+
+/// What `ctl list` shows: one `/api/` collection each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    Clients,
+    Pools,
+    Upstreams,
+    Nodes,
+}
+
+impl Listing {
+    const NAMES: [&'static str; 4] = ["clients", "pools", "upstreams", "nodes"];
+
+    fn from_name(name: &str) -> Self {
+        match name {
+            "clients" => Listing::Clients,
+            "pools" => Listing::Pools,
+            "upstreams" => Listing::Upstreams,
+            "nodes" => Listing::Nodes,
+            other => unreachable!("clap allows only Listing::NAMES, got {other}"),
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Listing::Clients => "/api/clients",
+            Listing::Pools => "/api/pools",
+            Listing::Upstreams => "/api/upstreams",
+            Listing::Nodes => "/api/nodes",
+        }
+    }
 }
 
 /// The `ctl` subcommand's arguments.
 pub fn command() -> Command {
+    let node = || {
+        Arg::new("node")
+            .required(true)
+            .value_name("HOST:PORT")
+            .help("A broker node as warren lists it (warren ctl list nodes)")
+    };
+    let vhost = || {
+        Arg::new("vhost")
+            .long("vhost")
+            .value_name("VHOST")
+            .help("Only this vhost (default: all)")
+    };
     Command::new("ctl")
         .about("Talk to a running warren through its HTTP endpoint")
+        .after_help(
+            "The admin API token, when warren has one, is read from HTTP_TOKEN or the file \
+             named by --token-file (HTTP_TOKEN_FILE), as warren itself reads it.",
+        )
         .arg(
             Arg::new("admin")
                 .long("admin")
@@ -48,11 +109,63 @@ pub fn command() -> Command {
                 .value_parser(clap::value_parser!(u64).range(1..=3600))
                 .help("Give up after this many seconds"),
         )
+        .arg(
+            Arg::new("token-file")
+                .long("token-file")
+                .env("HTTP_TOKEN_FILE")
+                .value_name("FILE")
+                .help("File holding the admin API token"),
+        )
         .subcommand_required(true)
         .subcommand(Command::new("ready").about(
             "Exit 0 if warren is ready for clients (/readyz answers 200), else print why \
              and exit 1; for container health checks",
         ))
+        .subcommand(
+            Command::new("list")
+                .about("Show clients, pools, upstream connections or broker nodes")
+                .arg(Arg::new("what").required(true).value_parser(Listing::NAMES))
+                .arg(
+                    Arg::new("json")
+                        .long("json")
+                        .action(ArgAction::SetTrue)
+                        .help("The API's JSON instead of a table"),
+                ),
+        )
+        .subcommand(
+            Command::new("kill")
+                .about("Close a client's connection (it gets 320 CONNECTION_FORCED)")
+                .arg(
+                    Arg::new("client")
+                        .required(true)
+                        .value_name("CLIENT_ID")
+                        .value_parser(clap::value_parser!(u64))
+                        .help("The id shown by warren ctl list clients"),
+                ),
+        )
+        .subcommand(
+            Command::new("drain-node")
+                .about(
+                    "Send no new clients to a broker node; its upstream connections close \
+                     as their clients leave",
+                )
+                .arg(node()),
+        )
+        .subcommand(
+            Command::new("undrain-node")
+                .about("Let a drained broker node take new clients again")
+                .arg(node()),
+        )
+        .subcommand(
+            Command::new("pause")
+                .about("Hold publishes and channel opens until resume; clients wait without errors")
+                .arg(vhost()),
+        )
+        .subcommand(
+            Command::new("resume")
+                .about("Let paused clients go on")
+                .arg(vhost()),
+        )
 }
 
 /// Where a warren started with this environment listens for HTTP: its own
@@ -88,12 +201,70 @@ fn parse_admin_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+impl Action {
+    fn from_matches(matches: &ArgMatches) -> Self {
+        let (name, args) = matches
+            .subcommand()
+            .expect("clap requires a ctl subcommand");
+        let text = |id: &str| args.get_one::<String>(id).cloned();
+        match name {
+            "ready" => Action::Ready,
+            "list" => Action::List {
+                what: Listing::from_name(&text("what").expect("required")),
+                json: args.get_flag("json"),
+            },
+            "kill" => Action::operate(
+                "kill",
+                "client",
+                args.get_one::<u64>("client").map(u64::to_string),
+            ),
+            "drain-node" => Action::operate("drain-node", "node", text("node")),
+            "undrain-node" => Action::operate("undrain-node", "node", text("node")),
+            "pause" => Action::operate("pause", "vhost", text("vhost")),
+            "resume" => Action::operate("resume", "vhost", text("vhost")),
+            other => unreachable!("clap allows only the ctl subcommands above, got {other}"),
+        }
+    }
+
+    /// POST `/api/{name}`, with `key=value` when there is a value.
+    fn operate(name: &'static str, key: &'static str, value: Option<String>) -> Self {
+        Action::Operate {
+            name,
+            query: value.map(|v| (key, v)).into_iter().collect(),
+        }
+    }
+
+    /// The request it makes: method and path with query.
+    fn target(&self) -> (hyper::Method, String) {
+        match self {
+            Action::Ready => (hyper::Method::GET, "/readyz".into()),
+            Action::List { what, .. } => (hyper::Method::GET, what.path().into()),
+            Action::Operate { name, query } => {
+                let mut path = format!("/api/{name}");
+                if !query.is_empty() {
+                    path.push('?');
+                    path.push_str(
+                        &url::form_urlencoded::Serializer::new(String::new())
+                            .extend_pairs(query)
+                            .finish(),
+                    );
+                }
+                (hyper::Method::POST, path)
+            }
+        }
+    }
+
+    /// What the operator sees of a successful answer.
+    fn show(&self, body: &str) -> Result<String, String> {
+        match self {
+            Action::List { what, json: false } => table::render(*what, body),
+            _ => Ok(body.to_string()),
+        }
+    }
+}
+
 impl Request {
     pub fn from_matches(matches: &ArgMatches) -> Self {
-        let action = match matches.subcommand_name() {
-            Some("ready") => Action::Ready,
-            other => unreachable!("clap requires a known ctl subcommand, got {other:?}"),
-        };
         Request {
             admin: matches
                 .get_one::<Url>("admin")
@@ -102,12 +273,38 @@ impl Request {
             timeout: Duration::from_secs(
                 *matches.get_one::<u64>("timeout").expect("has a default"),
             ),
-            action,
+            token_file: matches.get_one::<String>("token-file").cloned(),
+            action: Action::from_matches(matches),
         }
+    }
+
+    /// The admin API token from the environment or `--token-file`, the
+    /// same sources as warren's own (never a flag: flags show in `ps`).
+    fn token(&self) -> Result<Option<Zeroizing<String>>, String> {
+        if let Ok(token) = std::env::var("HTTP_TOKEN") {
+            if !token.is_empty() {
+                return Ok(Some(Zeroizing::new(token)));
+            }
+        }
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the token file {path}: {e}"))?,
+        );
+        Ok(Some(Zeroizing::new(text.trim().to_string())))
     }
 
     /// Runs the request; what it prints and its exit code are the answer.
     pub fn run(self) -> ExitCode {
+        let token = match self.token() {
+            Ok(token) => token,
+            Err(e) => {
+                eprintln!("warren ctl: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -118,17 +315,27 @@ impl Request {
                 return ExitCode::FAILURE;
             }
         };
-        let path = match self.action {
-            Action::Ready => "/readyz",
-        };
+        let (method, path) = self.action.target();
         let answer = runtime.block_on(async {
-            tokio::time::timeout(self.timeout, http::get(&self.admin, path)).await
+            let request = http::request(
+                &self.admin,
+                method,
+                &path,
+                token.as_ref().map(|t| t.as_str()),
+            );
+            tokio::time::timeout(self.timeout, request).await
         });
         match answer {
-            Ok(Ok(response)) if response.status == 200 => {
-                print!("{}", response.body);
-                ExitCode::SUCCESS
-            }
+            Ok(Ok(response)) if response.status == 200 => match self.action.show(&response.body) {
+                Ok(shown) => {
+                    print!("{shown}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("warren ctl: {}{path}: {e}", self.admin);
+                    ExitCode::FAILURE
+                }
+            },
             Ok(Ok(response)) => {
                 eprint!("{}", response.body);
                 ExitCode::FAILURE
@@ -174,5 +381,43 @@ mod tests {
     fn only_plain_http_endpoints() {
         assert!(parse_admin_url("https://127.0.0.1:15673").is_err());
         assert!(parse_admin_url("127.0.0.1:15673").is_err());
+    }
+
+    fn action(args: &[&str]) -> Action {
+        let matches = command()
+            .try_get_matches_from(["ctl"].iter().chain(args))
+            .expect("valid");
+        Action::from_matches(&matches)
+    }
+
+    #[test]
+    fn operator_actions_are_posts_with_their_arguments_encoded() {
+        let cases = [
+            (&["kill", "42"][..], "/api/kill?client=42"),
+            (
+                &["drain-node", "[::1]:5672"],
+                "/api/drain-node?node=%5B%3A%3A1%5D%3A5672",
+            ),
+            (
+                &["undrain-node", "rabbit-1:5672"],
+                "/api/undrain-node?node=rabbit-1%3A5672",
+            ),
+            (&["pause"], "/api/pause"),
+            (
+                &["resume", "--vhost", "/a b&c"],
+                "/api/resume?vhost=%2Fa+b%26c",
+            ),
+        ];
+        for (args, path) in cases {
+            assert_eq!(
+                action(args).target(),
+                (hyper::Method::POST, path.to_string()),
+                "{args:?}"
+            );
+        }
+        assert_eq!(
+            action(&["list", "nodes"]).target(),
+            (hyper::Method::GET, "/api/nodes".to_string())
+        );
     }
 }

@@ -15,6 +15,7 @@ mod slots;
 
 pub use occupancy::{Occupancy, Room};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,8 @@ struct Inner {
     node: UpstreamAddr,
     /// When it stops taking new clients.
     retire_at: Option<Instant>,
+    /// Its node was drained by an operator: no new clients either.
+    drained: AtomicBool,
     /// Exclusive queues by the client that declared them. The broker scopes
     /// exclusivity to this connection, which many clients share; warren
     /// scopes it to the client, as a direct connection would.
@@ -125,8 +128,15 @@ struct Inner {
 }
 
 impl Inner {
-    fn is_retired(&self) -> bool {
-        self.retire_at.is_some_and(|at| Instant::now() >= at)
+    /// Why it takes no new clients, if it does not.
+    fn retirement(&self) -> Option<&'static str> {
+        if self.drained.load(Ordering::Relaxed) {
+            Some("its node is drained")
+        } else if self.retire_at.is_some_and(|at| Instant::now() >= at) {
+            Some("past its max lifetime")
+        } else {
+            None
+        }
     }
 }
 
@@ -323,6 +333,7 @@ impl Upstream {
             retire_at: settings
                 .max_lifetime
                 .map(|lifetime| Instant::now() + lifetime),
+            drained: AtomicBool::new(settings.nodes.is_drained(&node)),
             node,
             exclusive: Mutex::default(),
             queue_order: Arc::default(),
@@ -368,7 +379,18 @@ impl Upstream {
     /// no new ones, and closes when they are gone. New clients log in
     /// afresh, so a password revoked at the broker stops working here too.
     pub fn is_retired(&self) -> bool {
-        self.0.is_retired()
+        self.0.retirement().is_some()
+    }
+
+    /// Its node is drained: it serves the clients it has, takes no new
+    /// ones, and closes when they are gone.
+    pub fn drain(&self) {
+        self.0.drained.store(true, Ordering::Relaxed);
+    }
+
+    /// The broker node it is connected to.
+    pub fn node(&self) -> &UpstreamAddr {
+        &self.0.node
     }
 
     /// Clients pinned to this connection.

@@ -1,6 +1,6 @@
-//! The broker nodes upstream connections go to: which to try next, and
+//! The broker nodes upstream connections go to: which to try next,
 //! backing off from one that failed so clients are not held up by it while
-//! another is up.
+//! another is up, and the nodes an operator drained.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,19 @@ struct Health {
     failures: u32,
     /// Skipped while healthy nodes are left, until then.
     retry_at: Option<Instant>,
+    /// Drained by an operator (`warren ctl drain-node`): tried only when
+    /// no other node answers.
+    drained: bool,
+}
+
+/// A node as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    pub addr: UpstreamAddr,
+    pub failures: u32,
+    /// Until then it is tried only after the others.
+    pub retry_in: Option<Duration>,
+    pub drained: bool,
 }
 
 /// The nodes, in the order given, and what is known of their health.
@@ -69,17 +82,53 @@ impl Nodes {
 
     /// Node indices in the order to try them: healthy ones first, starting
     /// one further along each call, then the ones backing off, soonest
-    /// retry first (when every node failed, trying beats refusing).
+    /// retry first (when every node failed, trying beats refusing), then
+    /// the drained ones (a drain is maintenance: refusing clients because
+    /// every other node is down would be worse than using it).
     pub fn order(&self, now: Instant) -> Vec<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let health = self.health.lock().expect("nodes lock");
         let count = self.addrs.len();
         let rotated = (0..count).map(|i| (start + i) % count);
-        let (mut ready, mut waiting): (Vec<usize>, Vec<usize>) =
-            rotated.partition(|&i| health[i].retry_at.is_none_or(|at| at <= now));
-        waiting.sort_by_key(|&i| health[i].retry_at);
+        let (mut ready, mut waiting): (Vec<usize>, Vec<usize>) = rotated
+            .partition(|&i| !health[i].drained && health[i].retry_at.is_none_or(|at| at <= now));
+        waiting.sort_by_key(|&i| (health[i].drained, health[i].retry_at));
         ready.append(&mut waiting);
         ready
+    }
+
+    /// Marks the node named `name` (`HOST:PORT` as listed) drained or not;
+    /// `None` if no node has that name.
+    pub fn set_drained(&self, name: &str, drained: bool) -> Option<UpstreamAddr> {
+        let node = self
+            .addrs
+            .iter()
+            .position(|addr| addr.to_string().eq_ignore_ascii_case(name))?;
+        self.health.lock().expect("nodes lock")[node].drained = drained;
+        Some(self.addrs[node].clone())
+    }
+
+    pub fn is_drained(&self, addr: &UpstreamAddr) -> bool {
+        let health = self.health.lock().expect("nodes lock");
+        self.addrs
+            .iter()
+            .position(|a| a == addr)
+            .is_some_and(|node| health[node].drained)
+    }
+
+    /// Every node and what is known of it.
+    pub fn report(&self, now: Instant) -> Vec<NodeReport> {
+        let health = self.health.lock().expect("nodes lock");
+        self.addrs
+            .iter()
+            .zip(health.iter())
+            .map(|(addr, h)| NodeReport {
+                addr: addr.clone(),
+                failures: h.failures,
+                retry_in: h.retry_at.and_then(|at| at.checked_duration_since(now)),
+                drained: h.drained,
+            })
+            .collect()
     }
 
     /// The node could not be reached or did not answer in time.
@@ -95,7 +144,11 @@ impl Nodes {
     }
 
     pub fn succeeded(&self, node: usize) {
-        self.health.lock().expect("nodes lock")[node] = Health::default();
+        let mut health = self.health.lock().expect("nodes lock");
+        health[node] = Health {
+            drained: health[node].drained,
+            ..Health::default()
+        };
     }
 
     /// Opens a TCP (and for amqps://, TLS) connection to `node`.
@@ -168,6 +221,38 @@ mod tests {
         let fresh = nodes(3);
         fresh.carry_health_from(&old);
         assert_eq!(fresh.order(now).last(), Some(&1));
+    }
+
+    #[test]
+    fn a_drained_node_comes_after_the_failed_ones_until_undrained() {
+        let nodes = nodes(3);
+        let now = Instant::now();
+        assert_eq!(
+            nodes.set_drained("127.0.0.1:5000", true).map(|a| a.port),
+            Some(5000)
+        );
+        assert!(nodes.set_drained("127.0.0.1:4999", true).is_none());
+        nodes.failed(1, now);
+        for _ in 0..3 {
+            assert_eq!(&nodes.order(now)[1..], [1, 0]);
+        }
+        // Reaching it (all others down) does not undrain it.
+        nodes.succeeded(0);
+        assert!(nodes.is_drained(&nodes.addrs()[0]));
+        let report = nodes.report(now);
+        assert!(report[0].drained && !report[1].drained);
+        assert_eq!(
+            (report[1].failures, report[1].retry_in),
+            (1, Some(FIRST_BACKOFF))
+        );
+        nodes.set_drained("127.0.0.1:5000", false);
+        let firsts: Vec<usize> = (0..3).map(|_| nodes.order(now)[0]).collect();
+        assert!(firsts.contains(&0), "{firsts:?}");
+        // A reload keeps the drain.
+        nodes.set_drained("127.0.0.1:5002", true);
+        let fresh = self::nodes(3);
+        fresh.carry_health_from(&nodes);
+        assert!(fresh.is_drained(&fresh.addrs()[2]));
     }
 
     #[test]

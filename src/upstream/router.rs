@@ -195,10 +195,10 @@ impl Router {
                     }
                     if self.occupancy().is_unused() {
                         let since = *idle_since.get_or_insert_with(Instant::now);
-                        let retired = self.inner.is_retired();
-                        let limit = if retired { Duration::ZERO } else { self.settings.idle_timeout };
+                        let retirement = self.inner.retirement();
+                        let limit = if retirement.is_some() { Duration::ZERO } else { self.settings.idle_timeout };
                         if since.elapsed() >= limit && self.occupancy().close_if_unused() {
-                            return End::Graceful(if retired { "past its max lifetime" } else { "idle" });
+                            return End::Graceful(retirement.unwrap_or("idle"));
                         }
                     } else {
                         idle_since = None;

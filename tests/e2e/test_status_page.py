@@ -4,6 +4,7 @@ clients come and go, and shows client-controlled strings as text."""
 import json
 import os
 import shutil
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -35,14 +36,16 @@ return {
   updated: Number(document.body.dataset.updated),
   tiles: Object.fromEntries(Array.from(document.querySelectorAll('[data-metric]')).map(e =>
     [e.dataset.metric, e.getAttribute('data-value')])),
-  pools: rows('pools'), upstreams: rows('upstreams'), clients: rows('clients'),
+  pools: rows('pools'), upstreams: rows('upstreams'), nodes: rows('nodes'), clients: rows('clients'),
+  paused: document.getElementById('paused').hidden ? null : document.getElementById('paused').textContent,
   shown: Number(note.dataset.shown), total: Number(note.dataset.total),
 };
 """
 
 # Fields whose cell text is the raw value; bytes and ages are shown
 # human-readable and only their data-value is raw.
-CLIENT_FIELDS = ["user", "vhost", "connection_name", "channels", "upstream"]
+CLIENT_FIELDS = ["user", "vhost", "connection_name", "channels", "upstream", "paused"]
+NODE_FIELDS = ["node", "tls", "state", "failures", "upstreams"]
 UPSTREAM_FIELDS = ["node", "vhost", "user", "state", "clients", "channels.open", "channels.kept",
                    "channels.closing"]
 POOL_FIELDS = ["vhost", "user", "upstreams", "clients"]
@@ -152,7 +155,7 @@ def compare_rows(table, page_rows, api_rows, key, fields):
                 out.append(f"{table} {row['id']}: no cell {field}")
             elif cell["value"] != raw(want):
                 out.append(f"{table} {row['id']}.{field}: data-value {cell['value']!r}, API {want!r}")
-            elif want is not None and cell["text"] != str(want):
+            elif want is not None and cell["text"] != raw(want):
                 out.append(f"{table} {row['id']}.{field}: text {cell['text']!r}, API {want!r}")
     return out
 
@@ -166,8 +169,14 @@ def page_vs_api(browser, warren, since=0):
     overview = warren.get_json("/api/overview")
     pools = warren.get_json("/api/pools")
     upstreams = warren.get_json("/api/upstreams")
+    nodes = warren.get_json("/api/nodes")
     clients = warren.get_json("/api/clients")
     out = []
+    paused = overview["paused"]
+    want_paused = "paused: every vhost" if paused["all"] else \
+        ("paused: " + ", ".join(paused["vhosts"]) if paused["vhosts"] else None)
+    if page["paused"] != want_paused:
+        out.append(f"paused badge: {page['paused']!r}, API {paused!r}")
     for metric in STABLE_TILES:
         if page["tiles"].get(metric) != raw(dig(overview, metric)):
             out.append(f"tile {metric}: {page['tiles'].get(metric)!r}, API {dig(overview, metric)!r}")
@@ -182,6 +191,7 @@ def page_vs_api(browser, warren, since=0):
         out.append(f"clients note: showing {page['shown']} of {page['total']}, API has {len(clients)}")
     out += compare_rows("upstreams", page["upstreams"], sorted(upstreams, key=lambda u: u["id"]),
                         lambda u: str(u["id"]), UPSTREAM_FIELDS)
+    out += compare_rows("nodes", page["nodes"], nodes, lambda n: n["node"], NODE_FIELDS)
     out += compare_rows("pools", page["pools"], sorted(pools, key=lambda p: (p["vhost"], p["user"])),
                         lambda p: f"{p['vhost']}|{p['user']}", POOL_FIELDS)
     return out
@@ -199,6 +209,12 @@ def save_screenshot(browser, name):
         browser.save_screenshot(str(ARTIFACTS / name))
     finally:
         browser.set_window_size(size["width"], size["height"])
+
+
+def post(warren, path):
+    request = urllib.request.Request(warren.http_url(path), method="POST")
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 200
 
 
 def console_errors(browser):
@@ -257,6 +273,12 @@ def test_status_page_shows_what_the_api_says(warren, queue, browser):
         settle(browser, lambda: page_vs_api(browser, warren), "the page and the API after a client left")
         assert sorted(r["cells"]["connection_name"]["value"] for r in snapshot(browser)["clients"]) == \
             [names[0], names[2]]
+        # An operator's pause shows in the header until resume.
+        post(warren, "/api/pause?vhost=%2F")
+        settle(browser, lambda: page_vs_api(browser, warren), "the page and the API with / paused")
+        assert snapshot(browser)["paused"] == "paused: /"
+        post(warren, "/api/resume")
+        settle(browser, lambda: page_vs_api(browser, warren), "the page and the API after resume")
         assert browser.execute_script("return window.__alerts") == []
         assert console_errors(browser) == []
     finally:

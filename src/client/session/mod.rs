@@ -35,7 +35,8 @@ use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::net::ReadHalf;
 use crate::outbox::Outbox;
 use crate::pool::PoolRef;
-use crate::protocol::frame::{FrameError, FrameReader};
+use crate::protocol::frame::{Frame, FrameError, FrameReader};
+use crate::protocol::ids;
 use crate::protocol::method::{self, Close};
 use crate::protocol::reply::{self, CONNECTION_FORCED, FRAME_ERROR};
 use crate::stats::{ClientRecord, CloseScope, DisconnectReason, Listed};
@@ -76,6 +77,15 @@ impl Exit {
             ),
         }
     }
+}
+
+/// What a paused vhost holds: new messages and new channels. Content
+/// frames of a publish already under way, acks and closes go on.
+fn waits_for_resume(frame: &Frame) -> bool {
+    matches!(
+        frame.method_id(),
+        Some(ids::BASIC_PUBLISH | ids::CHANNEL_OPEN)
+    )
 }
 
 /// How the session reaches its client: the link the router writes to, the
@@ -174,6 +184,10 @@ impl Session {
         let outbox = self.outbox.clone();
         let writer_stopped = outbox.closed();
         tokio::pin!(writer_stopped);
+        // A publish or channel open read while the vhost is paused waits
+        // here, and the client is not read meanwhile (it waits as it would
+        // behind a slow broker; its heartbeats wait in the socket).
+        let mut held: Option<Frame> = None;
         loop {
             let step = tokio::select! {
                 biased;
@@ -181,17 +195,30 @@ impl Session {
                     self.flush_batch().await;
                     self.on_event(event).await
                 }
-                read = reader.read_frame() => match read {
+                read = reader.read_frame(), if held.is_none() => match read {
                     Ok(frame) => {
                         quiet_quarters = 0;
-                        self.on_read(frame, reader.has_buffered_frame()).await
+                        if ctx.pauses.holds(&self.vhost) && waits_for_resume(&frame) {
+                            self.flush_batch().await;
+                            held = Some(frame);
+                            self.record.paused.set(1);
+                            None
+                        } else {
+                            self.on_read(frame, reader.has_buffered_frame()).await
+                        }
                     }
                     Err(FrameError::Closed) => Some(Exit::Gone("client dropped the connection".into())),
                     Err(FrameError::Io(e)) => Some(Exit::Gone(format!("client connection failed: {e}"))),
                     Err(e) => Some(Exit::Close(reply::close(FRAME_ERROR, e))),
                 },
+                _ = ctx.pauses.resumed(&self.vhost), if held.is_some() => {
+                    let frame = held.take().expect("held");
+                    self.record.paused.set(0);
+                    self.on_read(frame, reader.has_buffered_frame()).await
+                }
                 _ = liveness.tick() => {
-                    quiet_quarters += 1;
+                    // Nothing is read while a frame is held: silence is ours.
+                    quiet_quarters = if held.is_some() { 0 } else { quiet_quarters + 1 };
                     match heartbeat {
                         Some(hb) if quiet_quarters > 8 => Some(Exit::Gone(format!(
                             "missed heartbeats from client, timeout: {}s",
@@ -300,6 +327,10 @@ impl Session {
             }
             ClientEvent::UpstreamClosed { .. } => None,
             ClientEvent::Overflowed => Some(Exit::TooSlow),
+            ClientEvent::Killed => Some(Exit::Close(reply::close(
+                CONNECTION_FORCED,
+                "closed by an operator of warren (warren ctl kill)",
+            ))),
         }
     }
 
