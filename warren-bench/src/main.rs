@@ -374,15 +374,30 @@ impl Bench {
                 1 => "churn, sequential".to_string(),
                 n => format!("churn, {n} in parallel"),
             };
+            let mut reuse = Row::new(
+                format!("{name}: cycles that reused an upstream channel"),
+                "%",
+                Compare::Own,
+            );
             let mut row = Row::new(name, "cycles/s", Compare::Ratio).goal(Goal::AtLeast(6.0));
             for _ in 0..self.repeats {
-                for (addr, side) in [(self.broker, Side::Direct), (warren.addr, Side::Warren)] {
-                    let rate = scenarios::churn(&self.login, addr, &queue, parallel, self.duration)
+                let direct =
+                    scenarios::churn(&self.login, self.broker, &queue, parallel, self.duration)
                         .await?;
-                    push(&mut row, side, rate);
-                }
+                push(&mut row, Side::Direct, direct);
+                let (hits_before, misses_before) = reuse_counts(warren).await?;
+                let through_warren =
+                    scenarios::churn(&self.login, warren.addr, &queue, parallel, self.duration)
+                        .await?;
+                push(&mut row, Side::Warren, through_warren);
+                let (hits, misses) = reuse_counts(warren).await?;
+                let (hits, misses) = (hits - hits_before, misses - misses_before);
+                reuse
+                    .warren
+                    .push(100.0 * hits as f64 / (hits + misses).max(1) as f64);
             }
             self.rows.push(row);
+            self.rows.push(reuse);
         }
         scenarios::delete_queue(&self.login, self.broker, &queue).await
     }
@@ -567,4 +582,11 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("machine: {cores} cores, {model}, Linux {}", kernel.trim())
+}
+
+/// warren's channel reuse counters so far: (hits, misses).
+async fn reuse_counts(warren: &Warren) -> Result<(u64, u64)> {
+    let overview = warren.overview().await?;
+    let count = |key: &str| overview["reuse"][key].as_u64().unwrap_or(0);
+    Ok((count("hits"), count("misses")))
 }
