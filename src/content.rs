@@ -17,6 +17,7 @@ use crate::protocol::ids::{self, MethodId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::held::HeldBytes;
 use crate::protocol::frame::{Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use crate::protocol::method::Close;
 use crate::protocol::reply::{
@@ -39,37 +40,6 @@ fn in_mib(bytes: u64) -> String {
         format!("{} MiB", bytes / MIB)
     } else {
         format!("{bytes} bytes")
-    }
-}
-
-/// Bytes of partly received messages held for all clients together.
-#[derive(Debug)]
-pub struct HeldBytes {
-    used: AtomicU64,
-    limit: AtomicU64,
-}
-
-impl HeldBytes {
-    pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(HeldBytes {
-            used: AtomicU64::new(0),
-            limit: AtomicU64::new(limit),
-        })
-    }
-
-    /// A reload: applies to the next bytes taken.
-    pub fn set_limit(&self, limit: u64) {
-        self.limit.store(limit, Ordering::Relaxed);
-    }
-
-    /// Bytes counted now (small held messages excepted).
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    /// The budget, `--max-held-publish-mib` in bytes.
-    pub fn limit(&self) -> u64 {
-        self.limit.load(Ordering::Relaxed)
     }
 }
 
@@ -100,10 +70,9 @@ impl PublishBudget {
                 ),
             ));
         }
-        let limit = self.shared.limit.load(Ordering::Relaxed);
-        let total = self.shared.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if total > limit {
-            self.give(bytes);
+        if !self.shared.take(bytes) {
+            self.client_used.fetch_sub(bytes, Ordering::Relaxed);
+            let limit = self.shared.limit();
             return Err(reply::close(
                 RESOURCE_ERROR,
                 format!(
@@ -117,7 +86,7 @@ impl PublishBudget {
 
     fn give(&self, bytes: u64) {
         self.client_used.fetch_sub(bytes, Ordering::Relaxed);
-        self.shared.used.fetch_sub(bytes, Ordering::Relaxed);
+        self.shared.give(bytes);
     }
 }
 

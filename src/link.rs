@@ -8,15 +8,25 @@
 //! session's bookkeeping (e.g. reopen a channel id before it was freed).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::channel::UpstreamChannel;
+use crate::content::CLIENT_HELD_LIMIT;
+use crate::held::HeldBytes;
 use crate::outbox::{Outbox, TrySendError};
 use crate::protocol::method::Close;
 
 pub type ClientId = u64;
+
+/// A message this large may not fit in a client's write queue at all: it
+/// is owed whole (see [`ClientLink::owe_whole`]).
+pub const LARGE_MESSAGE: u64 = 1 << 20;
+/// The smallest frame_max a peer may choose: body frames are at least this
+/// large but for the last, which bounds how many frames a body becomes.
+const SMALLEST_FRAME_MAX: u64 = 4096;
 
 #[derive(Debug)]
 pub enum ClientEvent {
@@ -70,6 +80,8 @@ pub struct ClientLink {
     /// What the client said it understands in Start-Ok.
     pub capabilities: Capabilities,
     overflowed: AtomicBool,
+    /// The budget for large messages queued beyond the queue's bound.
+    held_deliveries: Arc<HeldBytes>,
 }
 
 impl ClientLink {
@@ -79,6 +91,7 @@ impl ClientLink {
         events: mpsc::UnboundedSender<ClientEvent>,
         frame_max: usize,
         capabilities: Capabilities,
+        held_deliveries: Arc<HeldBytes>,
     ) -> Self {
         ClientLink {
             id,
@@ -87,6 +100,30 @@ impl ClientLink {
             frame_max,
             capabilities,
             overflowed: AtomicBool::new(false),
+            held_deliveries,
+        }
+    }
+
+    /// A message of `body_size` bytes starts with a content header of
+    /// `header_len` bytes, about to be pushed. The client is owed it whole
+    /// even if it is larger than its whole write queue, and the broker may
+    /// send several at once (a consumer's prefetch): the queue's bound
+    /// applies to what waits beside such messages, so a consumer reading at
+    /// a normal pace gets whatever the broker delivers. What they pin is
+    /// bounded per client ([`CLIENT_HELD_LIMIT`], two messages of
+    /// RabbitMQ's default largest size) and for all clients together
+    /// (`--max-held-delivery-mib`); beyond either, a message counts against
+    /// the bound like any other. A client that reads nothing is dropped by
+    /// its writer's stall limit, which gives all of it back.
+    pub fn owe_whole(&self, header_len: usize, body_size: u64) {
+        // At most, every body frame is the smallest a peer may choose.
+        let frames = body_size.div_ceil(SMALLEST_FRAME_MAX - 8);
+        let cost = Outbox::cost_of(header_len) + body_size + frames * Outbox::cost_of(8);
+        if self.frames.exempted() + cost > CLIENT_HELD_LIMIT {
+            return;
+        }
+        if let Some(share) = self.held_deliveries.share(cost) {
+            self.frames.exempt_next(cost, share);
         }
     }
 
@@ -129,7 +166,14 @@ mod tests {
     async fn a_frame_that_waits_holds_its_own_bytes_not_the_read_buffer() {
         let (frames, mut inbox) = outbox(1 << 20);
         let (events, _events) = mpsc::unbounded_channel();
-        let link = ClientLink::new(1, frames, events, 131072, Capabilities::default());
+        let link = ClientLink::new(
+            1,
+            frames,
+            events,
+            131072,
+            Capabilities::default(),
+            HeldBytes::new(0),
+        );
         let read_buffer = Bytes::from(vec![7u8; 256 * 1024]);
         link.push(read_buffer.slice(0..100));
         link.push(read_buffer.slice(100..200));

@@ -8,9 +8,17 @@
 //! (`send_now`: the router's own control frames, which must keep their place
 //! in the one FIFO order the broker sees). The writer gives credit back as
 //! bytes reach the socket.
+//!
+//! A consumer is owed whole messages, and one message may be larger than
+//! the whole bound (RabbitMQ takes up to 512 MiB). So a large message can
+//! be exempted ([`Outbox::exempt_next`]): the bound then applies to what is
+//! queued beside the exempted messages not yet written, and an exemption
+//! ends (giving back whatever it holds, such as a share of a global
+//! budget) once the writer has passed it. Whoever exempts bounds how much.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
@@ -21,6 +29,28 @@ struct Credit {
     /// Bytes queued without credit, to be paid back before credit returns.
     overdraft: AtomicUsize,
     limit: usize,
+    /// Credit the writer gave back so far: its place in the stream of
+    /// everything ever queued (written by the writer only).
+    returned: AtomicU64,
+    /// Large messages owed whole, oldest first.
+    exemptions: Mutex<VecDeque<Exemption>>,
+    /// Where the oldest exemption ends (`u64::MAX`: none), so the writer
+    /// takes the lock only when it has passed one.
+    exempt_until: AtomicU64,
+}
+
+/// Part of the stream, by credit position, that does not count against the
+/// bound; `_hold` is dropped when the writer has passed it.
+struct Exemption {
+    start: u64,
+    end: u64,
+    _hold: Box<dyn Send>,
+}
+
+impl std::fmt::Debug for Exemption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Exemption({}..{})", self.start, self.end)
+    }
 }
 
 /// What a queued frame occupies beyond its bytes: its queue slot, and the
@@ -34,6 +64,47 @@ impl Credit {
     /// rather than waiting forever.
     fn cost(&self, frame: &Bytes) -> usize {
         (frame.len() + QUEUED_FRAME_OVERHEAD).min(self.limit)
+    }
+
+    /// Credit held by queued frames, overdraft included.
+    fn queued(&self) -> u64 {
+        (self.limit - self.available.available_permits().min(self.limit)
+            + self.overdraft.load(Ordering::Relaxed)) as u64
+    }
+
+    /// Whether `cost` more fits when the exempted messages still queued do
+    /// not count.
+    fn exempted_room_for(&self, cost: usize) -> bool {
+        if self.exempt_until.load(Ordering::Relaxed) == u64::MAX {
+            return false;
+        }
+        self.queued() + cost as u64 <= self.limit as u64 + self.exempt_unwritten()
+    }
+
+    /// Exempted credit not yet written.
+    fn exempt_unwritten(&self) -> u64 {
+        let written = self.returned.load(Ordering::Relaxed);
+        let exemptions = self.exemptions.lock().expect("exemptions lock");
+        exemptions
+            .iter()
+            .filter(|e| e.end > written)
+            .map(|e| e.end - e.start.max(written))
+            .sum()
+    }
+
+    /// Ends the exemptions the writer has passed.
+    fn passed(&self, written: u64) {
+        if written < self.exempt_until.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut exemptions = self.exemptions.lock().expect("exemptions lock");
+        while exemptions.front().is_some_and(|e| e.end <= written) {
+            exemptions.pop_front();
+        }
+        self.exempt_until.store(
+            exemptions.front().map_or(u64::MAX, |e| e.end),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -67,6 +138,9 @@ pub fn outbox(limit: usize) -> (Outbox, Inbox) {
         available: Semaphore::new(limit),
         overdraft: AtomicUsize::new(0),
         limit,
+        returned: AtomicU64::new(0),
+        exemptions: Mutex::default(),
+        exempt_until: AtomicU64::new(u64::MAX),
     });
     (
         Outbox {
@@ -88,15 +162,46 @@ impl Outbox {
         self.queue.send(frame).map_err(|_| Closed)
     }
 
-    /// Queues a frame if there is credit for it, without waiting.
+    /// Queues a frame if there is credit for it (or it fits beside an
+    /// exempted message), without waiting.
     pub fn try_send(&self, frame: Bytes) -> Result<(), TrySendError> {
-        let cost = self.credit.cost(&frame) as u32;
-        match self.credit.available.try_acquire_many(cost) {
+        let cost = self.credit.cost(&frame);
+        match self.credit.available.try_acquire_many(cost as u32) {
             Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::NoPermits) if self.credit.exempted_room_for(cost) => {
+                self.credit.overdraft.fetch_add(cost, Ordering::Relaxed);
+            }
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(TrySendError::Full),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(TrySendError::Closed),
         }
         self.queue.send(frame).map_err(|_| TrySendError::Closed)
+    }
+
+    /// The next `cost` of credit queued (a large message's frames, costed
+    /// as [`Outbox::cost_of`] does) does not count against the bound; `hold`
+    /// is kept until the writer has passed it.
+    pub fn exempt_next(&self, cost: u64, hold: impl Send + 'static) {
+        let credit = &self.credit;
+        let start = credit.returned.load(Ordering::Relaxed) + credit.queued();
+        let mut exemptions = credit.exemptions.lock().expect("exemptions lock");
+        exemptions.push_back(Exemption {
+            start,
+            end: start + cost,
+            _hold: Box::new(hold),
+        });
+        if exemptions.len() == 1 {
+            credit.exempt_until.store(start + cost, Ordering::Relaxed);
+        }
+    }
+
+    /// Exempted credit queued and not yet written.
+    pub fn exempted(&self) -> u64 {
+        self.credit.exempt_unwritten()
+    }
+
+    /// What a frame of `len` bytes costs in credit.
+    pub fn cost_of(len: usize) -> u64 {
+        (len + QUEUED_FRAME_OVERHEAD) as u64
     }
 
     /// Whether frames are queued or being written: a frame queued now will
@@ -160,12 +265,16 @@ impl Inbox {
         if returned > 0 {
             self.credit.available.add_permits(returned);
         }
+        let written = self.credit.returned.load(Ordering::Relaxed) + credit as u64;
+        self.credit.returned.store(written, Ordering::Relaxed);
+        self.credit.passed(written);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
 
     /// What the writer does: takes what is queued and gives its credit back.
     async fn write_out(inbox: &mut Inbox) -> usize {
@@ -221,6 +330,47 @@ mod tests {
         drop(inbox);
         assert_eq!(waiting.await.unwrap(), Err(Closed));
         outbox.closed().await;
+    }
+
+    /// Dropped when the exemption ends.
+    struct Hold(Arc<AtomicBool>);
+    impl Drop for Hold {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exempted_message_goes_whole_and_the_bound_applies_beside_it() {
+        let (outbox, mut inbox) = outbox(1000);
+        let released = Arc::new(AtomicBool::new(false));
+        outbox.exempt_next(3000, Hold(released.clone()));
+        for _ in 0..10 {
+            assert_eq!(
+                outbox.try_send(costing(300)),
+                Ok(()),
+                "the message's own frames"
+            );
+        }
+        assert_eq!(outbox.exempted(), 3000);
+        for _ in 0..10 {
+            assert_eq!(outbox.try_send(costing(100)), Ok(()), "the bound beside it");
+        }
+        assert_eq!(outbox.try_send(costing(100)), Err(TrySendError::Full));
+        while outbox.exempted() > 0 {
+            write_out(&mut inbox).await;
+        }
+        assert!(
+            released.load(Ordering::Relaxed),
+            "the hold goes once the writer passed it"
+        );
+        write_out(&mut inbox).await;
+        assert_eq!(outbox.try_send(costing(1000)), Ok(()));
+        assert_eq!(
+            outbox.try_send(costing(100)),
+            Err(TrySendError::Full),
+            "the bound is back"
+        );
     }
 
     #[tokio::test]

@@ -15,7 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use warren::channel::Inherited;
 use warren::client::usage::{Step, Usage};
 use warren::client::frame_check;
-use warren::content::{ContentAssembler, ContentVerdict, HeldBytes, PublishBudget};
+use warren::content::{ContentAssembler, ContentVerdict, PublishBudget};
+use warren::held::HeldBytes;
 use warren::protocol::frame::{Frame, FrameReader, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use warren::protocol::spec;
 

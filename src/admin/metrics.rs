@@ -31,6 +31,8 @@ pub async fn render(admin: &Admin) -> String {
         stats: admin.ctx.stats.clone(),
         held_publish_bytes: admin.ctx.held_bytes.used(),
         held_publish_limit: admin.ctx.held_bytes.limit(),
+        held_delivery_bytes: admin.ctx.held_deliveries.used(),
+        held_delivery_limit: admin.ctx.held_deliveries.limit(),
         upstream_connections_limit: admin.ctx.config().max_upstream_connections,
     };
     let mut registry = Registry::default();
@@ -53,6 +55,8 @@ struct Exposition {
     stats: Arc<Stats>,
     held_publish_bytes: u64,
     held_publish_limit: u64,
+    held_delivery_bytes: u64,
+    held_delivery_limit: u64,
     upstream_connections_limit: usize,
 }
 
@@ -132,6 +136,18 @@ impl Exposition {
             "warren_held_publish_bytes_limit",
             "The budget for partly received messages, bytes (--max-held-publish-mib)",
             self.held_publish_limit,
+        )?;
+        gauge(
+            encoder,
+            "warren_held_delivery_bytes",
+            "Bytes of large messages owed whole to consumers beyond their write queue bound (budget: --max-held-delivery-mib)",
+            self.held_delivery_bytes,
+        )?;
+        gauge(
+            encoder,
+            "warren_held_delivery_bytes_limit",
+            "The budget for large messages owed to consumers, bytes (--max-held-delivery-mib)",
+            self.held_delivery_limit,
         )?;
         gauge(
             encoder,

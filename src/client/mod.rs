@@ -30,7 +30,7 @@ pub use pending::PendingHandshakes;
 pub use serve::serve;
 
 use crate::config::Config;
-use crate::content::HeldBytes;
+use crate::held::HeldBytes;
 use crate::link::ClientId;
 use crate::pause::Pauses;
 use crate::pool::Pools;
@@ -50,6 +50,9 @@ pub struct Context {
     admitted: AtomicUsize,
     /// Bytes held in partly received publishes, for `--max-held-publish-mib`.
     pub held_bytes: Arc<HeldBytes>,
+    /// Bytes of large messages queued for consumers beyond their queue
+    /// bound, for `--max-held-delivery-mib`.
+    pub held_deliveries: Arc<HeldBytes>,
     /// Handshakes not finished yet, for `--max-pending-handshakes`.
     pub pending: Arc<PendingHandshakes>,
     /// Vhosts whose publishes and channel opens wait (`warren ctl pause`).
@@ -69,6 +72,7 @@ impl Context {
     pub fn new(config: Config, pools: Pools, stats: Arc<Stats>) -> Self {
         Context {
             held_bytes: HeldBytes::new(config.max_held_publish_bytes),
+            held_deliveries: HeldBytes::new(config.max_held_delivery_bytes),
             config: RwLock::new(Arc::new(config)),
             pools,
             stats,
@@ -86,6 +90,8 @@ impl Context {
 
     pub fn set_config(&self, config: Config) {
         self.held_bytes.set_limit(config.max_held_publish_bytes);
+        self.held_deliveries
+            .set_limit(config.max_held_delivery_bytes);
         *self.config.write().expect("config lock") = Arc::new(config);
     }
 

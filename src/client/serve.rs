@@ -18,7 +18,7 @@ use super::handshake::Hello;
 use super::pending::PendingHandshake;
 use super::session::{ClientSide, Exit, Session};
 use super::Context;
-use crate::link::{ClientEvent, ClientLink};
+use crate::link::ClientLink;
 use crate::logging::RateLimit;
 use crate::net::{Accepted, ReadHalf, WriteHalf};
 use crate::outbox::outbox;
@@ -133,12 +133,12 @@ async fn run_admitted(
         PoolLabel::new(&vhost, user),
         hello.connection_name.as_deref(),
         started,
-        events_tx.clone(),
+        events_tx,
     ));
     record.upstream.set(upstream.id());
     let heartbeat = (tune.heartbeat > 0).then(|| Duration::from_secs(tune.heartbeat.into()));
     let (client, writer_task) =
-        client_side(who, &tune, heartbeat, &hello, write_half, record, events_tx);
+        client_side(who, &tune, heartbeat, &hello, write_half, record, ctx);
     upstream.attach(client.link.clone());
     let mut session = Session::new(
         who.id,
@@ -179,7 +179,7 @@ fn client_side(
     hello: &Hello,
     write_half: WriteHalf,
     record: Listed<ClientRecord>,
-    events: mpsc::UnboundedSender<ClientEvent>,
+    ctx: &Context,
 ) -> (ClientSide, JoinHandle<std::io::Result<()>>) {
     let (outbox, queue) = outbox(CLIENT_QUEUE_BYTES);
     // A client whose socket takes nothing for two heartbeat intervals (or a
@@ -195,9 +195,10 @@ fn client_side(
     let link = Arc::new(ClientLink::new(
         who.id,
         outbox.clone(),
-        events,
+        record.session.clone(),
         tune.frame_max as usize,
         hello.capabilities,
+        ctx.held_deliveries.clone(),
     ));
     let client = ClientSide {
         link,

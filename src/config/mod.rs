@@ -94,6 +94,7 @@ pub struct Config {
     pub max_upstream_connections: usize,
     /// For all clients' partly received publishes together.
     pub max_held_publish_bytes: u64,
+    pub max_held_delivery_bytes: u64,
     pub max_upstream_channels: u16,
     /// Plugin exchange types the broker knows, besides the built-in ones.
     pub exchange_types: Vec<String>,
@@ -244,7 +245,8 @@ impl Config {
                 .max_pending_handshakes_per_source
                 .unwrap_or_default() as usize,
             max_upstream_connections: o.max_upstream_connections.unwrap_or_default() as usize,
-            max_held_publish_bytes: held_publish_bytes(o.max_held_publish_mib)?,
+            max_held_publish_bytes: held_bytes("max-held-publish-mib", o.max_held_publish_mib)?,
+            max_held_delivery_bytes: held_bytes("max-held-delivery-mib", o.max_held_delivery_mib)?,
             max_upstream_channels: at_least_one("max-upstream-channels", o.max_upstream_channels)?,
             exchange_types: exchange_types(o.exchange_types.unwrap_or_default())?,
             guaranteed_channels: at_least_one("guaranteed-channels", o.guaranteed_channels)?,
@@ -368,13 +370,13 @@ fn listeners(o: &mut Options) -> Result<(Listen, Option<ListenerTls>, u32), Conf
     Ok((listen, tls, socket_mode))
 }
 
-/// `--max-held-publish-mib` in bytes: room for one message of the largest
-/// size at least.
-fn held_publish_bytes(mib: Option<u32>) -> Result<u64, ConfigError> {
+/// `--max-held-publish-mib` or `--max-held-delivery-mib` in bytes: room
+/// for one message of RabbitMQ's default largest size at least.
+fn held_bytes(name: &str, mib: Option<u32>) -> Result<u64, ConfigError> {
     match mib {
         Some(mib @ 128..) => Ok(u64::from(mib) << 20),
         other => Err(err(format!(
-            "invalid --max-held-publish-mib {}: must be at least 128 (one message of the largest size)",
+            "invalid --{name} {}: must be at least 128 (one message of the largest size)",
             other.unwrap_or_default()
         ))),
     }

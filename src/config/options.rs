@@ -350,6 +350,11 @@ options! {
     /// frame would go over is closed with 506. One client may hold at most
     /// 256 MiB
     max_held_publish_mib: u32 = Some(1024), Flag::value("MAX_HELD_PUBLISH_MIB", "MIB");
+    /// MiB of large messages (1 MiB or more) queued for consumers beyond
+    /// their 16 MiB write queue, all clients together: a message a consumer
+    /// is being sent is owed whole, the bound applies to what waits behind
+    /// it
+    max_held_delivery_mib: u32 = Some(1024), Flag::value("MAX_HELD_DELIVERY_MIB", "MIB");
     /// Most channels warren opens on one upstream connection; the broker's
     /// own channel_max also applies
     max_upstream_channels: u16 = Some(PROTOCOL_CHANNEL_MAX), Flag::value("MAX_UPSTREAM_CHANNELS", "N");

@@ -89,9 +89,9 @@ impl Frame {
         self.payload().get(4..).unwrap_or(&[])
     }
 
-    /// Body size announced by a content header frame (for tests: warren
-    /// reads it with the header's checks, `spec::check_content_header`).
-    #[cfg(any(test, feature = "fuzzing"))]
+    /// Body size announced by a content header frame, unchecked: a client's
+    /// header is read with its checks (`spec::check_content_header`); this
+    /// is for the broker's.
     pub fn content_body_size(&self) -> Option<u64> {
         let p = self.payload();
         (self.kind() == FRAME_HEADER && p.len() >= 12)

@@ -22,9 +22,11 @@ use super::slots::{FromBroker, Lease, Slots, ToBroker};
 use super::{Command, Grant, Inner, Occupancy, UpstreamSettings};
 use crate::channel::Delivered;
 use crate::confirms::ConfirmTags;
-use crate::link::{ClientEvent, ClientId, ClientLink};
+use crate::link::{ClientEvent, ClientId, ClientLink, LARGE_MESSAGE};
 use crate::net::ReadHalf;
-use crate::protocol::frame::{self, Frame, FrameReader, FRAME_HEARTBEAT, FRAME_METHOD};
+use crate::protocol::frame::{
+    self, Frame, FrameReader, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
+};
 use crate::protocol::method::{self, Close};
 use crate::protocol::reply::{self, CONNECTION_FORCED, REPLY_SUCCESS};
 use crate::stats::{Listed, UpstreamRecord};
@@ -529,6 +531,11 @@ fn deliver(
             link.push(frame.into_bytes_for(client_channel));
         }
         _ => {
+            if frame.kind() == FRAME_HEADER {
+                if let Some(body_size) = frame.content_body_size().filter(|&n| n >= LARGE_MESSAGE) {
+                    link.owe_whole(frame.len(), body_size);
+                }
+            }
             match method_id {
                 Some(ids::BASIC_DELIVER | ids::BASIC_GET_OK) => record.delivered.add(1),
                 Some(id) if method::is_reply(id) => {
