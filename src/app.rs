@@ -16,7 +16,7 @@ use crate::logging::{self, SetLevel};
 use crate::pool::Pools;
 use crate::reload::{reload_on_hangup, upstream_settings, warn_if_insecure, Loaded, Running};
 use crate::stats::Stats;
-use crate::{fd_limit, memory, systemd};
+use crate::{fd_limit, memory, systemd, upstream};
 
 /// Runs warren as the command line says; the binary is only this.
 pub fn main() -> ExitCode {
@@ -138,6 +138,12 @@ async fn run(cli: Cli, loaded: Loaded, set_level: SetLevel) -> ExitCode {
     };
     tokio::spawn(reload_on_hangup(hangups, cli, running));
     tokio::spawn(housekeeping::run(ctx.clone(), stop.clone()));
+    // Clients are shown the broker's server properties: learn them now
+    // rather than from the first client's login.
+    let learning = ctx.clone();
+    tokio::spawn(async move {
+        upstream::learn_broker_properties(|| learning.pools.settings().nodes.clone()).await
+    });
     listener::run(listeners, ctx, stop).await;
     tracing::info!("warren stopped");
     ExitCode::SUCCESS

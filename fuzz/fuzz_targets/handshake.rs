@@ -8,6 +8,7 @@ mod runtime;
 
 use libfuzzer_sys::fuzz_target;
 use warren::client::handshake;
+use warren::client::server_properties::ClientStart;
 use warren::protocol::frame::FrameReader;
 use warren::protocol::method::Tune;
 use warren::net::{ReadHalf, WriteHalf};
@@ -17,7 +18,8 @@ fuzz_target!(|data: &[u8]| {
         let input: ReadHalf = Box::pin(std::io::Cursor::new(data.to_vec()));
         let mut writer: WriteHalf = Box::pin(tokio::io::sink());
         let mut reader = FrameReader::new(input, 131072);
-        if handshake::greet(&mut reader, &mut writer).await.is_err() {
+        let start = ClientStart::default().frame(None);
+        if handshake::greet(&mut reader, &mut writer, &start).await.is_err() {
             return;
         }
         let offer = Tune {

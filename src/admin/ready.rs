@@ -1,30 +1,20 @@
 //! Whether a broker node answers, for `/readyz` when no upstream connection
 //! is open to prove it.
 //!
-//! The probe sends the AMQP protocol header and waits for Connection.Start:
-//! a port that accepts TCP but is not a working broker (still booting,
-//! another service) is not ready. It goes no further, so it needs no
-//! credentials. Results are shared for a second, so a burst of probes (or a
-//! misconfigured scraper) costs the broker one connection.
+//! The probe asks each node for its Connection.Start ([`hello`]), which
+//! needs no credentials. Results are shared for a second, so a burst of
+//! probes (or a misconfigured scraper) costs the broker one connection.
 
-use crate::protocol::ids;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
-use crate::protocol::frame::{FrameReader, PROTOCOL_HEADER};
-use crate::upstream::Nodes;
+use crate::upstream::{hello, Nodes, HELLO_TIMEOUT};
 
 /// How long one probe result stands.
 const FRESH_FOR: Duration = Duration::from_secs(1);
-/// A node that takes longer than this to say hello is not ready.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Connection.Start comes before any frame_max is agreed; its server
-/// properties are well under this.
-const START_FRAME_MAX: u32 = 1 << 20;
 
 #[derive(Default)]
 pub struct Readiness {
@@ -47,11 +37,11 @@ impl Readiness {
             let nodes = nodes.clone();
             probes.spawn(async move {
                 let addr = &nodes.addrs()[node];
-                match tokio::time::timeout(PROBE_TIMEOUT, says_hello(&nodes, node)).await {
+                match tokio::time::timeout(HELLO_TIMEOUT, hello(&nodes, node)).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(why)) => Err(format!("broker {addr}: {why}")),
                     Err(_) => Err(format!(
-                        "broker {addr} did not answer within {PROBE_TIMEOUT:?}"
+                        "broker {addr} did not answer within {HELLO_TIMEOUT:?}"
                     )),
                 }
             });
@@ -76,20 +66,4 @@ impl Readiness {
         *last = Some((Instant::now(), result.clone()));
         result
     }
-}
-
-async fn says_hello(nodes: &Nodes, node: usize) -> Result<(), String> {
-    let (read, mut write) = nodes.dial(node).await?;
-    write
-        .write_all(PROTOCOL_HEADER)
-        .await
-        .map_err(|e| e.to_string())?;
-    let start = FrameReader::new(read, START_FRAME_MAX)
-        .read_frame()
-        .await
-        .map_err(|e| format!("no connection.start: {e}"))?;
-    if start.method_id() != Some(ids::CONNECTION_START) {
-        return Err("it does not speak AMQP 0-9-1".into());
-    }
-    Ok(())
 }

@@ -69,7 +69,10 @@ pub async fn admit<'a>(
     let config = ctx.config();
     let limit = config.client_handshake_timeout;
     let events = &ctx.stats.events;
-    let greet = handshake::greet(reader, writer);
+    let start = ctx
+        .client_start
+        .frame(ctx.pools.settings().nodes.broker_properties());
+    let greet = handshake::greet(reader, writer, &start);
     let hello = client_step(
         who,
         limit,

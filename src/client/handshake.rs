@@ -7,7 +7,7 @@
 use crate::protocol::ids::{self, MethodId};
 use tokio::io::AsyncWriteExt;
 
-use crate::auth::{AuthError, Credentials, MECHANISMS};
+use crate::auth::{AuthError, Credentials};
 use crate::link::Capabilities;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::frame::{Frame, FrameError, FrameReader, PROTOCOL_HEADER};
@@ -36,32 +36,6 @@ pub enum HandshakeError {
     /// Close the connection with this.
     #[error("{}", .0.text)]
     Refused(Close),
-}
-
-/// The capabilities warren honours, advertised in Connection.Start.
-fn server_properties() -> FieldTable {
-    let yes = |k: &str| (k.to_string(), FieldValue::Bool(true));
-    let text = |k: &str, v: &str| (k.to_string(), FieldValue::LongStr(v.as_bytes().to_vec()));
-    vec![
-        (
-            "capabilities".into(),
-            FieldValue::Table(vec![
-                yes("publisher_confirms"),
-                yes("exchange_exchange_bindings"),
-                yes("basic.nack"),
-                yes("consumer_cancel_notify"),
-                yes("connection.blocked"),
-                yes("consumer_priorities"),
-                yes("authentication_failure_close"),
-                yes("per_consumer_qos"),
-                yes("direct_reply_to"),
-            ]),
-        ),
-        text("product", "warren"),
-        text("version", env!("CARGO_PKG_VERSION")),
-        text("platform", "Rust"),
-        text("information", "AMQP 0-9-1 pooling proxy"),
-    ]
 }
 
 fn capability(properties: &FieldTable, name: &str) -> bool {
@@ -142,10 +116,12 @@ fn check_tuned(field: &str, min: u32, offered: u32, asked: u32) -> Result<(), Ha
     ))
 }
 
-/// Reads the protocol header, offers the mechanisms and reads Start-Ok.
+/// Reads the protocol header, sends `start` (Connection.Start, see
+/// [`super::server_properties`]) and reads Start-Ok.
 pub async fn greet(
     reader: &mut FrameReader<ReadHalf>,
     writer: &mut WriteHalf,
+    start: &[u8],
 ) -> Result<Hello, HandshakeError> {
     let header = reader.read_preamble(PROTOCOL_HEADER.len()).await?;
     if &header[..] != PROTOCOL_HEADER {
@@ -153,7 +129,7 @@ pub async fn greet(
         return Err(HandshakeError::WrongProtocol(header.to_vec()));
     }
     writer
-        .write_all(&method::connection_start(&server_properties(), MECHANISMS))
+        .write_all(start)
         .await
         .map_err(FrameError::Io)?;
 

@@ -3,6 +3,7 @@
 //! - [`serve`] wires one connection's parts together;
 //! - `admission` runs the handshake ([`handshake`]) in the broker's order
 //!   and says what a refused client hears; `pending` bounds handshakes;
+//!   [`server_properties`] is what clients are told about the server;
 //! - `session` serves an admitted client: each frame is checked
 //!   ([`frame_check`]), routed by its `channel_table`, judged by the
 //!   channel's [`usage`] and forwarded, small publishes through a
@@ -17,6 +18,8 @@ pub mod handshake;
 mod pending;
 mod publish_batch;
 mod serve;
+/// Public for the fuzz targets (`fuzz/`).
+pub mod server_properties;
 mod session;
 /// Public for the fuzz targets (`fuzz/`).
 pub mod usage;
@@ -27,6 +30,7 @@ use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 
 pub use pending::PendingHandshakes;
+use server_properties::ClientStart;
 pub use serve::serve;
 
 use crate::config::Config;
@@ -57,6 +61,8 @@ pub struct Context {
     pub pending: Arc<PendingHandshakes>,
     /// Vhosts whose publishes and channel opens wait (`warren ctl pause`).
     pub pauses: Pauses,
+    /// The Connection.Start clients get.
+    pub client_start: ClientStart,
 }
 
 /// A place under `--max-clients`, given back on drop.
@@ -81,6 +87,7 @@ impl Context {
             admitted: AtomicUsize::new(0),
             pending: Arc::default(),
             pauses: Pauses::default(),
+            client_start: ClientStart::default(),
         }
     }
 

@@ -444,6 +444,7 @@ impl StartOk {
 /// Connection.Start as sent by the broker.
 #[derive(Debug)]
 pub struct Start {
+    pub server_properties: FieldTable,
     pub mechanisms: String,
 }
 
@@ -452,8 +453,8 @@ impl Start {
         let mut d = Decoder::new(args);
         d.u8()?;
         d.u8()?;
-        d.table()?;
         Ok(Start {
+            server_properties: d.table()?,
             mechanisms: String::from_utf8_lossy(d.long_bytes()?).into_owned(),
         })
     }

@@ -34,7 +34,7 @@ pub enum FieldValue {
 pub type FieldTable = Vec<(String, FieldValue)>;
 
 /// Looks up `key` in a table.
-pub fn table_get<'a>(table: &'a FieldTable, key: &str) -> Option<&'a FieldValue> {
+pub fn table_get<'a>(table: &'a [(String, FieldValue)], key: &str) -> Option<&'a FieldValue> {
     table.iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 

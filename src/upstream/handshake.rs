@@ -139,6 +139,8 @@ pub struct Authenticated {
     reader: FrameReader<ReadHalf>,
     writer: WriteHalf,
     negotiated: Negotiated,
+    /// What the broker said about itself in Connection.Start.
+    pub server_properties: FieldTable,
 }
 
 /// Runs the handshake up to Tune-Ok.
@@ -187,6 +189,7 @@ pub async fn authenticate(
         reader,
         writer,
         negotiated,
+        server_properties: start.server_properties,
     })
 }
 

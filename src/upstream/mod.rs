@@ -8,6 +8,7 @@
 //! writer's queue, already rewritten to the upstream channel id.
 
 pub mod handshake;
+mod hello;
 mod nodes;
 mod occupancy;
 mod router;
@@ -27,6 +28,7 @@ use crate::exclusive::{Access, Declared, ExclusiveQueues};
 use crate::untrusted::cut;
 pub use handshake::ConnectError;
 use handshake::Negotiated;
+pub use hello::{hello, learn_broker_properties, HELLO_TIMEOUT};
 pub use nodes::Nodes;
 
 use crate::auth::Credentials;
@@ -262,8 +264,9 @@ impl Upstream {
             settings.stats.events.upstream_login(outcome, started);
             let addr = nodes.addrs()[node].clone();
             match authenticated {
-                Ok(authenticated) => {
+                Ok(mut authenticated) => {
                     nodes.succeeded(node);
+                    nodes.heard_from(node, std::mem::take(&mut authenticated.server_properties));
                     return Ok(PendingUpstream {
                         authenticated,
                         node: addr,

@@ -1,9 +1,10 @@
 //! The broker nodes upstream connections go to: which to try next,
 //! backing off from one that failed so clients are not held up by it while
-//! another is up, and the nodes an operator drained.
+//! another is up, the nodes an operator drained, and what the broker last
+//! said about itself (its server properties).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -11,7 +12,9 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamAddr;
 use crate::net::{self, ReadHalf, WriteHalf};
+use crate::protocol::wire::{table_get, FieldTable, FieldValue};
 use crate::tls;
+use crate::untrusted::shown;
 
 /// The first wait after a failure; it doubles with each further failure.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -45,6 +48,10 @@ pub struct Nodes {
     /// Where the next round starts, so connections spread over the nodes.
     next: AtomicUsize,
     tls: Option<TlsConnector>,
+    /// The server properties of the node heard from last (one cluster's
+    /// nodes differ at most in versions during an upgrade). Replaced only
+    /// when they change, so their `Arc` names them.
+    broker_properties: RwLock<Option<Arc<FieldTable>>>,
 }
 
 impl std::fmt::Debug for Nodes {
@@ -61,12 +68,15 @@ impl Nodes {
             addrs,
             next: AtomicUsize::new(0),
             tls: tls.map(TlsConnector::from),
+            broker_properties: RwLock::default(),
         })
     }
 
     /// After a reload: what is known of nodes that are still listed carries
-    /// over (a node backing off keeps backing off).
+    /// over (a node backing off keeps backing off), and what the broker
+    /// said about itself.
     pub fn carry_health_from(&self, old: &Nodes) {
+        *self.broker_properties.write().expect("properties lock") = old.broker_properties();
         let old_health = old.health.lock().expect("nodes lock");
         let mut health = self.health.lock().expect("nodes lock");
         for (i, addr) in self.addrs.iter().enumerate() {
@@ -149,6 +159,33 @@ impl Nodes {
             drained: health[node].drained,
             ..Health::default()
         };
+    }
+
+    /// `node` sent these server properties in its Connection.Start.
+    pub fn heard_from(&self, node: usize, properties: FieldTable) {
+        let mut known = self.broker_properties.write().expect("properties lock");
+        if known.as_deref() == Some(&properties) {
+            return;
+        }
+        let text = |key: &str| match table_get(&properties, key) {
+            Some(FieldValue::LongStr(value)) => shown(&String::from_utf8_lossy(value)),
+            _ => "-".into(),
+        };
+        tracing::info!(
+            node = %self.addrs[node],
+            product = text("product"),
+            version = text("version"),
+            cluster_name = text("cluster_name"),
+            "broker server properties learned; clients are shown them"
+        );
+        *known = Some(Arc::new(properties));
+    }
+
+    pub fn broker_properties(&self) -> Option<Arc<FieldTable>> {
+        self.broker_properties
+            .read()
+            .expect("properties lock")
+            .clone()
     }
 
     /// Opens a TCP (and for amqps://, TLS) connection to `node`.

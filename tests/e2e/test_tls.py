@@ -106,21 +106,27 @@ def test_broker_host_name_is_verified(warren_factory):
     server.settimeout(10)
     port = server.getsockname()[1]
 
-    def serve_one():
-        try:
-            conn, _ = server.accept()
-            with context.wrap_socket(conn, server_side=True):
-                pass
-        except (OSError, ssl.SSLError):
-            pass  # warren rejects the certificate mid-handshake
+    def serve():
+        # warren asks at start (for the broker's server properties), then
+        # for the client's login: every attempt meets the wrong name.
+        for _ in range(20):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed by the test, or no more attempts
+            try:
+                with context.wrap_socket(conn, server_side=True):
+                    pass
+            except (OSError, ssl.SSLError):
+                pass  # warren rejects the certificate mid-handshake
 
-    thread = threading.Thread(target=serve_one, daemon=True)
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     w = warren_factory("--upstream-ca", CA, upstreams=[f"amqps://localhost:{port}"])
     with pytest.raises(pika.exceptions.AMQPConnectionError) as refused:
         w.connect()
-    thread.join(10)
     server.close()
+    thread.join(15)
     assert "(320)" in str(refused.value), refused.value
     assert 'not valid for name "localhost"' in str(refused.value), refused.value
 
