@@ -114,12 +114,14 @@ async fn run(cli: Cli, loaded: Loaded, set_level: SetLevel) -> ExitCode {
     let stop = CancellationToken::new();
     let http_local = match http {
         Some(http) => {
-            let local = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let bound = http.local_addr().ok();
             let admin = Arc::new(Admin {
                 ctx: ctx.clone(),
                 draining: stop.clone(),
                 readiness: Readiness::default(),
+                loopback: bound.is_some_and(|a| a.ip().is_loopback()),
             });
+            let local = bound.map(|a| a.to_string()).unwrap_or_default();
             tokio::spawn(admin::serve(http, admin));
             local
         }

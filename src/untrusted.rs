@@ -59,6 +59,22 @@ impl Display for Untrusted<'_> {
     }
 }
 
+/// Text already shown by warren (so its backslashes are escaped), made safe
+/// for a terminal again by a reader that does not trust where it came
+/// from: control and bidirectional-formatting characters escaped, nothing
+/// else changed.
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if needs_escape(c) {
+            let _ = write!(out, "{}", c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// [`Untrusted`] as an owned string, for what is kept (the client list).
 pub fn shown(text: &str) -> String {
     Untrusted(text).to_string()

@@ -192,8 +192,8 @@ pub fn pools(admin: &Admin) -> Vec<Pool> {
         .summary()
         .into_iter()
         .map(|p| Pool {
-            vhost: p.vhost,
-            user: p.user,
+            vhost: shown(&p.vhost),
+            user: shown(&p.user),
             upstreams: p.upstreams,
             clients: p.clients,
         })

@@ -58,6 +58,9 @@ pub struct Admin {
     /// Cancelled when warren starts draining: not ready any more.
     pub draining: CancellationToken,
     pub readiness: Readiness,
+    /// The endpoint is bound to a loopback address: reachable from this
+    /// machine only (see `access`).
+    pub loopback: bool,
 }
 
 /// Binds the endpoint, with SO_REUSEPORT like the AMQP listeners so a
@@ -130,7 +133,7 @@ async fn route(
 ) -> Response<Full<Bytes>> {
     // The body is never read: actions take their arguments in the query.
     let (request, _body) = request.into_parts();
-    if let Err((status, why)) = access::check(&admin.ctx.config(), &request) {
+    if let Err((status, why)) = access::check(&admin.ctx.config(), &request, admin.loopback) {
         return text(status, why);
     }
     let path = request.uri.path();

@@ -70,10 +70,8 @@ fn drain(admin: &Admin, name: &str, drain: bool, operator: SocketAddr) -> Outcom
             format!("no node {} (see warren ctl list nodes)\n", shown(name)),
         );
     };
-    if !drain {
-        tracing::warn!(%node, %operator, "node undrained by an operator");
-        return (StatusCode::OK, format!("node {node} takes new clients\n"));
-    }
+    // Its connections follow: drained ones close as their clients leave,
+    // undrained ones take clients again if they are still open.
     let upstreams: Vec<_> = admin
         .ctx
         .pools
@@ -82,7 +80,11 @@ fn drain(admin: &Admin, name: &str, drain: bool, operator: SocketAddr) -> Outcom
         .filter(|u| *u.node() == node)
         .collect();
     for upstream in &upstreams {
-        upstream.drain();
+        upstream.set_drained(drain);
+    }
+    if !drain {
+        tracing::warn!(%node, %operator, "node undrained by an operator");
+        return (StatusCode::OK, format!("node {node} takes new clients\n"));
     }
     tracing::warn!(%node, %operator, upstreams = upstreams.len(), "node drained by an operator");
     (

@@ -298,9 +298,13 @@ impl Request {
 
     /// Runs the request; what it prints and its exit code are the answer.
     pub fn run(self) -> ExitCode {
-        let token = match self.token() {
-            Ok(token) => token,
-            Err(e) => {
+        let (method, path) = self.action.target();
+        // Only the admin API takes the token: a health check must not fail
+        // on a token file it does not need.
+        let token = match path.starts_with("/api/").then(|| self.token()) {
+            None => None,
+            Some(Ok(token)) => token,
+            Some(Err(e)) => {
                 eprintln!("warren ctl: {e}");
                 return ExitCode::FAILURE;
             }
@@ -315,7 +319,6 @@ impl Request {
                 return ExitCode::FAILURE;
             }
         };
-        let (method, path) = self.action.target();
         let answer = runtime.block_on(async {
             let request = http::request(
                 &self.admin,

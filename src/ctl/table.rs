@@ -1,11 +1,13 @@
 //! `warren ctl list` as a table: the columns an operator scans, from the
 //! API's JSON (`--json` gives all of it). Names in the JSON were made
-//! printable by warren (see `crate::untrusted`), so a client cannot write
-//! escape sequences to the operator's terminal.
+//! printable by warren (see `crate::untrusted`); they are escaped again
+//! here, so no answer can write escape sequences to the operator's
+//! terminal, whichever warren (or impostor) gave it.
 
 use serde_json::Value;
 
 use super::Listing;
+use crate::untrusted::terminal_safe;
 
 /// A column: its heading and where its value is in each record (a JSON
 /// pointer).
@@ -90,7 +92,7 @@ pub fn render(what: Listing, body: &str) -> Result<String, String> {
 fn cell(value: Option<&Value>) -> String {
     match value {
         None | Some(Value::Null) => "-".into(),
-        Some(Value::String(text)) => text.clone(),
+        Some(Value::String(text)) => terminal_safe(text),
         // Ages and waits: whole seconds are what a table needs.
         Some(Value::Number(n)) if n.is_f64() => format!("{:.0}", n.as_f64().unwrap_or(0.0)),
         Some(other) => other.to_string(),
@@ -125,6 +127,22 @@ mod tests {
         assert_eq!(
             row,
             ["7", "127.0.0.1:5672", "-", "-", "open", "-", "3", "13"]
+        );
+    }
+
+    #[test]
+    fn control_and_bidi_characters_never_reach_the_terminal() {
+        let body = r#"[{"vhost": "\u001b]0;owned\u0007\u009b2J\u202e", "user": "u", "upstreams": 0, "clients": 0}]"#;
+        let table = render(Listing::Pools, body).unwrap();
+        assert!(
+            !table
+                .chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+            "{table:?}"
+        );
+        assert!(
+            table.contains(r"\u{1b}]0;owned\u{7}\u{9b}2J\u{202e}"),
+            "{table:?}"
         );
     }
 

@@ -336,7 +336,10 @@ impl Upstream {
             retire_at: settings
                 .max_lifetime
                 .map(|lifetime| Instant::now() + lifetime),
-            drained: AtomicBool::new(settings.nodes.is_drained(&node)),
+            // Never drained at birth: a connection is opened on a drained
+            // node only when no other node answers (`Nodes::order`), and
+            // then it serves.
+            drained: AtomicBool::new(false),
             node,
             exclusive: Mutex::default(),
             queue_order: Arc::default(),
@@ -385,10 +388,10 @@ impl Upstream {
         self.0.retirement().is_some()
     }
 
-    /// Its node is drained: it serves the clients it has, takes no new
-    /// ones, and closes when they are gone.
-    pub fn drain(&self) {
-        self.0.drained.store(true, Ordering::Relaxed);
+    /// Its node is drained (`true`): it serves the clients it has, takes no
+    /// new ones, and closes when they are gone; or undrained (`false`).
+    pub fn set_drained(&self, drained: bool) {
+        self.0.drained.store(drained, Ordering::Relaxed);
     }
 
     /// The broker node it is connected to.

@@ -117,6 +117,26 @@ def test_drain_node_sends_new_clients_elsewhere_and_closes_its_connections_as_cl
     assert out.returncode == 1 and out.stderr.startswith("no node 127.0.0.1:1"), out.stderr
 
 
+def test_draining_the_only_node_keeps_serving_new_clients(warren, broker, queue):
+    node = f"127.0.0.1:{broker.port}"
+    with warren.connect() as first:
+        first.channel()
+        [first_upstream] = [c["upstream"] for c in warren.get_json("/api/clients")]
+        ok(warren, "drain-node", node)
+        # No other node: the drained one is the last resort. The connection
+        # opened there serves, and the next client finds it.
+        used = []
+        for body in ("a", "b"):
+            with warren.connect() as conn:
+                ch = conn.channel()
+                ch.confirm_delivery()
+                ch.basic_publish("", queue, body.encode(), mandatory=True)
+                used += [c["upstream"] for c in warren.get_json("/api/clients") if c["upstream"] != first_upstream]
+        assert len(used) == 2 and used[0] == used[1], (first_upstream, used)
+        assert [n["state"] for n in warren.get_json("/api/nodes")] == ["drained"]
+    assert sorted(drain(broker.port, queue)) == ["a", "b"]
+
+
 def publish_in_background(w, queue, vhost="/"):
     """Connects, publishes one message with confirms in a thread; returns
     (thread, outcome list)."""
@@ -176,6 +196,21 @@ def test_pause_holds_publishes_and_channel_opens_of_that_vhost_until_resume(warr
         assert conn.channel().queue_delete(app_queue).method.message_count == 1
 
 
+def test_a_paused_client_can_be_killed(warren, queue):
+    ok(warren, "pause")
+    try:
+        before = client_ids(warren)
+        thread, outcome = publish_in_background(warren, queue)
+        held = wait_until(lambda: [c["id"] for c in warren.get_json("/api/clients") if c["paused"]], 15,
+                          "the client held")
+        assert set(held) <= client_ids(warren) - before
+        ok(warren, "kill", str(held[0]))
+        thread.join(15)
+        assert len(outcome) == 1 and "320" in outcome[0] and "warren ctl kill" in outcome[0], outcome
+    finally:
+        ok(warren, "resume")
+
+
 def test_pause_without_a_vhost_holds_all_until_resume_without_one(warren, queue):
     ok(warren, "pause")
     thread, outcome = publish_in_background(warren, queue)
@@ -218,6 +253,16 @@ def test_actions_are_posts_refused_to_other_sites_and_without_the_token(warren_f
     assert out.returncode == 0, out.stderr
     same_origin = {**auth, "Origin": w.http_url("").rstrip("/")}
     assert post(w, "/api/resume", same_origin) == (200, "every vhost: resumed\n")
+
+
+def test_on_loopback_without_a_token_only_browsers_of_other_sites_are_refused(warren):
+    assert post(warren, "/api/pause", {"Origin": "http://evil.example"})[0] == 403
+    assert post(warren, "/api/pause", {"Sec-Fetch-Site": "cross-site"})[0] == 403
+    assert post(warren, "/api/pause", {"Sec-Fetch-Site": "same-site"})[0] == 403
+    assert warren.get_json("/api/overview")["paused"] == {"all": False, "vhosts": []}
+    assert post(warren, "/api/pause", {"Sec-Fetch-Site": "none"}) == \
+        (200, "every vhost: publishes and channel opens wait until resume\n")
+    assert post(warren, "/api/resume") == (200, "every vhost: resumed\n")
 
 
 def test_actions_beyond_loopback_need_a_token(warren_factory):

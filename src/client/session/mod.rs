@@ -79,8 +79,9 @@ impl Exit {
     }
 }
 
-/// What a paused vhost holds: new messages and new channels. Content
-/// frames of a publish already under way, acks and closes go on.
+/// What a paused vhost holds: new messages and new channels. The content
+/// of a publish already under way goes on; what the client sends after a
+/// held frame waits behind it.
 fn waits_for_resume(frame: &Frame) -> bool {
     matches!(
         frame.method_id(),
@@ -198,7 +199,7 @@ impl Session {
                 read = reader.read_frame(), if held.is_none() => match read {
                     Ok(frame) => {
                         quiet_quarters = 0;
-                        if ctx.pauses.holds(&self.vhost) && waits_for_resume(&frame) {
+                        if waits_for_resume(&frame) && ctx.pauses.holds(&self.vhost) {
                             self.flush_batch().await;
                             held = Some(frame);
                             self.record.paused.set(1);
