@@ -74,18 +74,6 @@ impl Listing {
 
 /// The `ctl` subcommand's arguments.
 pub fn command() -> Command {
-    let node = || {
-        Arg::new("node")
-            .required(true)
-            .value_name("HOST:PORT")
-            .help("A broker node as warren lists it (warren ctl list nodes)")
-    };
-    let vhost = || {
-        Arg::new("vhost")
-            .long("vhost")
-            .value_name("VHOST")
-            .help("Only this vhost (default: all)")
-    };
     Command::new("ctl")
         .about("Talk to a running warren through its HTTP endpoint")
         .after_help(
@@ -117,55 +105,62 @@ pub fn command() -> Command {
                 .help("File holding the admin API token"),
         )
         .subcommand_required(true)
-        .subcommand(Command::new("ready").about(
+        .subcommands(actions())
+}
+
+/// One subcommand per request `ctl` can make.
+fn actions() -> [Command; 7] {
+    let node = || {
+        Arg::new("node")
+            .required(true)
+            .value_name("HOST:PORT")
+            .help("A broker node as warren lists it (warren ctl list nodes)")
+    };
+    let vhost = || {
+        Arg::new("vhost")
+            .long("vhost")
+            .value_name("VHOST")
+            .help("Only this vhost (default: all)")
+    };
+    [
+        Command::new("ready").about(
             "Exit 0 if warren is ready for clients (/readyz answers 200), else print why \
              and exit 1; for container health checks",
-        ))
-        .subcommand(
-            Command::new("list")
-                .about("Show clients, pools, upstream connections or broker nodes")
-                .arg(Arg::new("what").required(true).value_parser(Listing::NAMES))
-                .arg(
-                    Arg::new("json")
-                        .long("json")
-                        .action(ArgAction::SetTrue)
-                        .help("The API's JSON instead of a table"),
-                ),
-        )
-        .subcommand(
-            Command::new("kill")
-                .about("Close a client's connection (it gets 320 CONNECTION_FORCED)")
-                .arg(
-                    Arg::new("client")
-                        .required(true)
-                        .value_name("CLIENT_ID")
-                        .value_parser(clap::value_parser!(u64))
-                        .help("The id shown by warren ctl list clients"),
-                ),
-        )
-        .subcommand(
-            Command::new("drain-node")
-                .about(
-                    "Send no new clients to a broker node; its upstream connections close \
-                     as their clients leave",
-                )
-                .arg(node()),
-        )
-        .subcommand(
-            Command::new("undrain-node")
-                .about("Let a drained broker node take new clients again")
-                .arg(node()),
-        )
-        .subcommand(
-            Command::new("pause")
-                .about("Hold publishes and channel opens until resume; clients wait without errors")
-                .arg(vhost()),
-        )
-        .subcommand(
-            Command::new("resume")
-                .about("Let paused clients go on")
-                .arg(vhost()),
-        )
+        ),
+        Command::new("list")
+            .about("Show clients, pools, upstream connections or broker nodes")
+            .arg(Arg::new("what").required(true).value_parser(Listing::NAMES))
+            .arg(
+                Arg::new("json")
+                    .long("json")
+                    .action(ArgAction::SetTrue)
+                    .help("The API's JSON instead of a table"),
+            ),
+        Command::new("kill")
+            .about("Close a client's connection (it gets 320 CONNECTION_FORCED)")
+            .arg(
+                Arg::new("client")
+                    .required(true)
+                    .value_name("CLIENT_ID")
+                    .value_parser(clap::value_parser!(u64))
+                    .help("The id shown by warren ctl list clients"),
+            ),
+        Command::new("drain-node")
+            .about(
+                "Send no new clients to a broker node; its upstream connections close \
+                 as their clients leave",
+            )
+            .arg(node()),
+        Command::new("undrain-node")
+            .about("Let a drained broker node take new clients again")
+            .arg(node()),
+        Command::new("pause")
+            .about("Hold publishes and channel opens until resume; clients wait without errors")
+            .arg(vhost()),
+        Command::new("resume")
+            .about("Let paused clients go on")
+            .arg(vhost()),
+    ]
 }
 
 /// Where a warren started with this environment listens for HTTP: its own
