@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -113,18 +114,7 @@ async fn run(cli: Cli, loaded: Loaded, set_level: SetLevel) -> ExitCode {
     let ctx = Arc::new(Context::new(config, Pools::new(settings), stats));
     let stop = CancellationToken::new();
     let http_local = match http {
-        Some(http) => {
-            let bound = http.local_addr().ok();
-            let admin = Arc::new(Admin {
-                ctx: ctx.clone(),
-                draining: stop.clone(),
-                readiness: Readiness::default(),
-                loopback: bound.is_some_and(|a| a.ip().is_loopback()),
-            });
-            let local = bound.map(|a| a.to_string()).unwrap_or_default();
-            tokio::spawn(admin::serve(http, admin));
-            local
-        }
+        Some(http) => serve_http(http, &ctx, &stop),
         None => "off".into(),
     };
     tracing::info!(listen = %addresses.join(", "), http = %http_local, upstream = %upstreams.join(","), "warren is ready");
@@ -139,16 +129,33 @@ async fn run(cli: Cli, loaded: Loaded, set_level: SetLevel) -> ExitCode {
         listening,
     };
     tokio::spawn(reload_on_hangup(hangups, cli, running));
+    spawn_background(&ctx, &stop);
+    listener::run(listeners, ctx, stop).await;
+    tracing::info!("warren stopped");
+    ExitCode::SUCCESS
+}
+
+/// Serves the HTTP endpoint; returns where it listens.
+fn serve_http(http: TcpListener, ctx: &Arc<Context>, stop: &CancellationToken) -> String {
+    let bound = http.local_addr().ok();
+    let admin = Arc::new(Admin {
+        ctx: ctx.clone(),
+        draining: stop.clone(),
+        readiness: Readiness::default(),
+        loopback: bound.is_some_and(|a| a.ip().is_loopback()),
+    });
+    tokio::spawn(admin::serve(http, admin));
+    bound.map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// The tasks beside the listeners: housekeeping, and learning the broker's
+/// server properties now rather than from the first client's login.
+fn spawn_background(ctx: &Arc<Context>, stop: &CancellationToken) {
     tokio::spawn(housekeeping::run(ctx.clone(), stop.clone()));
-    // Clients are shown the broker's server properties: learn them now
-    // rather than from the first client's login.
     let learning = ctx.clone();
     tokio::spawn(async move {
         upstream::learn_broker_properties(|| learning.pools.settings().nodes.clone()).await
     });
-    listener::run(listeners, ctx, stop).await;
-    tracing::info!("warren stopped");
-    ExitCode::SUCCESS
 }
 
 /// The first SIGTERM/SIGINT starts a graceful drain; a second one exits now.

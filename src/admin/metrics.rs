@@ -63,6 +63,7 @@ struct Exposition {
 impl Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), Error> {
         self.encode_connections(&mut encoder)?;
+        self.encode_held(&mut encoder)?;
         self.encode_channels(&mut encoder)?;
         self.encode_traffic(&mut encoder)?;
         self.encode_events(&mut encoder)
@@ -126,11 +127,21 @@ impl Exposition {
         )?;
         gauge(
             encoder,
+            "warren_upstream_connections_limit",
+            "Most upstream connections per pool (--max-upstream-connections); 0: no limit",
+            self.upstream_connections_limit as u64,
+        )
+    }
+
+    /// Memory held for clients against the shared budgets, and the budgets
+    /// (so alerts compare against what this warren runs with).
+    fn encode_held(&self, encoder: &mut DescriptorEncoder) -> Result<(), Error> {
+        gauge(
+            encoder,
             "warren_held_publish_bytes",
             "Bytes of partly received large messages held until whole (budget: --max-held-publish-mib)",
             self.held_publish_bytes,
         )?;
-        // The limits, so alerts compare against what this warren runs with.
         gauge(
             encoder,
             "warren_held_publish_bytes_limit",
@@ -148,12 +159,6 @@ impl Exposition {
             "warren_held_delivery_bytes_limit",
             "The budget for large messages owed to consumers, bytes (--max-held-delivery-mib)",
             self.held_delivery_limit,
-        )?;
-        gauge(
-            encoder,
-            "warren_upstream_connections_limit",
-            "Most upstream connections per pool (--max-upstream-connections); 0: no limit",
-            self.upstream_connections_limit as u64,
         )
     }
 

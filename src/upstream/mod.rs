@@ -7,6 +7,7 @@
 //! to open and give back channels, and push their frames straight into the
 //! writer's queue, already rewritten to the upstream channel id.
 
+mod command;
 pub mod handshake;
 mod hello;
 mod nodes;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exclusive::{Access, Declared, ExclusiveQueues};
 use crate::untrusted::cut;
+use command::Command;
 pub use handshake::ConnectError;
 use handshake::Negotiated;
 pub use hello::{hello, learn_broker_properties, HELLO_TIMEOUT};
@@ -140,51 +142,6 @@ impl Inner {
             None
         }
     }
-}
-
-#[derive(Debug)]
-enum Command {
-    Attach(Arc<ClientLink>),
-    Detach(ClientId),
-    Report(oneshot::Sender<ChannelCounts>),
-    OpenChannel {
-        link: Arc<ClientLink>,
-        client_channel: u16,
-        /// A new id even when kept channels are available.
-        fresh: bool,
-        /// The client holds its guaranteed channels already.
-        beyond_guarantee: bool,
-        reply: oneshot::Sender<Grant>,
-    },
-    /// The client closes the channel: the router sends Channel.Close and
-    /// relays the broker's Close-Ok as an event.
-    Closing(UpstreamChannel),
-    /// The client is done with a channel that cannot be reused: the router
-    /// closes it and frees the id on the broker's Close-Ok.
-    Abandon(UpstreamChannel),
-    /// A broker-closed channel was acknowledged upstream; the id is free.
-    Release(UpstreamChannel),
-    /// The client is done with a clean channel: keep it for the next one.
-    Keep {
-        channel: UpstreamChannel,
-        inherited: Inherited,
-        confirm_publishes: u64,
-    },
-    /// The next reply of this kind on the channel answers a method warren
-    /// sent on its own: do not forward it.
-    Hide(UpstreamChannel, MethodId),
-    /// The client asked for publisher confirms after `published_before`
-    /// publishes the broker numbered: forward acks for later ones to it.
-    WantConfirms {
-        channel: UpstreamChannel,
-        published_before: u64,
-    },
-    /// Asks the broker whether `queue` exists, on a channel of warren's own.
-    ProbeQueue {
-        queue: String,
-        reply: oneshot::Sender<bool>,
-    },
-    Shutdown,
 }
 
 #[derive(Debug, Clone)]
