@@ -148,14 +148,19 @@ fn serve_http(http: TcpListener, ctx: &Arc<Context>, stop: &CancellationToken) -
     bound.map(|a| a.to_string()).unwrap_or_default()
 }
 
-/// The tasks beside the listeners: housekeeping, and learning the broker's
-/// server properties now rather than from the first client's login.
+/// The tasks beside the listeners: housekeeping, learning the broker's
+/// server properties now rather than from the first client's login, and
+/// probing banned nodes.
 fn spawn_background(ctx: &Arc<Context>, stop: &CancellationToken) {
     tokio::spawn(housekeeping::run(ctx.clone(), stop.clone()));
     let learning = ctx.clone();
     tokio::spawn(async move {
         upstream::learn_broker_properties(|| learning.pools.settings().nodes.clone()).await
     });
+    let probing = ctx.clone();
+    tokio::spawn(
+        async move { upstream::probe_banned(|| probing.pools.settings().nodes.clone()).await },
+    );
 }
 
 /// The first SIGTERM/SIGINT starts a graceful drain; a second one exits now.

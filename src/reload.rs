@@ -34,7 +34,7 @@ impl Loaded {
         };
         let server_tls = config.tls.as_ref().map(tls::server_config).transpose()?;
         Ok(Loaded {
-            nodes: Nodes::new(config.upstreams.clone(), client_tls),
+            nodes: Nodes::new(config.upstreams.clone(), client_tls, config.node_ban),
             server_tls,
             config,
         })

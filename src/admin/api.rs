@@ -92,8 +92,8 @@ pub struct Upstream {
 pub struct Node {
     node: String,
     tls: bool,
-    /// "up", "backing_off" (failed lately: tried after the others) or
-    /// "drained" (by an operator).
+    /// "up", "banned" (it failed: tried only after the others until a
+    /// background probe finds it back) or "drained" (by an operator).
     state: &'static str,
     failures: u32,
     retry_in_seconds: Option<f64>,
@@ -267,8 +267,8 @@ pub fn nodes(admin: &Admin) -> Vec<Node> {
             tls: report.addr.tls,
             state: if report.drained {
                 "drained"
-            } else if report.retry_in.is_some() {
-                "backing_off"
+            } else if report.banned {
+                "banned"
             } else {
                 "up"
             },

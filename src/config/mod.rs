@@ -110,6 +110,7 @@ pub struct Config {
     pub client_handshake_timeout: Duration,
     /// Limit on TCP connect plus AMQP handshake with one broker node.
     pub upstream_connect_timeout: Duration,
+    pub node_ban: Duration,
     /// `None`: upstream connections take new clients for as long as they live.
     pub upstream_max_lifetime: Option<Duration>,
     /// `None` waits for clients without limit.
@@ -263,6 +264,7 @@ impl Config {
                 "upstream-connect-timeout",
                 o.upstream_connect_timeout,
             )?,
+            node_ban: at_least_a_second("node-ban-seconds", o.node_ban_seconds)?,
             upstream_max_lifetime: o
                 .upstream_max_lifetime
                 .filter(|s| *s > 0)

@@ -385,6 +385,12 @@ options! {
     /// next; short enough that a silent node leaves time for the next within
     /// clients' own timeouts (php-amqplib's is 3 s)
     upstream_connect_timeout: u64 = Some(3), Flag::value("UPSTREAM_CONNECT_TIMEOUT", "SECONDS");
+    /// Seconds a broker node is left out after it refused or timed out a
+    /// connection, or closed or lost one (CONNECTION_FORCED, a failed read,
+    /// missed heartbeats); it is then probed in the background and taken
+    /// back once it answers. Clients go to a banned node only when no other
+    /// answers
+    node_ban_seconds: u64 = Some(10), Flag::value("NODE_BAN_SECONDS", "SECONDS");
     /// Seconds after which an upstream connection takes no new clients and
     /// closes once its clients leave: bounds how long a revoked password
     /// keeps working through a pool. 0: no limit

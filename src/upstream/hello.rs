@@ -1,11 +1,12 @@
 //! A node's Connection.Start, without logging in. It proves a broker is
 //! there (readiness: a port that accepts TCP but is not a working broker is
-//! not ready) and carries the broker's server properties, which clients are
-//! shown as their own broker's (see `client::handshake`). It needs no
-//! credentials, so warren learns them at start, before any client logs in.
+//! not ready; a banned node is taken back once it answers) and carries the
+//! broker's server properties, which clients are shown as their own
+//! broker's (see `client::server_properties`). It needs no credentials, so
+//! warren learns them at start, before any client logs in.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
@@ -22,6 +23,9 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Between rounds of asking every node, while none has answered.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often banned nodes are looked at (each is probed once its ban time
+/// is over).
+const PROBE_TICK: Duration = Duration::from_secs(1);
 
 /// Asks `node` for its Connection.Start and records its server properties.
 pub async fn hello(nodes: &Nodes, node: usize) -> Result<(), String> {
@@ -59,5 +63,33 @@ pub async fn learn_broker_properties(current: impl Fn() -> Arc<Nodes>) {
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
+/// Probes the banned nodes of the nodes `current` returns, each once its ban
+/// time is over: one that answers is taken back, one that does not is
+/// banned again. Clients are never the ones to find out.
+pub async fn probe_banned(current: impl Fn() -> Arc<Nodes>) {
+    let mut tick = tokio::time::interval(PROBE_TICK);
+    loop {
+        tick.tick().await;
+        let nodes = current();
+        for node in nodes.due_for_probe(Instant::now()) {
+            let addr = &nodes.addrs()[node];
+            match tokio::time::timeout(HELLO_TIMEOUT, hello(&nodes, node)).await {
+                Ok(Ok(())) => {
+                    nodes.succeeded(node);
+                    tracing::info!(node = %addr, "broker node answers again; it takes clients");
+                }
+                Ok(Err(why)) => {
+                    let ban = nodes.failed(node, Instant::now());
+                    tracing::debug!(node = %addr, error = why, ban = ?ban, "banned broker node still fails");
+                }
+                Err(_) => {
+                    let ban = nodes.failed(node, Instant::now());
+                    tracing::debug!(node = %addr, ban = ?ban, "banned broker node still silent");
+                }
+            }
+        }
     }
 }

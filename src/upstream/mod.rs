@@ -30,7 +30,7 @@ use crate::untrusted::cut;
 use command::Command;
 pub use handshake::ConnectError;
 use handshake::Negotiated;
-pub use hello::{hello, learn_broker_properties, HELLO_TIMEOUT};
+pub use hello::{hello, learn_broker_properties, probe_banned, HELLO_TIMEOUT};
 pub use nodes::Nodes;
 
 use crate::auth::Credentials;
@@ -201,7 +201,7 @@ impl Upstream {
             })?;
         let nodes = &settings.nodes;
         let mut last_error = ConnectError::Unreachable("no broker node configured".into());
-        for node in nodes.order(Instant::now()) {
+        for node in nodes.order() {
             let started = Instant::now();
             let connecting = async {
                 let socket = nodes.dial(node).await.map_err(ConnectError::Unreachable)?;
@@ -234,8 +234,8 @@ impl Upstream {
                     return Err(e);
                 }
                 Err(e) => {
-                    let backoff = nodes.failed(node, Instant::now());
-                    tracing::warn!(node = %addr, error = %e, retry_in = ?backoff, "broker node failed; trying the next");
+                    let ban = nodes.failed(node, Instant::now());
+                    tracing::warn!(node = %addr, error = %e, banned_for = ?ban, "broker node failed; trying the next");
                     last_error = e;
                 }
             }

@@ -1,7 +1,8 @@
-//! The broker nodes upstream connections go to: which to try next,
-//! backing off from one that failed so clients are not held up by it while
-//! another is up, the nodes an operator drained, and what the broker last
-//! said about itself (its server properties).
+//! The broker nodes upstream connections go to: which to try next, banning
+//! one that failed so clients are not held up by it while another is up
+//! (it is probed in the background, `hello::probe_banned`, and taken back
+//! once it answers), the nodes an operator drained, and what the broker
+//! last said about itself (its server properties).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,15 +17,11 @@ use crate::protocol::wire::{table_get, FieldTable, FieldValue};
 use crate::tls;
 use crate::untrusted::shown;
 
-/// The first wait after a failure; it doubles with each further failure.
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
 #[derive(Debug, Default, Clone, Copy)]
 struct Health {
-    /// Failures in a row.
+    /// Failures in a row; banned while there are any.
     failures: u32,
-    /// Skipped while healthy nodes are left, until then.
+    /// When the ban may end: the next background probe after this.
     retry_at: Option<Instant>,
     /// Drained by an operator (`warren ctl drain-node`): tried only when
     /// no other node answers.
@@ -36,7 +33,8 @@ struct Health {
 pub struct NodeReport {
     pub addr: UpstreamAddr,
     pub failures: u32,
-    /// Until then it is tried only after the others.
+    /// Banned: tried only after the others, probed again in this long.
+    pub banned: bool,
     pub retry_in: Option<Duration>,
     pub drained: bool,
 }
@@ -48,6 +46,8 @@ pub struct Nodes {
     /// Where the next round starts, so connections spread over the nodes.
     next: AtomicUsize,
     tls: Option<TlsConnector>,
+    /// How long a failed node is left out before it is probed again.
+    ban: Duration,
     /// The server properties of the node heard from last (one cluster's
     /// nodes differ at most in versions during an upgrade). Replaced only
     /// when they change, so their `Arc` names them.
@@ -62,12 +62,17 @@ impl std::fmt::Debug for Nodes {
 
 impl Nodes {
     /// `tls` is needed when any address is amqps://.
-    pub fn new(addrs: Vec<UpstreamAddr>, tls: Option<Arc<rustls::ClientConfig>>) -> Arc<Self> {
+    pub fn new(
+        addrs: Vec<UpstreamAddr>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        ban: Duration,
+    ) -> Arc<Self> {
         Arc::new(Nodes {
             health: Mutex::new(vec![Health::default(); addrs.len()]),
             addrs,
             next: AtomicUsize::new(0),
             tls: tls.map(TlsConnector::from),
+            ban,
             broker_properties: RwLock::default(),
         })
     }
@@ -91,17 +96,17 @@ impl Nodes {
     }
 
     /// Node indices in the order to try them: healthy ones first, starting
-    /// one further along each call, then the ones backing off, soonest
-    /// retry first (when every node failed, trying beats refusing), then
-    /// the drained ones (a drain is maintenance: refusing clients because
-    /// every other node is down would be worse than using it).
-    pub fn order(&self, now: Instant) -> Vec<usize> {
+    /// one further along each call, then the banned ones, soonest probe
+    /// first (when every node failed, trying beats refusing), then the
+    /// drained ones (a drain is maintenance: refusing clients because every
+    /// other node is down would be worse than using it).
+    pub fn order(&self) -> Vec<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let health = self.health.lock().expect("nodes lock");
         let count = self.addrs.len();
         let rotated = (0..count).map(|i| (start + i) % count);
-        let (mut ready, mut waiting): (Vec<usize>, Vec<usize>) = rotated
-            .partition(|&i| !health[i].drained && health[i].retry_at.is_none_or(|at| at <= now));
+        let (mut ready, mut waiting): (Vec<usize>, Vec<usize>) =
+            rotated.partition(|&i| !health[i].drained && health[i].failures == 0);
         waiting.sort_by_key(|&i| (health[i].drained, health[i].retry_at));
         ready.append(&mut waiting);
         ready
@@ -127,22 +132,35 @@ impl Nodes {
             .map(|(addr, h)| NodeReport {
                 addr: addr.clone(),
                 failures: h.failures,
+                banned: h.failures > 0,
                 retry_in: h.retry_at.and_then(|at| at.checked_duration_since(now)),
                 drained: h.drained,
             })
             .collect()
     }
 
-    /// The node could not be reached or did not answer in time.
+    /// The node could not be reached, did not answer in time, or closed or
+    /// lost a connection: banned for the ban time. Returns it.
     pub fn failed(&self, node: usize, now: Instant) -> Duration {
         let mut health = self.health.lock().expect("nodes lock");
         let h = &mut health[node];
         h.failures = h.failures.saturating_add(1);
-        let backoff = FIRST_BACKOFF
-            .saturating_mul(1 << (h.failures - 1).min(5))
-            .min(MAX_BACKOFF);
-        h.retry_at = Some(now + backoff);
-        backoff
+        h.retry_at = Some(now + self.ban);
+        self.ban
+    }
+
+    /// [`Nodes::failed`] for the node at `addr`, if it is still listed.
+    pub fn failed_at(&self, addr: &UpstreamAddr, now: Instant) -> Option<Duration> {
+        let node = self.addrs.iter().position(|a| a == addr)?;
+        Some(self.failed(node, now))
+    }
+
+    /// Banned nodes whose ban time is over: to probe now.
+    pub fn due_for_probe(&self, now: Instant) -> Vec<usize> {
+        let health = self.health.lock().expect("nodes lock");
+        (0..self.addrs.len())
+            .filter(|&i| health[i].failures > 0 && health[i].retry_at.is_none_or(|at| at <= now))
+            .collect()
     }
 
     pub fn succeeded(&self, node: usize) {
@@ -207,6 +225,8 @@ impl Nodes {
 mod tests {
     use super::*;
 
+    const BAN: Duration = Duration::from_secs(10);
+
     fn nodes(count: u16) -> Arc<Nodes> {
         let addrs = (0..count)
             .map(|i| UpstreamAddr {
@@ -215,45 +235,66 @@ mod tests {
                 tls: false,
             })
             .collect();
-        Nodes::new(addrs, None)
+        Nodes::new(addrs, None, BAN)
     }
 
     #[test]
     fn healthy_nodes_take_turns_first() {
         let nodes = nodes(3);
-        let now = Instant::now();
-        let firsts: Vec<usize> = (0..6).map(|_| nodes.order(now)[0]).collect();
+        let firsts: Vec<usize> = (0..6).map(|_| nodes.order()[0]).collect();
         assert_eq!(firsts, vec![0, 1, 2, 0, 1, 2]);
-        assert_eq!(nodes.order(now).len(), 3);
+        assert_eq!(nodes.order().len(), 3);
     }
 
     #[test]
-    fn a_failed_node_goes_last_until_its_backoff_ends() {
+    fn a_failed_node_goes_last_until_a_probe_finds_it_back() {
         let nodes = nodes(2);
         let now = Instant::now();
-        assert_eq!(nodes.failed(0, now), FIRST_BACKOFF);
+        assert_eq!(nodes.failed(0, now), BAN);
+        assert!(nodes.due_for_probe(now).is_empty());
+        // Its ban time over, it is probed, and still left out until it answers.
+        let later = now + BAN;
+        assert_eq!(nodes.due_for_probe(later), [0]);
         for _ in 0..4 {
-            assert_eq!(nodes.order(now), vec![1, 0]);
+            assert_eq!(nodes.order(), vec![1, 0]);
         }
-        let later = now + FIRST_BACKOFF;
-        let firsts: Vec<usize> = (0..2).map(|_| nodes.order(later)[0]).collect();
-        assert!(firsts.contains(&0), "{firsts:?}");
+        // A failed probe bans it again; an answer takes it back.
+        nodes.failed(0, later);
+        assert!(nodes.due_for_probe(later).is_empty());
         nodes.succeeded(0);
-        assert_eq!(nodes.order(now).len(), 2);
+        let firsts: Vec<usize> = (0..2).map(|_| nodes.order()[0]).collect();
+        assert!(firsts.contains(&0), "{firsts:?}");
+        assert!(!nodes.report(later)[0].banned);
     }
 
     #[test]
-    fn a_reload_keeps_the_backoff_of_nodes_still_listed() {
+    fn a_connection_lost_bans_its_node_if_it_is_still_listed() {
+        let nodes = nodes(2);
+        let now = Instant::now();
+        assert_eq!(nodes.failed_at(&nodes.addrs()[1].clone(), now), Some(BAN));
+        let gone = UpstreamAddr {
+            host: "127.0.0.1".into(),
+            port: 1,
+            tls: false,
+        };
+        assert_eq!(nodes.failed_at(&gone, now), None);
+        let report = nodes.report(now);
+        assert!(report[1].banned && !report[0].banned);
+        assert_eq!((report[1].failures, report[1].retry_in), (1, Some(BAN)));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_bans_of_nodes_still_listed() {
         let old = nodes(2);
         let now = Instant::now();
         old.failed(1, now);
         let fresh = nodes(3);
         fresh.carry_health_from(&old);
-        assert_eq!(fresh.order(now).last(), Some(&1));
+        assert_eq!(fresh.order().last(), Some(&1));
     }
 
     #[test]
-    fn a_drained_node_comes_after_the_failed_ones_until_undrained() {
+    fn a_drained_node_comes_after_the_banned_ones_until_undrained() {
         let nodes = nodes(3);
         let now = Instant::now();
         assert_eq!(
@@ -263,19 +304,13 @@ mod tests {
         assert!(nodes.set_drained("127.0.0.1:4999", true).is_none());
         nodes.failed(1, now);
         for _ in 0..3 {
-            assert_eq!(&nodes.order(now)[1..], [1, 0]);
+            assert_eq!(&nodes.order()[1..], [1, 0]);
         }
         // Reaching it (all others down) does not undrain it.
         nodes.succeeded(0);
         assert!(nodes.report(now)[0].drained);
-        let report = nodes.report(now);
-        assert!(report[0].drained && !report[1].drained);
-        assert_eq!(
-            (report[1].failures, report[1].retry_in),
-            (1, Some(FIRST_BACKOFF))
-        );
         nodes.set_drained("127.0.0.1:5000", false);
-        let firsts: Vec<usize> = (0..3).map(|_| nodes.order(now)[0]).collect();
+        let firsts: Vec<usize> = (0..3).map(|_| nodes.order()[0]).collect();
         assert!(firsts.contains(&0), "{firsts:?}");
         // A reload keeps the drain.
         nodes.set_drained("127.0.0.1:5002", true);
@@ -285,14 +320,11 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_a_limit_and_all_down_still_tries_soonest_first() {
+    fn when_every_node_is_banned_the_soonest_probe_is_tried_first() {
         let nodes = nodes(2);
         let now = Instant::now();
-        let waits: Vec<Duration> = (0..8).map(|_| nodes.failed(0, now)).collect();
-        assert_eq!(waits[1], 2 * FIRST_BACKOFF);
-        assert_eq!(waits[2], 4 * FIRST_BACKOFF);
-        assert_eq!(*waits.last().unwrap(), MAX_BACKOFF);
+        nodes.failed(0, now + Duration::from_secs(1));
         nodes.failed(1, now);
-        assert_eq!(nodes.order(now), vec![1, 0]);
+        assert_eq!(nodes.order(), vec![1, 0]);
     }
 }

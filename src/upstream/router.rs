@@ -129,6 +129,15 @@ impl Router {
                     clients = self.clients.len(),
                     "upstream connection lost"
                 );
+                // CONNECTION_FORCED, from the broker (shutting down, closed
+                // by an operator) or for a lost socket: the node is in
+                // trouble, so new clients go elsewhere until it answers.
+                if close.code == CONNECTION_FORCED {
+                    let node = &self.inner.node;
+                    if let Some(ban) = self.settings.nodes.failed_at(node, Instant::now()) {
+                        tracing::warn!(%node, banned_for = ?ban, "broker node banned: it closed or lost a connection");
+                    }
+                }
                 close
             }
         };

@@ -146,3 +146,47 @@ def test_sighup_moves_new_logins_to_new_nodes_and_changes_the_log_level(broker, 
     held.channel().queue_declare("", exclusive=True)
     held.close()
     assert w.log_text().count("client connected") == logged, "info lines after the level went to warn"
+
+
+def node_states(warren):
+    return {n["node"]: n["state"] for n in warren.get_json("/api/nodes")}
+
+
+def test_a_node_that_forces_connections_closed_is_banned_until_a_probe_finds_it_back(
+        broker, extra_broker, warren_factory):
+    extra, main = f"127.0.0.1:{extra_broker.port}", f"127.0.0.1:{broker.port}"
+    w = warren_factory("--node-ban-seconds", "2", upstreams=[f"amqp://{extra}", f"amqp://{main}"])
+    victim = w.connect()
+    victim.channel()
+    assert upstream_nodes(w) == [extra], "the first login goes to the first node"
+    # An operator (or a broker shutting down) closes its connections: 320.
+    extra_broker.ctl("close_all_connections", "maintenance")
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        for _ in range(100):
+            victim.process_data_events(time_limit=0.1)
+    assert closed.value.reply_code == 320
+    assert node_states(w)[extra] == "banned"
+    assert "broker node banned" in w.log_text()
+    # Meanwhile every new client goes to the other node, however the turns fall.
+    for _ in range(3):
+        with w.connect(user="app", password="secret", vhost="/app") as conn:
+            conn.channel().queue_declare("", exclusive=True)
+            assert extra not in upstream_nodes(w)
+    # The node still answers: the background probe takes it back after the ban.
+    wait_until(lambda: node_states(w)[extra] == "up", 20, "the probe to take the node back")
+    assert "broker node answers again" in w.log_text()
+
+
+def test_a_dead_node_stays_banned_while_probes_fail(broker, warren_factory):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening
+        w = warren_factory("--node-ban-seconds", "1", upstreams=[f"amqp://{dead}", f"amqp://127.0.0.1:{broker.port}"])
+        for _ in range(2):
+            with w.connect() as conn:
+                conn.channel()
+        failures = lambda: next(n["failures"] for n in w.get_json("/api/nodes") if n["node"] == dead)  # noqa: E731
+        first = wait_until(failures, 10, "a failed login to ban the dead node")
+        # Each probe after the ban time fails and bans it again.
+        wait_until(lambda: failures() >= first + 2, 20, "two failed probes")
+        assert node_states(w)[dead] == "banned"
