@@ -3,6 +3,7 @@
 //! about it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::protocol::method::Qos;
 
@@ -23,6 +24,12 @@ pub struct Delivered {
     pub replies: AtomicU64,
     /// The highest publisher-confirm tag acked or nacked to the client.
     pub confirmed: AtomicU64,
+    /// Publishes of this lease the broker settled (acked or nacked), all up
+    /// to this number (see [`crate::replay`]).
+    pub settled: AtomicU64,
+    /// Publishes beyond `settled` the broker settled out of order; written
+    /// only while there are some, so the usual in-order ack takes no lock.
+    pub settled_apart: Mutex<Vec<u64>>,
 }
 
 impl Delivered {
@@ -32,6 +39,18 @@ impl Delivered {
             self.replies.load(Ordering::Acquire),
             self.confirmed.load(Ordering::Acquire),
         )
+    }
+
+    /// Publishes settled in order, as of now.
+    pub fn settled(&self) -> u64 {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// `(settled, settled_apart)` as of now.
+    pub fn settlement(&self) -> (u64, Vec<u64>) {
+        let settled = self.settled.load(Ordering::Acquire);
+        let apart = self.settled_apart.lock().expect("settled lock").clone();
+        (settled, apart)
     }
 }
 

@@ -134,6 +134,11 @@ impl ExclusiveQueues {
         self.claims.remove(queue);
     }
 
+    /// Whether `client` claims any queue.
+    pub fn owns_any(&self, client: ClientId) -> bool {
+        self.claims.values().any(|claim| claim.owner == client)
+    }
+
     /// `client` leaves: its claims end, and come back (name and declare
     /// arguments) for deletion.
     pub fn leave(&mut self, client: ClientId) -> Vec<(String, Bytes)> {

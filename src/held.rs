@@ -47,6 +47,17 @@ impl HeldBytes {
         true
     }
 
+    /// Counts `bytes` whether or not they fit: for what is already held
+    /// when it is counted (the caller stops taking more once
+    /// [`HeldBytes::is_full`]).
+    pub fn charge(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.used() >= self.limit()
+    }
+
     pub fn give(&self, bytes: u64) {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
@@ -73,6 +84,45 @@ impl Drop for HeldShare {
     }
 }
 
+/// Bytes charged to two budgets at once, whatever they hold: the shared one
+/// and one client's share. Given back when dropped.
+#[derive(Debug)]
+pub struct Charges {
+    all: Arc<HeldBytes>,
+    client: Arc<HeldBytes>,
+    bytes: u64,
+}
+
+impl Charges {
+    pub fn new(all: Arc<HeldBytes>, client: Arc<HeldBytes>) -> Self {
+        Charges {
+            all,
+            client,
+            bytes: 0,
+        }
+    }
+
+    pub fn add(&mut self, bytes: usize) {
+        let bytes = bytes as u64;
+        self.all.charge(bytes);
+        self.client.charge(bytes);
+        self.bytes += bytes;
+    }
+
+    pub fn remove(&mut self, bytes: usize) {
+        let bytes = (bytes as u64).min(self.bytes);
+        self.all.give(bytes);
+        self.client.give(bytes);
+        self.bytes -= bytes;
+    }
+}
+
+impl Drop for Charges {
+    fn drop(&mut self) {
+        self.remove(self.bytes as usize);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +140,17 @@ mod tests {
         assert!(budget.share(1).is_none());
         drop(second);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn charges_count_in_both_budgets_until_dropped() {
+        let (all, client) = (HeldBytes::new(100), HeldBytes::new(10));
+        let mut charges = Charges::new(all.clone(), client.clone());
+        charges.add(30);
+        assert!(client.is_full() && !all.is_full(), "over the client's share");
+        charges.remove(25);
+        assert_eq!((all.used(), client.used()), (5, 5));
+        drop(charges);
+        assert_eq!((all.used(), client.used()), (0, 0));
     }
 }

@@ -50,6 +50,6 @@ mod upstream;
 mod version;
 mod writer;
 
-fuzzed!(channel, client, content, held, net, protocol);
+fuzzed!(channel, client, content, held, net, protocol, replay);
 
 pub use app::main;

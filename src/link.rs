@@ -9,9 +9,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::channel::UpstreamChannel;
 use crate::content::CLIENT_HELD_LIMIT;
@@ -82,6 +83,10 @@ pub struct ClientLink {
     overflowed: AtomicBool,
     /// The budget for large messages queued beyond the queue's bound.
     held_deliveries: Arc<HeldBytes>,
+    /// The session waits for the broker to confirm publishes before it
+    /// reads more (its replay log is full, see `crate::replay`).
+    awaits_settlement: AtomicBool,
+    settled: Notify,
 }
 
 impl ClientLink {
@@ -101,7 +106,33 @@ impl ClientLink {
             capabilities,
             overflowed: AtomicBool::new(false),
             held_deliveries,
+            awaits_settlement: AtomicBool::new(false),
+            settled: Notify::new(),
         }
+    }
+
+    /// The broker settled publishes of this client's: a session waiting
+    /// for that is woken (one flag read otherwise, on the router's path).
+    pub fn settlement_advanced(&self) {
+        if self.awaits_settlement.load(Ordering::Relaxed) {
+            self.settled.notify_one();
+        }
+    }
+
+    /// Resolves once the broker settled more of this client's publishes,
+    /// or after `limit` (a stored wake-up may be stale too). For the
+    /// session only.
+    pub async fn settlement_or(&self, limit: Duration) {
+        /// Clears the flag however the wait ends (a `select!` drops it).
+        struct Waiting<'a>(&'a AtomicBool);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Relaxed);
+            }
+        }
+        self.awaits_settlement.store(true, Ordering::Relaxed);
+        let _waiting = Waiting(&self.awaits_settlement);
+        let _ = tokio::time::timeout(limit, self.settled.notified()).await;
     }
 
     /// A message of `body_size` bytes starts with a content header of

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::link::{ClientEvent, ClientId};
@@ -119,6 +120,8 @@ pub struct ClientRecord {
     pub upstream: Tally,
     /// 1 while a publish or channel open waits for `warren ctl resume`.
     pub paused: Tally,
+    /// 1 while it is held through a lost upstream connection.
+    pub held: Tally,
     /// Written by the client's writer task.
     pub bytes_out: Arc<Tally>,
     /// To its session, for operator actions.
@@ -147,6 +150,7 @@ impl ClientRecord {
             channels: Tally::default(),
             upstream: Tally::default(),
             paused: Tally::default(),
+            held: Tally::default(),
             bytes_out: Arc::default(),
         }
     }
@@ -320,6 +324,13 @@ pub struct Events {
     pub upstream_logins: Family<LoginLabel, Counter>,
     pub handshake_seconds: Histogram,
     pub upstream_login_seconds: Histogram,
+    /// Clients held through a lost upstream connection right now.
+    pub holding_clients: Gauge,
+    /// Publishes sent again on a new upstream connection.
+    pub republished: Counter,
+    /// Held publishes given up on (the hold time ran out, or the client
+    /// left while held).
+    pub dropped_held: Counter,
 }
 
 impl Default for Events {
@@ -335,6 +346,9 @@ impl Default for Events {
             upstream_logins: Family::default(),
             handshake_seconds: buckets(),
             upstream_login_seconds: buckets(),
+            holding_clients: Gauge::default(),
+            republished: Counter::default(),
+            dropped_held: Counter::default(),
         }
     }
 }

@@ -115,6 +115,8 @@ pub struct Client {
     age_seconds: f64,
     /// A publish or channel open of its waits for `warren ctl resume`.
     paused: bool,
+    /// Held while its upstream connection is re-established.
+    held: bool,
 }
 
 /// Every live upstream connection's channels, by connection id. The
@@ -249,6 +251,7 @@ pub fn clients(admin: &Admin) -> Vec<Client> {
             bytes_out: c.bytes_out.get(),
             age_seconds: c.since.elapsed().as_secs_f64(),
             paused: c.paused.get() == 1,
+            held: c.held.get() == 1,
         })
         .collect()
 }

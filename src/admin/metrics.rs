@@ -33,6 +33,8 @@ pub async fn render(admin: &Admin) -> String {
         held_publish_limit: admin.ctx.held_bytes.limit(),
         held_delivery_bytes: admin.ctx.held_deliveries.used(),
         held_delivery_limit: admin.ctx.held_deliveries.limit(),
+        hold_buffer_bytes: admin.ctx.hold_buffer.used(),
+        hold_buffer_limit: admin.ctx.hold_buffer.limit(),
         upstream_connections_limit: admin.ctx.config().max_upstream_connections,
     };
     let mut registry = Registry::default();
@@ -57,6 +59,8 @@ struct Exposition {
     held_publish_limit: u64,
     held_delivery_bytes: u64,
     held_delivery_limit: u64,
+    hold_buffer_bytes: u64,
+    hold_buffer_limit: u64,
     upstream_connections_limit: usize,
 }
 
@@ -159,6 +163,18 @@ impl Exposition {
             "warren_held_delivery_bytes_limit",
             "The budget for large messages owed to consumers, bytes (--max-held-delivery-mib)",
             self.held_delivery_limit,
+        )?;
+        gauge(
+            encoder,
+            "warren_hold_buffer_bytes",
+            "Bytes of publishes the broker has not confirmed yet, kept to publish again (budget: --hold-buffer-mib)",
+            self.hold_buffer_bytes,
+        )?;
+        gauge(
+            encoder,
+            "warren_hold_buffer_bytes_limit",
+            "The budget for unconfirmed publishes, bytes (--hold-buffer-mib)",
+            self.hold_buffer_limit,
         )
     }
 
@@ -247,7 +263,7 @@ impl Exposition {
 
     fn encode_events(&self, encoder: &mut DescriptorEncoder) -> Result<(), Error> {
         let events = &self.stats.events;
-        let families: [(&str, &str, &dyn EncodeMetric); 6] = [
+        let families: [(&str, &str, &dyn EncodeMetric); 9] = [
             (
                 "warren_client_handshakes",
                 "Client handshakes, by outcome",
@@ -277,6 +293,21 @@ impl Exposition {
                 "warren_upstream_login_duration_seconds",
                 "Time to connect and log in to the broker",
                 &events.upstream_login_seconds,
+            ),
+            (
+                "warren_holding_clients",
+                "Clients held while their upstream connection is re-established",
+                &events.holding_clients,
+            ),
+            (
+                "warren_republished_messages",
+                "Publishes sent again on a new upstream connection after one was lost",
+                &events.republished,
+            ),
+            (
+                "warren_dropped_held_messages",
+                "Held publishes given up on: the hold time ran out or the client left while held",
+                &events.dropped_held,
             ),
         ];
         for (name, help, metric) in families {

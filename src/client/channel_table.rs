@@ -23,6 +23,7 @@ use crate::content::ContentAssembler;
 use crate::protocol::ids::{self, MethodId};
 use crate::protocol::method::Close;
 use crate::protocol::reply::{self, CHANNEL_ERROR, NOT_ALLOWED};
+use crate::replay::ReplayLog;
 
 enum ChannelState {
     Open {
@@ -67,11 +68,13 @@ pub struct OpenChannel {
     /// What the broker sent the client on this channel (counted by the
     /// upstream router).
     pub delivered: Arc<Delivered>,
+    /// Publishes the broker has not confirmed yet.
+    pub log: ReplayLog,
 }
 
 /// A channel that leaves the table at the end of the session.
 pub enum Leftover {
-    Open(OpenChannel),
+    Open(Box<OpenChannel>),
     /// Closing at the client's request: its upstream channel is still
     /// reserved until the broker's Close-Ok.
     Closing(UpstreamChannel),
@@ -151,6 +154,7 @@ impl ChannelTable {
         upstream: UpstreamChannel,
         usage: Usage,
         delivered: Arc<Delivered>,
+        log: ReplayLog,
     ) {
         self.channels.insert(
             channel,
@@ -159,6 +163,7 @@ impl ChannelTable {
                     upstream,
                     usage,
                     delivered,
+                    log,
                 },
                 content: ContentAssembler::default(),
             },
@@ -240,12 +245,60 @@ impl ChannelTable {
         }
     }
 
-    /// The assembler and usage of an open channel.
-    pub fn open_mut(&mut self, channel: u16) -> Option<(&mut ContentAssembler, &mut Usage)> {
+    /// The assembler and upstream side of an open channel.
+    pub fn open_mut(&mut self, channel: u16) -> Option<(&mut ContentAssembler, &mut OpenChannel)> {
         match self.channels.get_mut(&channel)? {
-            ChannelState::Open { open, content } => Some((content, &mut open.usage)),
+            ChannelState::Open { open, content } => Some((content, open)),
             _ => None,
         }
+    }
+
+    /// The open channels' numbers, lowest first.
+    pub fn open_channels(&self) -> Vec<u16> {
+        let mut open: Vec<u16> = self
+            .channels
+            .iter()
+            .filter(|(_, state)| matches!(state, ChannelState::Open { .. }))
+            .map(|(number, _)| *number)
+            .collect();
+        open.sort_unstable();
+        open
+    }
+
+    /// Every open channel's upstream side.
+    pub fn each_open(&mut self) -> impl Iterator<Item = (u16, &mut OpenChannel)> {
+        self.channels
+            .iter_mut()
+            .filter_map(|(number, state)| match state {
+                ChannelState::Open { open, .. } => Some((*number, open)),
+                _ => None,
+            })
+    }
+
+    /// Whether every open channel could be carried to another upstream
+    /// connection (see [`Usage::carriable`]).
+    pub fn carriable(&self) -> bool {
+        self.channels.values().all(|state| match state {
+            ChannelState::Open { open, .. } => open
+                .usage
+                .carriable(open.delivered.load().0),
+            _ => true,
+        })
+    }
+
+    /// Channels the client closed whose upstream connection is gone: they
+    /// are closed, and the client gets its Close-Ok from warren.
+    pub fn forget_closing(&mut self) -> Vec<u16> {
+        let closing: Vec<u16> = self
+            .channels
+            .iter()
+            .filter(|(_, state)| matches!(state, ChannelState::ClosingByClient { .. }))
+            .map(|(number, _)| *number)
+            .collect();
+        for number in &closing {
+            self.channels.remove(number);
+        }
+        closing
     }
 
     /// What the client did on a channel whose upstream channel is still its
@@ -282,7 +335,7 @@ impl ChannelTable {
     /// Empties the table at the end of the session.
     pub fn drain(&mut self) -> impl Iterator<Item = Leftover> + '_ {
         self.channels.drain().filter_map(|(_, state)| match state {
-            ChannelState::Open { open, .. } => Some(Leftover::Open(open)),
+            ChannelState::Open { open, .. } => Some(Leftover::Open(Box::new(open))),
             ChannelState::ClosingByClient { upstream, .. } => Some(Leftover::Closing(upstream)),
             ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => None,
         })
@@ -334,6 +387,7 @@ mod tests {
             on,
             Usage::new(Inherited::default()),
             Arc::default(),
+            ReplayLog::default(),
         );
     }
 

@@ -57,6 +57,9 @@ pub struct Context {
     /// Bytes of large messages queued for consumers beyond their queue
     /// bound, for `--max-held-delivery-mib`.
     pub held_deliveries: Arc<HeldBytes>,
+    /// Bytes of publishes the broker has not confirmed, kept to publish
+    /// again after a lost connection, for `--hold-buffer-mib`.
+    pub hold_buffer: Arc<HeldBytes>,
     /// Handshakes not finished yet, for `--max-pending-handshakes`.
     pub pending: Arc<PendingHandshakes>,
     /// Vhosts whose publishes and channel opens wait (`warren ctl pause`).
@@ -79,6 +82,7 @@ impl Context {
         Context {
             held_bytes: HeldBytes::new(config.max_held_publish_bytes),
             held_deliveries: HeldBytes::new(config.max_held_delivery_bytes),
+            hold_buffer: HeldBytes::new(config.hold_buffer_bytes),
             config: RwLock::new(Arc::new(config)),
             pools,
             stats,
@@ -99,6 +103,7 @@ impl Context {
         self.held_bytes.set_limit(config.max_held_publish_bytes);
         self.held_deliveries
             .set_limit(config.max_held_delivery_bytes);
+        self.hold_buffer.set_limit(config.hold_buffer_bytes);
         *self.config.write().expect("config lock") = Arc::new(config);
     }
 

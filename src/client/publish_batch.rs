@@ -7,6 +7,8 @@
 //! else the session sends upstream goes after what is collected here, so
 //! the order on the wire stays the order the client sent.
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 
 use crate::protocol::frame::Frame;
@@ -25,14 +27,15 @@ pub struct PublishBatch {
 
 impl PublishBatch {
     /// Adds a whole publish for `upstream_channel`, if it is small and
-    /// every frame fits the upstream's `frame_max` as it is; otherwise the
-    /// frames come back, to be sent (and split) one by one after the batch.
+    /// every frame fits the upstream's `frame_max` as it is: where it lies
+    /// in the batch. Otherwise the frames come back, to be sent (and split)
+    /// one by one after the batch.
     pub fn add(
         &mut self,
         frames: Vec<Frame>,
         upstream_channel: u16,
         frame_max: usize,
-    ) -> Result<(), Vec<Frame>> {
+    ) -> Result<Range<usize>, Vec<Frame>> {
         let size: usize = frames.iter().map(Frame::len).sum();
         if size > SMALL_MESSAGE || frames.iter().any(|f| f.len() > frame_max) {
             return Err(frames);
@@ -40,11 +43,12 @@ impl PublishBatch {
         if self.collected.capacity() - self.collected.len() < size {
             self.collected.reserve(CHUNK);
         }
+        let start = self.collected.len();
         for mut frame in frames {
             frame.set_channel(upstream_channel);
             self.collected.extend_from_slice(frame.as_bytes());
         }
-        Ok(())
+        Ok(start..self.collected.len())
     }
 
     /// What was collected, to be sent now.
@@ -78,8 +82,9 @@ mod tests {
         let mut batch = PublishBatch::default();
         assert!(batch.take().is_none(), "nothing collected, nothing sent");
         batch.add(publish(3, 10).await, 42, 131072).expect("small");
-        batch.add(publish(4, 20).await, 43, 131072).expect("small");
+        let second = batch.add(publish(4, 20).await, 43, 131072).expect("small");
         let sent = batch.take().expect("collected");
+        assert_eq!(second, (8 + 14) + (8 + 10)..sent.len(), "after the first one");
         let mut reader = FrameReader::new(&sent[..], 1 << 20);
         let mut channels = Vec::new();
         while let Ok(frame) = reader.read_frame().await {

@@ -31,9 +31,10 @@ pub enum Step {
         reply: bool,
         published_before: u64,
     },
-    /// Tx.Select on a kept channel in confirm mode would fail (RabbitMQ
-    /// refuses to switch from confirm to tx mode), where a fresh channel
-    /// would accept it: move the client to a new upstream channel first.
+    /// Tx.Select on a channel warren put in confirm mode would fail
+    /// (RabbitMQ refuses to switch from confirm to tx mode), where the
+    /// client's own channel would accept it: move the client to a new
+    /// upstream channel, not in confirm mode, first.
     SwitchToFreshChannel,
     /// Set the broker's qos to what the client believes it has (the reply
     /// is hidden), then forward.
@@ -57,6 +58,10 @@ pub enum Step {
 pub struct Usage {
     /// Why the channel cannot be reused, if it cannot.
     dirty: Option<&'static str>,
+    /// The broker holds state for the client on this channel that a new
+    /// channel would not have (a consumer, deliveries, tx, flow): the client
+    /// cannot be carried to another upstream connection.
+    tied: bool,
     /// What the broker has set for the channel.
     qos_broker: Qos,
     /// What this client asked for (the default until it sends Basic.Qos).
@@ -157,7 +162,7 @@ impl Usage {
             | ids::BASIC_REJECT
             | ids::BASIC_RECOVER
             | ids::BASIC_RECOVER_ASYNC => Ok(self.taint("received deliveries")),
-            ids::TX_SELECT if self.confirm_broker && !self.confirm_client && !self.forwarded => {
+            ids::TX_SELECT if self.confirm_broker && !self.confirm_client && self.dirty.is_none() => {
                 Ok(Step::SwitchToFreshChannel)
             }
             ids::TX_SELECT => Ok(self.taint("in tx mode")),
@@ -201,6 +206,7 @@ impl Usage {
     /// Marks the channel as one no other client may inherit.
     fn taint(&mut self, why: &'static str) -> Step {
         self.dirty = Some(why);
+        self.tied = true;
         Step::Forward
     }
 
@@ -233,6 +239,7 @@ impl Usage {
         }
         self.has_consumer = true;
         self.dirty = Some("had a consumer");
+        self.tied = true;
         if self.qos_client != self.qos_broker {
             self.qos_broker = self.qos_client;
             Step::RestoreQosThenForward(self.qos_client)
@@ -278,14 +285,65 @@ impl Usage {
         Step::Forward
     }
 
-    /// A publish went upstream whole.
-    pub fn on_publish_sent(&mut self) {
+    /// A publish went upstream whole: the client's confirm tag for it, 0
+    /// if it asked for none.
+    pub fn on_publish_sent(&mut self) -> u64 {
         if self.confirm_broker {
             self.confirm_publishes += 1;
         }
         if self.confirm_client {
             self.confirm_tags += 1;
+            self.confirm_tags
+        } else {
+            0
         }
+    }
+
+    /// Whether the client's use of the channel can be carried to a channel
+    /// on another upstream connection: only publishing (and requests the
+    /// broker has answered, `replies_seen` of them) leaves nothing there
+    /// that a new channel would lack.
+    pub fn carriable(&self, replies_seen: u64) -> bool {
+        !self.tied && replies_seen >= self.replies_owed && self.confirm_broker
+    }
+
+    /// The state for the same client on a channel of another upstream
+    /// connection, whose broker state is `inherited`: what the client
+    /// believes (qos, confirm mode and its tags, its last queue) carries
+    /// over, and the publishes sent again there count as the lease's first.
+    pub fn carried(&self, inherited: Inherited) -> Usage {
+        Usage {
+            dirty: self.dirty,
+            qos_client: self.qos_client,
+            declared_queue: self.declared_queue,
+            forwarded: self.forwarded,
+            confirm_tags: self.confirm_tags,
+            confirm_client: self.confirm_client,
+            ..Usage::new(inherited)
+        }
+    }
+
+    /// A Tx.Select that asked to switch channels stays on this one after
+    /// all (a reply is still on its way here): the broker answers it.
+    pub fn tx_in_place(&mut self) {
+        self.taint("in tx mode");
+        self.forwarded = true;
+        self.replies_owed += 1;
+    }
+
+    /// Whether the broker numbers this channel's publishes for confirms.
+    pub fn in_confirm_mode(&self) -> bool {
+        self.confirm_broker
+    }
+
+    /// The client asked for confirms.
+    pub fn wants_confirms(&self) -> bool {
+        self.confirm_client
+    }
+
+    /// A publish sent again on the lease (not a new one of the client's).
+    pub fn on_republish(&mut self) {
+        self.confirm_publishes += 1;
     }
 
     /// A Queue.Declare-Ok for this channel reached the client: the

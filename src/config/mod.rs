@@ -111,6 +111,11 @@ pub struct Config {
     /// Limit on TCP connect plus AMQP handshake with one broker node.
     pub upstream_connect_timeout: Duration,
     pub node_ban: Duration,
+    /// How long publishers are held through a lost upstream connection;
+    /// `None`: not at all (see `crate::replay`).
+    pub hold: Option<Duration>,
+    /// For all clients' unconfirmed publishes together.
+    pub hold_buffer_bytes: u64,
     /// `None`: upstream connections take new clients for as long as they live.
     pub upstream_max_lifetime: Option<Duration>,
     /// `None` waits for clients without limit.
@@ -265,6 +270,8 @@ impl Config {
                 o.upstream_connect_timeout,
             )?,
             node_ban: at_least_a_second("node-ban-seconds", o.node_ban_seconds)?,
+            hold: Some(seconds(o.hold_seconds)).filter(|hold| !hold.is_zero()),
+            hold_buffer_bytes: hold_buffer_bytes(o.hold_buffer_mib)?,
             upstream_max_lifetime: o
                 .upstream_max_lifetime
                 .filter(|s| *s > 0)
@@ -379,6 +386,17 @@ fn held_bytes(name: &str, mib: Option<u32>) -> Result<u64, ConfigError> {
         Some(mib @ 128..) => Ok(u64::from(mib) << 20),
         other => Err(err(format!(
             "invalid --{name} {}: must be at least 128 (one message of the largest size)",
+            other.unwrap_or_default()
+        ))),
+    }
+}
+
+/// The hold buffer holds at least one client's share.
+fn hold_buffer_bytes(mib: Option<u32>) -> Result<u64, ConfigError> {
+    match mib {
+        Some(mib @ 16..) => Ok(u64::from(mib) << 20),
+        other => Err(err(format!(
+            "invalid --hold-buffer-mib {}: must be at least 16 (one client's share)",
             other.unwrap_or_default()
         ))),
     }

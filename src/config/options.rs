@@ -391,6 +391,16 @@ options! {
     /// back once it answers. Clients go to a banned node only when no other
     /// answers
     node_ban_seconds: u64 = Some(10), Flag::value("NODE_BAN_SECONDS", "SECONDS");
+    /// Seconds a publisher is held when its upstream connection is lost:
+    /// what the broker had not confirmed and what the client publishes
+    /// meanwhile waits, and is published again on a node that answers.
+    /// 0: clients get 320 at once, and upstream channels are not put in
+    /// confirm mode
+    hold_seconds: u64 = Some(60), Flag::value("HOLD_SECONDS", "SECONDS");
+    /// MiB of publishes the broker has not confirmed yet that warren keeps,
+    /// all clients together; one client keeps at most 16 MiB. A client over
+    /// either is not read until the broker confirms
+    hold_buffer_mib: u32 = Some(256), Flag::value("HOLD_BUFFER_MIB", "MIB");
     /// Seconds after which an upstream connection takes no new clients and
     /// closes once its clients leave: bounds how long a revoked password
     /// keeps working through a pool. 0: no limit

@@ -63,7 +63,9 @@ pub struct PoolSummary {
     pub clients: usize,
 }
 
-/// The pool a client belongs to, kept by its session for `Pools::rebalance`.
+/// The pool a client belongs to, kept by its session for `Pools::rebalance`
+/// and `Pools::reconnect`.
+#[derive(Clone)]
 pub struct PoolRef(Arc<Pool>);
 
 /// The outcome of a successful login check.
@@ -229,6 +231,20 @@ impl Pools {
                 None
             }
         }
+    }
+
+    /// Pins a client whose upstream connection was lost to another one of
+    /// its pool, opening one if none has room. The pool is looked up again
+    /// by its credentials: the client's may have been pruned with its last
+    /// connection.
+    pub async fn reconnect(
+        &self,
+        pool: &PoolRef,
+        vhost: &str,
+    ) -> Result<(Upstream, PoolRef), ConnectError> {
+        let pool = self.pool_for(&pool.0.credentials, vhost);
+        let upstream = self.pin_or_open(&pool, vhost, Room::Any).await?;
+        Ok((upstream, PoolRef(pool)))
     }
 
     async fn pin_or_open(

@@ -115,6 +115,27 @@ pub fn confirm_select_ok(channel: u16) -> Bytes {
     encode(channel, CONFIRM_SELECT_OK, |_| {})
 }
 
+/// Confirm.Select with no-wait: the broker answers nothing.
+pub fn confirm_select_nowait(channel: u16) -> Bytes {
+    encode(channel, CONFIRM_SELECT, |b| b.put_u8(1))
+}
+
+/// Basic.Nack of one publish, as the broker nacks one it could not take.
+pub fn basic_nack(channel: u16, tag: u64) -> Bytes {
+    encode(channel, BASIC_NACK, |b| {
+        b.put_u64(tag);
+        b.put_u8(0);
+    })
+}
+
+pub fn connection_blocked(reason: &str) -> Bytes {
+    encode(0, CONNECTION_BLOCKED, |b| put_short_str(b, reason))
+}
+
+pub fn connection_unblocked() -> Bytes {
+    encode(0, CONNECTION_UNBLOCKED, |_| {})
+}
+
 /// A Queue.Declare of `queue` as exclusive, not passive, waiting for its
 /// reply, with the durability, auto-delete and arguments of `declared` (the
 /// arguments of the declare that made it). Sent before deleting a departed
@@ -270,6 +291,13 @@ pub fn is_reply(id: MethodId) -> bool {
 pub fn ack_tag(frame: &Frame) -> Option<u64> {
     let args = frame.method_args();
     (args.len() >= 8).then(|| u64::from_be_bytes(args[..8].try_into().expect("8 bytes")))
+}
+
+/// The delivery tag and `multiple` flag of a Basic.Ack or Nack.
+pub fn ack_fields(frame: &Frame) -> Option<(u64, bool)> {
+    let args = frame.method_args();
+    let tag = ack_tag(frame)?;
+    Some((tag, args.get(8).is_some_and(|bits| bits & 1 == 1)))
 }
 
 /// Rewrites the delivery tag of a Basic.Ack, Nack or Reject in place.

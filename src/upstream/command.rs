@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use super::{ChannelCounts, Grant};
 use crate::channel::{Inherited, UpstreamChannel};
+use crate::confirms::ConfirmTags;
 use crate::link::{ClientId, ClientLink};
 use crate::protocol::ids::MethodId;
 
@@ -43,11 +44,11 @@ pub enum Command {
     /// The next reply of this kind on the channel answers a method warren
     /// sent on its own: do not forward it.
     Hide(UpstreamChannel, MethodId),
-    /// The client asked for publisher confirms after `published_before`
-    /// publishes the broker numbered: forward acks for later ones to it.
+    /// The client wants publisher confirms, numbered by `tags` (whose base
+    /// counts from the lease's first publish): forward acks to it.
     WantConfirms {
         channel: UpstreamChannel,
-        published_before: u64,
+        tags: ConfirmTags,
     },
     /// Asks the broker whether `queue` exists, on a channel of warren's own.
     ProbeQueue {

@@ -36,6 +36,7 @@ pub use nodes::Nodes;
 use crate::auth::Credentials;
 use crate::channel::{Delivered, Inherited, UpstreamChannel};
 use crate::config::UpstreamAddr;
+use crate::confirms::ConfirmTags;
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::net::{ReadHalf, WriteHalf};
 use crate::outbox::{outbox, Outbox};
@@ -456,6 +457,11 @@ impl Upstream {
         self.0.queue_order.clone().lock_owned().await
     }
 
+    /// Whether `client` has exclusive queues on this connection.
+    pub fn owns_exclusive(&self, client: ClientId) -> bool {
+        self.exclusive().owns_any(client)
+    }
+
     /// `client` leaves: its exclusive queues, to delete.
     pub fn leave_exclusive(&self, client: ClientId) -> Vec<(String, Bytes)> {
         self.exclusive().leave(client)
@@ -546,11 +552,11 @@ impl Upstream {
     }
 
     /// Call before the client's publishes that it wants confirmed.
-    pub fn want_confirms(&self, channel: UpstreamChannel, published_before: u64) {
-        let _ = self.0.commands.send(Command::WantConfirms {
-            channel,
-            published_before,
-        });
+    pub fn want_confirms(&self, channel: UpstreamChannel, tags: ConfirmTags) {
+        let _ = self
+            .0
+            .commands
+            .send(Command::WantConfirms { channel, tags });
     }
 
     /// Queues one frame for the broker; waits while the queue is full. A

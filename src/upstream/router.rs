@@ -317,17 +317,14 @@ impl Router {
                     lease.hidden.push_back(reply);
                 }
             }
-            Command::WantConfirms {
-                channel,
-                published_before,
-            } => {
+            Command::WantConfirms { channel, tags } => {
                 if let Some(lease) = self.slots.leased(channel) {
                     // The client's publishes before its Confirm.Select were
                     // numbered too (confirm mode is sticky); its own tags
                     // start after them.
                     lease.confirms = ConfirmTags {
-                        base: lease.numbered_at_grant + published_before,
-                        wanted: true,
+                        base: lease.numbered_at_grant + tags.base,
+                        ..tags
                     };
                 }
             }
@@ -491,6 +488,24 @@ impl Router {
     }
 }
 
+/// Records the broker's ack or nack of `tag` on the lease, for the
+/// session's replay log, and wakes a session waiting for its log to shrink.
+fn settle(lease: &mut Lease<Arc<ClientLink>>, tag: u64, multiple: bool) {
+    let settlement = &mut lease.settlement;
+    let had_apart = !settlement.apart.is_empty();
+    settlement.on_ack(tag, multiple);
+    let base = lease.numbered_at_grant;
+    let delivered = &lease.delivered;
+    delivered
+        .settled
+        .store(settlement.upto.saturating_sub(base), Ordering::Release);
+    if had_apart || !settlement.apart.is_empty() {
+        *delivered.settled_apart.lock().expect("settled lock") =
+            settlement.apart.iter().map(|t| t - base).collect();
+    }
+    lease.link.settlement_advanced();
+}
+
 /// Passes a broker frame on to the client holding the channel: acks are
 /// renumbered for it (or dropped when not its own), notices it did not ask
 /// for are held back, and replies are counted for the reuse check.
@@ -506,16 +521,26 @@ fn deliver(
     let delivered = &lease.delivered;
     match method_id {
         Some(ids::BASIC_ACK | ids::BASIC_NACK) => {
-            let mut ack = frame;
-            match method::ack_tag(&ack).and_then(|tag| lease.confirms.to_client(tag)) {
-                Some(tag) => {
-                    delivered.confirmed.fetch_max(tag, Ordering::Release);
-                    if lease.confirms.base > 0 {
-                        method::set_ack_tag(&mut ack, tag);
+            let Some((tag, multiple)) = method::ack_fields(&frame) else {
+                return;
+            };
+            settle(lease, tag, multiple);
+            match lease.confirms.to_client(tag) {
+                Some(client_tag) => {
+                    let mut ack = frame;
+                    lease
+                        .delivered
+                        .confirmed
+                        .fetch_max(client_tag, Ordering::Release);
+                    if client_tag != tag {
+                        method::set_ack_tag(&mut ack, client_tag);
                     }
-                    link.push(ack.into_bytes_for(client_channel));
+                    lease.link.push(ack.into_bytes_for(lease.client_channel));
                 }
-                None => record.stale_dropped.add(1),
+                // A previous client's publish on a kept channel.
+                None if tag <= lease.numbered_at_grant => record.stale_dropped.add(1),
+                // warren's own confirm of a publish the client wanted none for.
+                None => {}
             }
         }
         Some(ids::BASIC_CANCEL) if !link.capabilities.cancel_notify => {

@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::channel::{Delivered, Inherited, UpstreamChannel};
-use crate::confirms::ConfirmTags;
+use crate::confirms::{ConfirmTags, Settlement};
 use crate::protocol::ids::{self, MethodId};
 use crate::protocol::method::Close;
 use crate::protocol::reply::NOT_FOUND;
@@ -49,6 +49,8 @@ pub struct Lease<L> {
     pub confirms: ConfirmTags,
     /// Publishes the broker had numbered when this client got the channel.
     pub numbered_at_grant: u64,
+    /// How far the broker settled the channel's publishes.
+    pub settlement: Settlement,
     /// Replies to methods warren sent on its own, in order.
     pub hidden: VecDeque<MethodId>,
     /// What was forwarded to the client (see `Grant::delivered`).
@@ -227,9 +229,10 @@ impl<L, P> Slots<L, P> {
             closing: false,
             confirms: ConfirmTags {
                 base: sequence,
-                wanted: false,
+                ..ConfirmTags::default()
             },
             numbered_at_grant: sequence,
+            settlement: Settlement::starting_at(sequence),
             hidden: match taken.kept {
                 Some(_) => VecDeque::new(),
                 None => VecDeque::from([ids::CHANNEL_OPEN_OK]),

@@ -104,9 +104,11 @@ class Broker:
         subprocess.run([str(ROOT / "scripts" / "broker.sh"), "restart", str(self.port)],
                        check=True, timeout=180, env={**os.environ, "FAST_STOP": "1"})
 
-    def stop(self):
+    def stop(self, graceful=False):
+        """graceful: the broker shuts down as for an upgrade (closing its
+        connections with 320); otherwise its VM is killed (SIGKILL)."""
         subprocess.run([str(ROOT / "scripts" / "broker.sh"), "stop", str(self.port)],
-                       check=True, timeout=120, env={**os.environ, "FAST_STOP": "1"})
+                       check=True, timeout=120, env={**os.environ, "FAST_STOP": "0" if graceful else "1"})
 
     def start(self, keep_data=False):
         """keep_data: recover queues and persistent messages (after a crash)."""

@@ -12,6 +12,9 @@ use crate::protocol::reply::{self, CONNECTION_FORCED, NOT_ALLOWED};
 use crate::protocol::spec::MethodSpec;
 use crate::stats::CloseScope;
 use crate::untrusted::cut;
+use crate::channel::Inherited;
+use crate::held::Charges;
+use crate::replay::ReplayLog;
 use crate::upstream::Grant;
 
 impl Session {
@@ -25,15 +28,21 @@ impl Session {
             self.opened_a_channel = true;
         }
         let beyond_guarantee = self.upstream.reservation(true, opened) == 0;
-        let Some(grant) = self
-            .take_upstream_channel(channel, false, beyond_guarantee)
+        let confirm = self.hold.is_some();
+        let Some((grant, inherited)) = self
+            .take_upstream_channel(channel, false, beyond_guarantee, confirm)
             .await
         else {
             return Some(self.no_free_channel(opened, beyond_guarantee));
         };
-        let usage = Usage::new(grant.inherited.unwrap_or_default());
-        self.channels
-            .insert_open(channel, grant.channel, usage, grant.delivered);
+        let log = self.new_log();
+        self.channels.insert_open(
+            channel,
+            grant.channel,
+            Usage::new(inherited),
+            grant.delivered,
+            log,
+        );
         // Open-Ok right away, for a kept channel and a new one alike: a
         // Channel.Open on a free id of a healthy connection cannot fail at
         // channel level, and the client's next frames follow it upstream.
@@ -43,46 +52,72 @@ impl Session {
 
     /// Takes an upstream channel for `client_channel`: a kept one, or a new
     /// id whose Channel.Open goes upstream now, pipelined (the router hides
-    /// the broker's Open-Ok).
+    /// the broker's Open-Ok). With `confirm`, the channel is put in confirm
+    /// mode if it is not yet (no-wait: nothing to hide). What the broker
+    /// holds for the channel comes back with it.
     pub(super) async fn take_upstream_channel(
         &mut self,
         client_channel: u16,
         fresh: bool,
         beyond_guarantee: bool,
-    ) -> Option<Grant> {
+        confirm: bool,
+    ) -> Option<(Grant, Inherited)> {
         let grant = self
             .upstream
             .open_channel(&self.link, client_channel, fresh, beyond_guarantee)
             .await?;
+        let mut inherited = grant.inherited.unwrap_or_default();
         if grant.inherited.is_none() {
             self.send_bytes(method::channel_open(grant.channel.id))
                 .await;
         }
-        Some(grant)
+        if confirm && !inherited.confirm {
+            self.send_bytes(method::confirm_select_nowait(grant.channel.id))
+                .await;
+            inherited.confirm = true;
+        }
+        Some((grant, inherited))
     }
 
-    /// Moves a client channel that has sent nothing upstream yet to a new
-    /// upstream channel (the old one is clean and kept), then forwards the
-    /// frame that asked for it there.
+    /// A replay log charged to this client's share and the shared buffer.
+    pub(super) fn new_log(&self) -> ReplayLog {
+        ReplayLog::new(Charges::new(
+            self.ctx.hold_buffer.clone(),
+            self.client_hold_share.clone(),
+        ))
+    }
+
+    /// Moves a client channel to a new upstream channel out of confirm mode
+    /// (the old one is kept if clean), then forwards the Tx.Select that
+    /// asked for it there. With a reply still on its way to the client the
+    /// channel stays, and the broker answers the Tx.Select.
     pub(super) async fn switch_to_fresh_channel(
         &mut self,
         channel: u16,
         frame: Frame,
         spec: Option<&'static MethodSpec>,
     ) -> Option<Exit> {
+        let (_, open) = self.channels.open_mut(channel)?;
+        let (replies, confirmed) = open.delivered.load();
+        if open.usage.dirty(replies, confirmed).is_some() {
+            open.usage.tx_in_place();
+            let upstream = open.upstream;
+            return self.forward_content(channel, upstream, frame, spec).await;
+        }
         let open = self.channels.take_open(channel)?;
         let mut moved = open.usage.moved();
         self.give_back(open);
         // A replacement, not one more: the client's count stays.
-        let Some(grant) = self.take_upstream_channel(channel, true, false).await else {
+        let Some((grant, _)) = self.take_upstream_channel(channel, true, false, false).await else {
             return Some(self.no_free_channel(self.channels.len(), false));
         };
         if let Some(id) = frame.method_id() {
             moved.on_method(id, frame.method_args());
         }
         let upstream = grant.channel;
+        let log = self.new_log();
         self.channels
-            .insert_open(channel, upstream, moved, grant.delivered);
+            .insert_open(channel, upstream, moved, grant.delivered, log);
         self.forward_content(channel, upstream, frame, spec).await
     }
 
@@ -137,7 +172,7 @@ impl Session {
         let leftovers: Vec<Leftover> = self.channels.drain().collect();
         for leftover in leftovers {
             match leftover {
-                Leftover::Open(open) => self.give_back(open),
+                Leftover::Open(open) => self.give_back(*open),
                 Leftover::Closing(upstream) => self.upstream.abandon(upstream),
             }
         }

@@ -174,8 +174,8 @@ impl Session {
                 });
             let (channel, borrowed) = match declaring {
                 Some(upstream) => (upstream, false),
-                None => match self.take_upstream_channel(0, true, false).await {
-                    Some(grant) => (grant.channel, true),
+                None => match self.take_upstream_channel(0, true, false, false).await {
+                    Some((grant, _)) => (grant.channel, true),
                     None => return,
                 },
             };

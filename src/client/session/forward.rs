@@ -1,5 +1,6 @@
 //! Sending upstream: a channel's frames, with publishes held until whole
-//! (`crate::content`) and small ones batched ([`crate::client::publish_batch`]).
+//! (`crate::content`), small ones batched ([`crate::client::publish_batch`])
+//! and each kept until the broker confirms it (`crate::replay`).
 
 use bytes::Bytes;
 
@@ -8,6 +9,7 @@ use crate::channel::UpstreamChannel;
 use crate::content::ContentVerdict;
 use crate::protocol::frame::{self, Frame};
 use crate::protocol::spec::MethodSpec;
+use crate::replay::Frames;
 
 impl Session {
     /// Forwards a frame of an open channel, holding publishes until whole.
@@ -19,7 +21,7 @@ impl Session {
         frame: Frame,
         spec: Option<&'static MethodSpec>,
     ) -> Option<Exit> {
-        let (content, usage) = self.channels.open_mut(channel)?;
+        let (content, open) = self.channels.open_mut(channel)?;
         match content.accept(frame, spec) {
             ContentVerdict::Forward(frame) => self.send_upstream(frame, upstream.id).await,
             ContentVerdict::Held => {
@@ -29,14 +31,11 @@ impl Session {
             }
             ContentVerdict::Ignored => {}
             ContentVerdict::Complete(frames) => {
-                usage.on_publish_sent();
+                let client_tag = open.usage.on_publish_sent();
+                let kept = self.hold.is_some() && open.usage.in_confirm_mode();
                 self.record.published.add(1);
-                let frame_max = self.upstream.frame_max();
-                if let Err(frames) = self.batch.add(frames, upstream.id, frame_max) {
-                    for frame in frames {
-                        self.send_upstream(frame, upstream.id).await;
-                    }
-                }
+                self.publish(channel, upstream, frames, kept.then_some(client_tag))
+                    .await;
             }
             ContentVerdict::ChannelError(close) => {
                 self.close_channel(channel, upstream, close).await
@@ -44,6 +43,63 @@ impl Session {
             ContentVerdict::ConnectionError(close) => return Some(Exit::Close(close)),
         }
         None
+    }
+
+    /// Sends a whole publish upstream (or, while the client is held, only
+    /// keeps it); with `kept`, its copy stays in the channel's replay log
+    /// under the client's confirm tag until the broker settles it.
+    async fn publish(
+        &mut self,
+        channel: u16,
+        upstream: UpstreamChannel,
+        frames: Vec<Frame>,
+        kept: Option<u64>,
+    ) {
+        if self.outage.is_some() {
+            let whole: Vec<u8> = frames.iter().flat_map(|f| f.as_bytes()).copied().collect();
+            self.keep(channel, kept.unwrap_or(0), Frames::Whole(whole.into()));
+            return;
+        }
+        let frame_max = self.upstream.frame_max();
+        match self.batch.add(frames, upstream.id, frame_max) {
+            Ok(range) => {
+                if let Some(client_tag) = kept {
+                    self.keep(channel, client_tag, Frames::InBatch(range));
+                    if self.batched.last() != Some(&channel) {
+                        self.batched.push(channel);
+                    }
+                }
+            }
+            Err(frames) => {
+                for frame in frames {
+                    frame::push_for_peer(frame, upstream.id, frame_max, &mut self.scratch);
+                }
+                let pieces: Vec<Bytes> = self.scratch.drain(..).collect();
+                if let Some(client_tag) = kept {
+                    self.keep(channel, client_tag, Frames::Pieces(pieces.clone()));
+                }
+                self.flush_batch().await;
+                for piece in pieces {
+                    self.upstream.send(piece).await;
+                }
+            }
+        }
+    }
+
+    /// Adds a publish to its channel's replay log, after dropping what the
+    /// broker settled meanwhile.
+    fn keep(&mut self, channel: u16, client_tag: u64, frames: Frames) {
+        if let Some((_, open)) = self.channels.open_mut(channel) {
+            open.log.trim(open.delivered.settled());
+            open.log.push(client_tag, frames);
+        }
+    }
+
+    /// Drops what the broker settled from every channel's replay log.
+    pub(super) fn trim_logs(&mut self) {
+        for (_, open) in self.channels.each_open() {
+            open.log.trim(open.delivered.settled());
+        }
     }
 
     /// The frames read together are handled: publishes still incomplete
@@ -59,9 +115,15 @@ impl Session {
         None
     }
 
-    /// Sends the small publishes collected so far, as one buffer.
+    /// Sends the small publishes collected so far, as one buffer; the
+    /// replay log entries copied into it now point into it.
     pub(super) async fn flush_batch(&mut self) {
         if let Some(messages) = self.batch.take() {
+            for channel in self.batched.drain(..) {
+                if let Some((_, open)) = self.channels.open_mut(channel) {
+                    open.log.sent_batch(&messages);
+                }
+            }
             self.upstream.send(messages).await;
         }
     }

@@ -7,6 +7,7 @@ use crate::channel::UpstreamChannel;
 use crate::client::channel_table::Route;
 use crate::client::frame_check;
 use crate::client::usage::Step;
+use crate::confirms::ConfirmTags;
 use crate::protocol::frame::{Frame, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::protocol::ids::{self, MethodId};
 use crate::protocol::method;
@@ -113,10 +114,10 @@ impl Session {
                 return None;
             }
         };
-        let (_, usage) = self.channels.open_mut(channel)?;
-        match usage.on_method(id, frame.method_args()) {
+        let (_, open) = self.channels.open_mut(channel)?;
+        match open.usage.on_method(id, frame.method_args()) {
             Step::Forward => {}
-            Step::ForwardSelect => self.upstream.want_confirms(upstream, 0),
+            Step::ForwardSelect => self.upstream.want_confirms(upstream, ConfirmTags::after(0)),
             Step::RestoreQosThenForward(qos) => {
                 self.upstream.hide_reply(upstream, ids::BASIC_QOS_OK);
                 self.send_bytes(qos.frame(upstream.id)).await;
@@ -137,7 +138,8 @@ impl Session {
                 reply,
                 published_before,
             } => {
-                self.upstream.want_confirms(upstream, published_before);
+                self.upstream
+                    .want_confirms(upstream, ConfirmTags::after(published_before));
                 if reply {
                     self.link.push(method::confirm_select_ok(channel));
                 }

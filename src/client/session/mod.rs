@@ -9,28 +9,34 @@
 //!
 //! The work is split by concern: [`frames`] decides what a client frame
 //! does, [`channels`] opens, closes and gives back upstream channels,
-//! [`forward`] sends frames upstream, and [`exclusive`] keeps the client's
-//! exclusive queues its own.
+//! [`forward`] sends frames upstream, [`exclusive`] keeps the client's
+//! exclusive queues its own, and [`outage`] holds a publisher while its
+//! upstream connection is re-established.
 
 mod channels;
 mod exclusive;
 mod forward;
 mod frames;
+mod outage;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Sleep;
 
 use super::admission::{wait_for_close_ok, CLOSE_OK_WAIT};
 use super::channel_table::{BrokerClose, ChannelTable};
 use super::publish_batch::PublishBatch;
 use super::serve::CLIENT_QUEUE_BYTES;
 use super::Context;
+use outage::Outage;
 use crate::channel::UpstreamChannel;
 use crate::content::PublishBudget;
 use crate::exclusive::Declared;
+use crate::held::HeldBytes;
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::net::ReadHalf;
 use crate::outbox::Outbox;
@@ -79,6 +85,17 @@ impl Exit {
     }
 }
 
+/// The most a client's unconfirmed publishes may pin (within the shared
+/// `--hold-buffer-mib`); beyond it the client is not read until the broker
+/// confirms some.
+const CLIENT_HOLD_SHARE: u64 = 16 << 20;
+/// How soon confirmed publishes leave the replay logs of a client that
+/// publishes no more (a publish drops them at once).
+const TRIM_AFTER: Duration = Duration::from_millis(250);
+/// How often a client waiting for room in the shared hold buffer looks
+/// again (other clients' confirms free it, and they do not wake it).
+const ROOM_POLL: Duration = Duration::from_millis(20);
+
 /// What a paused vhost holds: new messages and new channels. The content
 /// of a publish already under way goes on; what the client sends after a
 /// held frame waits behind it.
@@ -87,6 +104,49 @@ fn waits_for_resume(frame: &Frame) -> bool {
         frame.method_id(),
         Some(ids::BASIC_PUBLISH | ids::CHANNEL_OPEN)
     )
+}
+
+/// A client is gone once more than eight quarters of its heartbeat
+/// interval, two intervals, passed without a frame from it.
+fn missed_heartbeats(heartbeat: Option<Duration>, quiet_quarters: u32) -> Option<Exit> {
+    match heartbeat {
+        Some(hb) if quiet_quarters > 8 => Some(Exit::Gone(format!(
+            "missed heartbeats from client, timeout: {}s",
+            hb.as_secs()
+        ))),
+        _ => None,
+    }
+}
+
+/// Confirmed publishes leave the replay logs at the next publish, or when
+/// this fires, armed while the logs hold something.
+struct TrimTimer {
+    sleep: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl TrimTimer {
+    fn new() -> Self {
+        TrimTimer {
+            sleep: Box::pin(tokio::time::sleep(TRIM_AFTER)),
+            armed: false,
+        }
+    }
+
+    /// Arms the timer, if `holding` and it is not armed yet.
+    fn arm_if(&mut self, holding: bool) {
+        if holding && !self.armed {
+            self.sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + TRIM_AFTER);
+            self.armed = true;
+        }
+    }
+
+    async fn fired(&mut self) {
+        (&mut self.sleep).await;
+        self.armed = false;
+    }
 }
 
 /// How the session reaches its client: the link the router writes to, the
@@ -127,6 +187,15 @@ pub struct Session {
     holding: Vec<u16>,
     /// The broker's plugin exchange types, as configured when the client came.
     exchange_types: Vec<String>,
+    /// `--hold-seconds` as the client came; `None`: publishes are not kept
+    /// for replay (see `crate::replay`).
+    hold: Option<Duration>,
+    /// What this client's replay logs may pin ([`CLIENT_HOLD_SHARE`]).
+    client_hold_share: Arc<HeldBytes>,
+    /// Channels whose newest replay log entries point into `batch`.
+    batched: Vec<u16>,
+    /// The upstream connection is lost and the client is held.
+    outage: Option<Outage>,
     record: Listed<ClientRecord>,
 }
 
@@ -140,6 +209,7 @@ impl Session {
         channel_max: u16,
         client: ClientSide,
     ) -> Self {
+        let config = ctx.config();
         Session {
             id,
             ctx: ctx.clone(),
@@ -157,7 +227,11 @@ impl Session {
             batch: PublishBatch::default(),
             publish_budget: PublishBudget::new(ctx.held_bytes.clone()),
             holding: Vec::new(),
-            exchange_types: ctx.config().exchange_types.clone(),
+            exchange_types: config.exchange_types.clone(),
+            hold: config.hold,
+            client_hold_share: HeldBytes::new(CLIENT_HOLD_SHARE),
+            batched: Vec::new(),
+            outage: None,
             record: client.record,
         }
     }
@@ -189,44 +263,42 @@ impl Session {
         // here, and the client is not read meanwhile (it waits as it would
         // behind a slow broker; its heartbeats wait in the socket).
         let mut held: Option<Frame> = None;
+        let mut trim = TrimTimer::new();
         loop {
+            let full = self.hold_share_full();
+            let in_outage = self.outage.is_some();
             let step = tokio::select! {
                 biased;
                 Some(event) = events.recv() => {
                     self.flush_batch().await;
                     self.on_event(event).await
                 }
-                read = reader.read_frame(), if held.is_none() => match read {
-                    Ok(frame) => {
+                read = reader.read_frame(), if held.is_none() && !full => {
+                    if read.is_ok() {
                         quiet_quarters = 0;
-                        if waits_for_resume(&frame) && ctx.pauses.holds(&self.vhost) {
-                            self.flush_batch().await;
-                            held = Some(frame);
-                            self.record.paused.set(1);
-                            None
-                        } else {
-                            self.on_read(frame, reader.has_buffered_frame()).await
-                        }
                     }
-                    Err(FrameError::Closed) => Some(Exit::Gone("client dropped the connection".into())),
-                    Err(FrameError::Io(e)) => Some(Exit::Gone(format!("client connection failed: {e}"))),
-                    Err(e) => Some(Exit::Close(reply::close(FRAME_ERROR, e))),
-                },
-                _ = ctx.pauses.resumed(&self.vhost), if held.is_some() => {
+                    self.on_client_read(read, &mut held, reader.has_buffered_frame(), ctx).await
+                }
+                _ = ctx.pauses.resumed(&self.vhost), if held.is_some() && !in_outage => {
                     let frame = held.take().expect("held");
                     self.record.paused.set(0);
                     self.on_read(frame, reader.has_buffered_frame()).await
                 }
+                reconnected = outage::reconnected(&mut self.outage) => {
+                    self.on_reconnected(reconnected, &mut held, reader.has_buffered_frame(), ctx).await
+                }
+                _ = self.link.settlement_or(ROOM_POLL), if full && !in_outage => {
+                    self.trim_logs();
+                    None
+                }
+                _ = trim.fired(), if trim.armed => {
+                    self.trim_logs();
+                    None
+                }
                 _ = liveness.tick() => {
                     // Nothing is read while a frame is held: silence is ours.
                     quiet_quarters = if held.is_some() { 0 } else { quiet_quarters + 1 };
-                    match heartbeat {
-                        Some(hb) if quiet_quarters > 8 => Some(Exit::Gone(format!(
-                            "missed heartbeats from client, timeout: {}s",
-                            hb.as_secs()
-                        ))),
-                        _ => None,
-                    }
+                    missed_heartbeats(heartbeat, quiet_quarters)
                 }
                 _ = &mut writer_stopped => {
                     Some(Exit::Gone("the client stopped reading (nothing written for too long) or its connection failed".into()))
@@ -240,7 +312,49 @@ impl Session {
             if let Some(exit) = step {
                 return exit;
             }
+            trim.arm_if(self.client_hold_share.used() > 0);
         }
+    }
+
+    /// A read from the client: a frame is handled, or held while the vhost
+    /// is paused or the client is held through an outage.
+    async fn on_client_read(
+        &mut self,
+        read: Result<Frame, FrameError>,
+        held: &mut Option<Frame>,
+        more_buffered: bool,
+        ctx: &Context,
+    ) -> Option<Exit> {
+        match read {
+            Ok(frame) => {
+                let paused = waits_for_resume(&frame) && ctx.pauses.holds(&self.vhost);
+                if paused || self.outage_holds(&frame) {
+                    self.flush_batch().await;
+                    *held = Some(frame);
+                    self.record.paused.set(u64::from(paused));
+                    None
+                } else {
+                    self.on_read(frame, more_buffered).await
+                }
+            }
+            Err(FrameError::Closed) => Some(Exit::Gone("client dropped the connection".into())),
+            Err(FrameError::Io(e)) => Some(Exit::Gone(format!("client connection failed: {e}"))),
+            Err(e) => Some(Exit::Close(reply::close(FRAME_ERROR, e))),
+        }
+    }
+
+    /// The client's unconfirmed publishes fill its share or the shared
+    /// buffer (after dropping what the broker has confirmed): it is not read
+    /// until there is room.
+    fn hold_share_full(&mut self) -> bool {
+        let full = |session: &Self| {
+            session.client_hold_share.is_full() || session.ctx.hold_buffer.is_full()
+        };
+        if self.hold.is_none() || !full(self) {
+            return false;
+        }
+        self.trim_logs();
+        full(self)
     }
 
     /// Closes what is left: upstream channels go back (closed so the broker
@@ -253,6 +367,9 @@ impl Session {
         ctx: &Context,
     ) {
         self.flush_batch().await;
+        if self.outage.is_some() {
+            self.give_up_held("the client left while held");
+        }
         self.await_exclusive_declares(events, CLOSE_OK_WAIT).await;
         self.release_channels().await;
         self.record.channels.set(0);
@@ -323,8 +440,7 @@ impl Session {
                 None
             }
             ClientEvent::UpstreamClosed { upstream, close } if upstream == self.upstream.id() => {
-                self.upstream_alive = false;
-                Some(Exit::Close(close))
+                self.on_upstream_lost(close)
             }
             ClientEvent::UpstreamClosed { .. } => None,
             ClientEvent::Overflowed => Some(Exit::TooSlow),

@@ -100,12 +100,19 @@ fn tx_on_an_inherited_confirm_channel_asks_for_a_fresh_one() {
         Usage::new(confirm).on_method(ids::TX_SELECT, &[]),
         Step::SwitchToFreshChannel
     );
-    let mut busy = Usage::new(confirm);
-    busy.on_method(ids::QUEUE_DECLARE, &[0, 0, 1, b'q', 0]);
+    let mut declared = Usage::new(confirm);
+    declared.on_method(ids::QUEUE_DECLARE, &[0, 0, 1, b'q', 0]);
     assert_eq!(
-        busy.on_method(ids::TX_SELECT, &[]),
+        declared.on_method(ids::TX_SELECT, &[]),
+        Step::SwitchToFreshChannel,
+        "a declared queue is the broker's, not the channel's"
+    );
+    let mut consuming = Usage::new(confirm);
+    consuming.on_method(ids::BASIC_CONSUME, &CONSUME);
+    assert_eq!(
+        consuming.on_method(ids::TX_SELECT, &[]),
         Step::Forward,
-        "too late to move"
+        "too late to move: the consumer stays on its channel"
     );
 }
 

@@ -1,0 +1,211 @@
+"""Broker restarts, crashes and lost connections with publishers running:
+they are held and carried to a new upstream connection, with no error and
+no lost message (docs/operations.md, "Outages")."""
+import subprocess
+import threading
+import time
+from collections import Counter
+
+import pika
+import pytest
+
+from conftest import params, wait_until
+from rawamqp import Channel, RawClient, ack_of
+
+# How long a publisher waits for its next target, or to reach one.
+PATIENCE = 90
+
+
+def sample(warren, series):
+    for line in warren.http_get("/metrics").splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+class Publisher(threading.Thread):
+    """A long-lived pika publisher of persistent messages, with or without
+    confirms: it publishes until it has sent `target` messages, then waits
+    for a higher target (or to be stopped). Remembers what it believes sent
+    and any error it got."""
+
+    def __init__(self, port, queue, name, confirm):
+        super().__init__(daemon=True)
+        self.port, self.queue, self.name, self.confirm = port, queue, name, confirm
+        self.sent = []
+        self.error = None
+        self.target = 0
+        self.stop = threading.Event()
+
+    def run(self):
+        deadline = time.monotonic() + 4 * PATIENCE
+        try:
+            with pika.BlockingConnection(params(self.port)) as conn:
+                ch = conn.channel()
+                if self.confirm:
+                    ch.confirm_delivery()
+                while not self.stop.is_set() and time.monotonic() < deadline:
+                    if len(self.sent) >= self.target:
+                        conn.process_data_events(time_limit=0.05)  # heartbeats while it waits
+                        continue
+                    body = f"{self.name}-{len(self.sent)}"
+                    ch.basic_publish("", self.queue, body.encode(), pika.BasicProperties(delivery_mode=2))
+                    self.sent.append(body)
+        except Exception as e:  # noqa: BLE001 - any error is what the test reports
+            self.error = e
+
+    def reach(self, more, what):
+        self.target += more
+        wait_until(lambda: len(self.sent) >= self.target or self.error or not self.is_alive(), PATIENCE, what)
+        assert self.error is None, f"{self.name}: {self.error!r}"
+        assert len(self.sent) >= self.target, f"{self.name} stopped at {len(self.sent)}"
+
+
+def stored(port, queue):
+    """Every body in the queue (consumed with acks off, until none comes
+    for two seconds)."""
+    bodies = []
+    with pika.BlockingConnection(params(port)) as conn:
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=1000)
+        for _method, _props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=2):
+            if body is None:
+                break
+            bodies.append(body.decode())
+        ch.cancel()
+    return bodies
+
+
+def check_nothing_lost(broker, warren, queue, publishers):
+    sent = [body for p in publishers for body in p.sent]
+    bodies = stored(broker.port, queue)
+    counts = Counter(bodies)
+    missing = [b for b in sent if b not in counts]
+    assert not missing, f"{len(missing)} of {len(sent)} messages lost, e.g. {missing[:3]}"
+    duplicates = len(bodies) - len(counts)
+    republished = sample(warren, "warren_republished_messages_total")
+    assert duplicates <= republished, (duplicates, republished)
+    return republished
+
+
+def run_through(warren, queue, lose, restore=lambda: None):
+    """Publishers with and without confirms are under way when `lose()`
+    takes their upstream connection; they publish while held, `restore()`
+    brings a broker back, and they go on without an error."""
+    publishers = [Publisher(warren.port, queue, "confirmed", True),
+                  Publisher(warren.port, queue, "unconfirmed", False)]
+    for p in publishers:
+        p.start()
+    try:
+        for p in publishers:
+            p.reach(100, f"{p.name} under way")
+        lose()
+        for p in publishers:
+            # Sent while held: a confirmed publish waits for the broker, the others go on.
+            p.target += 100
+        restore()
+        for p in publishers:
+            p.reach(100, f"{p.name} to go on after the outage")
+    finally:
+        for p in publishers:
+            p.stop.set()
+            p.join(PATIENCE)
+    for p in publishers:
+        assert p.error is None, f"{p.name}: {p.error!r}"
+        assert not p.is_alive()
+    return publishers
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["graceful", "sigkill"])
+def test_publishers_go_on_through_a_broker_restart_and_lose_nothing(broker, warren_factory, queue, graceful):
+    w = warren_factory()
+    broker_up = True
+
+    def stop():
+        nonlocal broker_up
+        broker_up = False
+        broker.stop(graceful=graceful)
+        wait_until(lambda: sample(w, "warren_holding_clients") == 2, 20, "both publishers held")
+
+    def start():
+        nonlocal broker_up
+        broker.start(keep_data=True)
+        broker_up = True
+
+    try:
+        publishers = run_through(w, queue, stop, start)
+    finally:
+        if not broker_up:
+            broker.start(keep_data=True)
+    check_nothing_lost(broker, w, queue, publishers)
+    assert sample(w, "warren_holding_clients") == 0
+    assert sample(w, "warren_dropped_held_messages_total") == 0
+
+
+def test_a_reset_upstream_connection_carries_its_publishers_and_closes_its_consumer(broker, warren, queue):
+    """An upstream TCP connection reset under load (ss -K aborts it and sends
+    a RST): the consumer on it gets 320 (its deliveries cannot move), the
+    publishers go on on a new connection and nothing is lost."""
+    consumer = warren.connect()
+    consumer_channel = consumer.channel()
+    idle_queue = consumer_channel.queue_declare("", exclusive=True).method.queue
+    consumer_channel.basic_consume(idle_queue, lambda *a: None)
+
+    def reset():
+        wait_until(lambda: broker.warren_channel_count() >= 3, 10, "the clients' channels")
+        pid = warren.proc.pid
+        lines = subprocess.run(["ss", "-tnpH", "state", "established", "dport", f"= :{broker.port}"],
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+        ports = [line.split()[2].rsplit(":", 1)[1] for line in lines if f"pid={pid}," in line]
+        assert len(ports) == 1, lines
+        subprocess.run(["ss", "-K", "dport", f"= :{broker.port}", "sport", f"= :{ports[0]}"],
+                       capture_output=True, check=True)
+
+    publishers = run_through(warren, queue, reset)
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        for _ in range(50):
+            consumer.process_data_events(time_limit=0.1)
+    assert closed.value.reply_code == 320
+    check_nothing_lost(broker, warren, queue, publishers)
+    log = warren.log_text()
+    assert "client held until a broker node answers" in log
+    assert "held client carried to a new upstream connection" in log
+
+
+def test_when_the_hold_time_runs_out_held_publishes_are_nacked_and_counted(broker, warren_factory, queue):
+    w = warren_factory("--hold-seconds", "5")
+    confirmed = RawClient(w.port, timeout=30)
+    confirmed.open()
+    confirmed_channel = Channel(confirmed, 1).open()
+    confirmed_channel.confirm_select()
+    unconfirmed = w.connect()
+    unconfirmed_channel = unconfirmed.channel()
+    # The broker's stop script takes a while after the kill: the clients are
+    # held from the moment warren sees the connection go.
+    stopping = threading.Thread(target=broker.stop)
+    try:
+        stopping.start()
+        wait_until(lambda: sample(w, "warren_holding_clients") == 2, 20, "both clients held")
+        held_at = time.monotonic()
+        for i in range(3):
+            unconfirmed_channel.basic_publish("", queue, b"held %d" % i)
+        confirmed_channel.publish(queue, b"never confirmed")
+        # The held publish is nacked when the hold time runs out, then the
+        # connection is closed, as the broker would close it.
+        nack = confirmed.read_method()
+        assert nack.method == (60, 120) and ack_of(nack) == (1, False), nack
+        assert time.monotonic() - held_at >= 4.0, "nacked before the hold time ran out"
+        close = confirmed.read_method()
+        assert close.method == (10, 50), close
+        code, text = close.close_reply()
+        assert code == 320 and "could not connect again within 5s" in text, text
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            for _ in range(100):
+                unconfirmed.process_data_events(time_limit=0.1)
+        assert closed.value.reply_code == 320
+        assert sample(w, "warren_dropped_held_messages_total") == 4
+        assert sample(w, "warren_holding_clients") == 0
+        assert sample(w, "warren_hold_buffer_bytes") == 0
+    finally:
+        stopping.join()
+        broker.start()
