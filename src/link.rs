@@ -80,7 +80,9 @@ pub struct ClientLink {
     pub frame_max: usize,
     /// What the client said it understands in Start-Ok.
     pub capabilities: Capabilities,
-    overflowed: AtomicBool,
+    /// Its write queue overflowed or its connection is closed: nothing
+    /// more is queued for it.
+    stopped: AtomicBool,
     /// The budget for large messages queued beyond the queue's bound.
     held_deliveries: Arc<HeldBytes>,
     /// The session waits for the broker to confirm publishes before it
@@ -104,7 +106,7 @@ impl ClientLink {
             events,
             frame_max,
             capabilities,
-            overflowed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             held_deliveries,
             awaits_settlement: AtomicBool::new(false),
             settled: Notify::new(),
@@ -169,7 +171,7 @@ impl ClientLink {
     /// copied into its own, so a client that reads slowly holds what it is
     /// charged for, not one read buffer per waiting frame.
     pub fn push(&self, frame: Bytes) {
-        if self.overflowed.load(Ordering::Relaxed) {
+        if self.stopped.load(Ordering::Relaxed) {
             return;
         }
         let frame = if self.frames.is_backlogged() {
@@ -178,9 +180,15 @@ impl ClientLink {
             frame
         };
         if let Err(TrySendError::Full) = self.frames.try_send(frame) {
-            self.overflowed.store(true, Ordering::Relaxed);
+            self.stopped.store(true, Ordering::Relaxed);
             let _ = self.events.send(ClientEvent::Overflowed);
         }
+    }
+
+    /// The client's connection is closed (its Close-Ok sent, or it is
+    /// gone): nothing more is queued for it while the session finishes.
+    pub fn close_to_frames(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
     }
 
     pub fn notify(&self, event: ClientEvent) -> bool {

@@ -216,6 +216,13 @@ impl Outbox {
         self.queue.closed().await
     }
 
+    /// The writer stops after what is queued now and shuts the socket's
+    /// write side, as the broker does after its last Close-Ok, even while
+    /// the session still holds a sender (see `crate::client::session`).
+    pub fn finish(&self) {
+        let _ = self.queue.send(Bytes::new());
+    }
+
     /// Queues a frame now, in overdraft if there is no credit.
     pub fn send_now(&self, frame: Bytes) -> Result<(), Closed> {
         let cost = self.credit.cost(&frame);

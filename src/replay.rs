@@ -124,6 +124,10 @@ impl ReplayLog {
         cost
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The session's batch went upstream as `batch`: entries copied into it
     /// now point into it (they are the newest ones).
     pub fn sent_batch(&mut self, batch: &Bytes) {

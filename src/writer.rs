@@ -21,8 +21,9 @@ use crate::stats::Tally;
 /// Frames taken off the queue per write; bounds the iovec count.
 const BATCH: usize = 256;
 
-/// Runs until every sender is dropped (then flushes and shuts the write side
-/// down) or the socket fails. `heartbeat` is the interval after which an idle
+/// Runs until every sender is dropped or one finishes the queue
+/// ([`crate::outbox::Outbox::finish`], an empty buffer): then it flushes and
+/// shuts the write side down. Or until the socket fails. `heartbeat` is the interval after which an idle
 /// write side sends a heartbeat frame; `None` disables them. `stall_limit`:
 /// how long a write may make no progress before the peer counts as gone
 /// (`None`: forever, for a broker that stops reading under a memory alarm).
@@ -50,14 +51,20 @@ pub async fn run<W: AsyncWrite + Unpin>(
             }
             None => queue.recv_many(&mut batch, BATCH).await,
         };
-        if received == 0 {
+        let finished = batch.iter().position(Bytes::is_empty);
+        if let Some(end) = finished {
+            batch.truncate(end);
+        }
+        if !batch.is_empty() {
+            let (credit, size) = queue.credit_and_size_of(&batch);
+            write_all(&mut sink, &mut batch, stall_limit).await?;
+            queue.release(credit);
+            sent.add(size as u64);
+        }
+        if received == 0 || finished.is_some() {
             let _ = sink.shutdown().await;
             return Ok(());
         }
-        let (credit, size) = queue.credit_and_size_of(&batch);
-        write_all(&mut sink, &mut batch, stall_limit).await?;
-        queue.release(credit);
-        sent.add(size as u64);
     }
 }
 
@@ -135,6 +142,22 @@ mod tests {
         assert_eq!(got, expected);
         task.await.unwrap().unwrap();
         assert_eq!(sent.get(), expected.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_finished_queue_ends_the_socket_after_what_came_before() {
+        let (sink, mut source) = tokio::io::duplex(64);
+        let (tx, rx) = crate::outbox::outbox(1 << 20);
+        let task = tokio::spawn(run(sink, rx, None, None, Arc::default()));
+        tx.send(Bytes::from_static(b"close-ok")).await.unwrap();
+        tx.finish();
+        let _ = tx.send(Bytes::from_static(b"too late")).await;
+        let mut got = Vec::new();
+        source.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"close-ok");
+        task.await.unwrap().unwrap();
+        // The sender lives on; what it queues now goes nowhere.
+        assert!(tx.send_now(Bytes::from_static(b"later")).is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -327,16 +327,13 @@ impl ChannelTable {
         })
     }
 
-    /// Forgets every channel: their upstream connection is gone.
-    pub fn clear(&mut self) {
-        self.channels.clear();
-    }
-
     /// Empties the table at the end of the session.
-    pub fn drain(&mut self) -> impl Iterator<Item = Leftover> + '_ {
-        self.channels.drain().filter_map(|(_, state)| match state {
-            ChannelState::Open { open, .. } => Some(Leftover::Open(Box::new(open))),
-            ChannelState::ClosingByClient { upstream, .. } => Some(Leftover::Closing(upstream)),
+    pub fn drain(&mut self) -> impl Iterator<Item = (u16, Leftover)> + '_ {
+        self.channels.drain().filter_map(|(channel, state)| match state {
+            ChannelState::Open { open, .. } => Some((channel, Leftover::Open(Box::new(open)))),
+            ChannelState::ClosingByClient { upstream, .. } => {
+                Some((channel, Leftover::Closing(upstream)))
+            }
             ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => None,
         })
     }
@@ -517,13 +514,13 @@ mod tests {
         table.closed_by_proxy(3);
         let mut left: Vec<_> = table
             .drain()
-            .map(|leftover| match leftover {
-                Leftover::Open(open) => ("open", open.upstream.id),
-                Leftover::Closing(upstream) => ("closing", upstream.id),
+            .map(|(channel, leftover)| match leftover {
+                Leftover::Open(open) => (channel, "open", open.upstream.id),
+                Leftover::Closing(upstream) => (channel, "closing", upstream.id),
             })
             .collect();
         left.sort();
-        assert_eq!(left, [("closing", 2), ("open", 1)]);
+        assert_eq!(left, [(1, "open", 1), (2, "closing", 2)]);
         assert_eq!(table.len(), 0);
     }
 

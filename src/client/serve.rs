@@ -164,9 +164,12 @@ async fn run_admitted(
     } else {
         tracing::info!(client = who.id, peer = %who.peer, user = shown_user, vhost = shown_vhost, reason, "client disconnected");
     }
-    let record = session.leave();
     wait_for_writer(writer_task).await;
-    // Unlisted only now, with every byte the writer sent counted.
+    drop(reader);
+    session.linger(&mut events).await;
+    let record = session.leave();
+    // Unlisted only now, with every byte the writer sent counted and what
+    // the client published confirmed.
     drop(record);
 }
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod connections;
 
@@ -28,6 +28,10 @@ struct Pool {
     /// Serialises connection opening so a burst of new clients opens one
     /// upstream connection, not one each.
     opening: tokio::sync::Mutex<()>,
+    /// The last attempt to open a connection that failed, and when it
+    /// ended: clients that waited for it take its answer rather than try
+    /// again each (a broker outage holds many clients of one pool).
+    failed: Mutex<Option<(Instant, ConnectError)>>,
 }
 
 impl Pool {
@@ -45,6 +49,25 @@ impl Pool {
         self.upstreams().is_empty()
     }
 
+    /// The failure of an attempt that ended after `since`, or less than
+    /// [`FAILURE_SHARED`] ago, if any.
+    fn failed_after(&self, since: Instant) -> Option<ConnectError> {
+        let recent = Instant::now().checked_sub(FAILURE_SHARED).unwrap_or(since);
+        let since = since.min(recent);
+        match &*self.failed.lock().expect("pool failure lock") {
+            Some((at, error)) if *at > since => Some(error.clone()),
+            _ => None,
+        }
+    }
+
+    fn remember(&self, outcome: &Result<Upstream, ConnectError>) {
+        let mut failed = self.failed.lock().expect("pool failure lock");
+        *failed = outcome
+            .as_ref()
+            .err()
+            .map(|error| (Instant::now(), error.clone()));
+    }
+
     /// Has a connection that still takes clients: the broker accepted these
     /// credentials less than `--upstream-max-lifetime` ago.
     fn vouches(&self) -> bool {
@@ -53,6 +76,11 @@ impl Pool {
 }
 
 type PoolKey = (String, String);
+
+/// A failed attempt to open a pool's connection answers the pool's other
+/// clients for this long: held clients retry on timers of their own, and
+/// a refused connection fails in microseconds.
+const FAILURE_SHARED: Duration = Duration::from_millis(50);
 
 /// A pool as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,14 +284,20 @@ impl Pools {
         if let Some(upstream) = pool.try_pin(room) {
             return Ok(upstream);
         }
+        let asked = Instant::now();
         let _opening = pool.opening.lock().await;
         if let Some(upstream) = pool.try_pin(room) {
             return Ok(upstream);
         }
+        if let Some(error) = pool.failed_after(asked) {
+            return Err(error);
+        }
         let settings = self.settings();
         Self::has_room_for_another(pool, &settings, vhost)?;
         let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
-        let upstream = Upstream::connect(&settings, &pool.credentials, vhost, id).await?;
+        let opened = Upstream::connect(&settings, &pool.credentials, vhost, id).await;
+        pool.remember(&opened);
+        let upstream = opened?;
         self.adopt(pool, &upstream);
         Ok(upstream)
     }
@@ -311,6 +345,7 @@ impl Pools {
             credentials: credentials.clone(),
             upstreams: Mutex::default(),
             opening: tokio::sync::Mutex::new(()),
+            failed: Mutex::default(),
         });
         candidates.push(pool.clone());
         pool

@@ -13,7 +13,7 @@ use crate::protocol::reply::{self, ACCESS_REFUSED, REPLY_SUCCESS};
 use crate::protocol::wire::{FieldTable, FieldValue};
 
 /// Why an upstream connection could not be opened.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnectError {
     /// The broker answered with Connection.Close: wrong credentials (403),
     /// vhost not allowed (530), ... Relayed to the client as is.

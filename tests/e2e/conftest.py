@@ -110,6 +110,12 @@ class Broker:
         subprocess.run([str(ROOT / "scripts" / "broker.sh"), "stop", str(self.port)],
                        check=True, timeout=120, env={**os.environ, "FAST_STOP": "0" if graceful else "1"})
 
+    def freeze(self):
+        """Stops the broker's VM (SIGSTOP): it reads and answers nothing,
+        and its sockets stay open, until it is killed."""
+        base = Path(os.environ.get("WARREN_BROKER_DIR", "/tmp/warren-broker")) / str(self.port)
+        os.kill(int((base / "rabbit.pid").read_text().strip()), signal.SIGSTOP)
+
     def start(self, keep_data=False):
         """keep_data: recover queues and persistent messages (after a crash)."""
         env = {**os.environ, **self.env, "KEEP_DATA": "1" if keep_data else "0"}

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import params, wait_until
 from rawamqp import Channel, RawClient, ack_of
+from test_clients import CLIENT_COMMANDS, run_client
 
 # How long a publisher waits for its next target, or to reach one.
 PATIENCE = 90
@@ -140,6 +141,38 @@ def test_publishers_go_on_through_a_broker_restart_and_lose_nothing(broker, warr
     check_nothing_lost(broker, w, queue, publishers)
     assert sample(w, "warren_holding_clients") == 0
     assert sample(w, "warren_dropped_held_messages_total") == 0
+
+
+def test_what_departed_clients_published_is_published_again_after_a_crash(broker, warren_factory, queue):
+    """The product's usual client publishes one message and disconnects,
+    long before the broker confirms it. Here the broker cannot confirm (its
+    VM is frozen) while every client library publishes and leaves, then it
+    is killed and restarted: warren publishes their messages again. A
+    direct client's messages would be lost in the dead broker's socket."""
+    w = warren_factory()
+    run_client("pika", w.url(), 1, queue, "warm")  # the pool is known; no login needs the broker
+    cycles = 3
+    try:
+        broker.freeze()
+        for client in sorted(CLIENT_COMMANDS):
+            run_client(client, w.url(), cycles, queue, client)
+        lingering = sample(w, "warren_hold_buffer_bytes")
+    finally:
+        broker.stop()
+        broker.start(keep_data=True)
+    assert lingering > 0, "nothing was kept for the departed clients"
+    sent = len(CLIENT_COMMANDS) * cycles
+    wait_until(lambda: sample(w, "warren_hold_buffer_bytes") == 0, 60, "the broker to confirm the replayed messages")
+    bodies = Counter(stored(broker.port, queue))
+    missing = [f"{client}:{i}" for client in CLIENT_COMMANDS for i in range(cycles)
+               if f"{client}:{i}" not in bodies]
+    assert not missing, f"{len(missing)} of {sent} lost: {missing}"
+    assert sample(w, "warren_republished_messages_total") >= sent
+    assert sample(w, "warren_dropped_held_messages_total") == 0
+    # The held clients share their pool's attempts to connect again: a
+    # handful of retry rounds, not one attempt per client and round.
+    attempts = w.log_text().count("broker node failed")
+    assert attempts < 3 * sent, attempts
 
 
 def test_a_reset_upstream_connection_carries_its_publishers_and_closes_its_consumer(broker, warren, queue):

@@ -121,11 +121,16 @@ impl Session {
         self.forward_content(channel, upstream, frame, spec).await
     }
 
-    /// The client closes a channel: a clean one is kept for the next client
-    /// and its Close-Ok answered at once; any other is closed upstream and
-    /// the broker's Close-Ok relayed.
+    /// The client closes a channel: a clean one settles (see
+    /// [`super::settling`]) or is kept for the next client, and its
+    /// Close-Ok is answered at once; any other is closed upstream and the
+    /// broker's Close-Ok relayed.
     pub(super) fn client_closes_channel(&mut self, channel: u16) -> Option<Exit> {
         let open = self.channels.take_open(channel)?;
+        let Some(open) = self.settle(channel, open) else {
+            self.link.push(method::channel_close_ok(channel));
+            return None;
+        };
         if self.try_keep(&open) {
             self.link.push(method::channel_close_ok(channel));
         } else {
@@ -159,27 +164,29 @@ impl Session {
         self.link.push(close.channel_frame(channel));
     }
 
-    /// Gives every upstream channel back: clean ones are kept for the next
-    /// client, the others closed (the broker requeues their unacknowledged
-    /// deliveries). Exclusive queues the client declared are deleted first,
-    /// as the broker would when its connection closed.
-    pub(super) async fn release_channels(&mut self) {
-        if !self.upstream_alive {
-            self.channels.clear();
-            return;
-        }
-        self.delete_exclusive_queues().await;
-        let leftovers: Vec<Leftover> = self.channels.drain().collect();
-        for leftover in leftovers {
+    /// Gives every upstream channel back at the end of the session: clean
+    /// ones are kept for the next client, the others closed (the broker
+    /// requeues their unacknowledged deliveries); one with publishes to
+    /// carry or have confirmed settles instead.
+    pub(super) fn release_channels(&mut self) {
+        let leftovers: Vec<(u16, Leftover)> = self.channels.drain().collect();
+        for (channel, leftover) in leftovers {
             match leftover {
-                Leftover::Open(open) => self.give_back(*open),
-                Leftover::Closing(upstream) => self.upstream.abandon(upstream),
+                Leftover::Open(open) => {
+                    if let Some(open) = self.settle(channel, *open) {
+                        if self.upstream_alive {
+                            self.give_back(open);
+                        }
+                    }
+                }
+                Leftover::Closing(upstream) if self.upstream_alive => self.upstream.abandon(upstream),
+                Leftover::Closing(_) => {}
             }
         }
     }
 
     /// Keeps a clean upstream channel for reuse, or closes it.
-    fn give_back(&mut self, open: OpenChannel) {
+    pub(super) fn give_back(&mut self, open: OpenChannel) {
         if !self.try_keep(&open) {
             self.upstream.abandon(open.upstream);
         }

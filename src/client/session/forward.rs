@@ -100,6 +100,7 @@ impl Session {
         for (_, open) in self.channels.each_open() {
             open.log.trim(open.delivered.settled());
         }
+        self.trim_settling();
     }
 
     /// The frames read together are handled: publishes still incomplete

@@ -10,14 +10,17 @@
 //! The work is split by concern: [`frames`] decides what a client frame
 //! does, [`channels`] opens, closes and gives back upstream channels,
 //! [`forward`] sends frames upstream, [`exclusive`] keeps the client's
-//! exclusive queues its own, and [`outage`] holds a publisher while its
-//! upstream connection is re-established.
+//! exclusive queues its own, [`outage`] holds a publisher while its
+//! upstream connection is re-established, and [`settling`] keeps what a
+//! client published until the broker confirmed it, after the client closed
+//! its channel or left.
 
 mod channels;
 mod exclusive;
 mod forward;
 mod frames;
 mod outage;
+mod settling;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,6 +36,7 @@ use super::publish_batch::PublishBatch;
 use super::serve::CLIENT_QUEUE_BYTES;
 use super::Context;
 use outage::Outage;
+use settling::Settling;
 use crate::channel::UpstreamChannel;
 use crate::content::PublishBudget;
 use crate::exclusive::Declared;
@@ -196,6 +200,9 @@ pub struct Session {
     batched: Vec<u16>,
     /// The upstream connection is lost and the client is held.
     outage: Option<Outage>,
+    /// Channels the client closed whose publishes the broker has yet to
+    /// confirm.
+    settling: Vec<Settling>,
     record: Listed<ClientRecord>,
 }
 
@@ -232,6 +239,7 @@ impl Session {
             client_hold_share: HeldBytes::new(CLIENT_HOLD_SHARE),
             batched: Vec::new(),
             outage: None,
+            settling: Vec::new(),
             record: client.record,
         }
     }
@@ -267,6 +275,7 @@ impl Session {
         loop {
             let full = self.hold_share_full();
             let in_outage = self.outage.is_some();
+            let awaits_settlement = full || !self.settling.is_empty();
             let step = tokio::select! {
                 biased;
                 Some(event) = events.recv() => {
@@ -287,7 +296,7 @@ impl Session {
                 reconnected = outage::reconnected(&mut self.outage) => {
                     self.on_reconnected(reconnected, &mut held, reader.has_buffered_frame(), ctx).await
                 }
-                _ = self.link.settlement_or(ROOM_POLL), if full && !in_outage => {
+                _ = self.link.settlement_or(ROOM_POLL), if awaits_settlement && !in_outage => {
                     self.trim_logs();
                     None
                 }
@@ -357,8 +366,11 @@ impl Session {
         full(self)
     }
 
-    /// Closes what is left: upstream channels go back (closed so the broker
-    /// requeues unacknowledged deliveries), the client hears why.
+    /// Ends the client's side: its upstream channels go back (closed so
+    /// the broker requeues unacknowledged deliveries; those with publishes
+    /// the broker has yet to confirm settle, see [`settling`]), it hears
+    /// why (or gets its Close-Ok), and its socket is closed. What settles
+    /// is seen to by [`Session::linger`].
     pub async fn finish(
         &mut self,
         exit: Exit,
@@ -367,12 +379,15 @@ impl Session {
         ctx: &Context,
     ) {
         self.flush_batch().await;
-        if self.outage.is_some() {
-            self.give_up_held("the client left while held");
+        if self.upstream_alive {
+            // Gone before the client hears it closed, as the broker does.
+            self.await_exclusive_declares(events, CLOSE_OK_WAIT).await;
+            self.delete_exclusive_queues().await;
         }
-        self.await_exclusive_declares(events, CLOSE_OK_WAIT).await;
-        self.release_channels().await;
+        self.release_channels();
         self.record.channels.set(0);
+        // Nothing from the broker follows the last frame.
+        self.link.close_to_frames();
         match exit {
             Exit::ClientClosed => {
                 let _ = self.outbox.send_now(method::connection_close_ok());
@@ -396,6 +411,7 @@ impl Session {
             }
             Exit::Gone(_) | Exit::TooSlow => {}
         }
+        self.outbox.finish();
     }
 
     /// Leaves the upstream connection; what remains is the client's entry
@@ -459,6 +475,9 @@ impl Session {
         close: Bytes,
         code: u16,
     ) {
+        if self.settling_closed_by_broker(upstream).await {
+            return;
+        }
         let (usage, crossed) = match self.channels.on_broker_close(channel, upstream) {
             // Already given back (kept or abandoned): the router
             // acknowledged the broker's Close itself.

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{Exit, Session};
+use crate::channel::Inherited;
+use crate::client::channel_table::OpenChannel;
 use crate::client::Context;
 use crate::confirms::ConfirmTags;
 use crate::pool::PoolRef;
@@ -28,7 +30,7 @@ use crate::protocol::method::{self, Close};
 use crate::protocol::reply::{self, CONNECTION_FORCED};
 use crate::replay::Frames;
 use crate::untrusted::cut;
-use crate::upstream::{ConnectError, Upstream};
+use crate::upstream::{ConnectError, Grant, Upstream};
 
 /// The first pause between attempts to connect again; it doubles up to
 /// [`RETRY_MAX`].
@@ -95,7 +97,7 @@ impl Session {
     /// it did can be carried to another connection, or closed with `close`.
     pub(super) fn on_upstream_lost(&mut self, close: Close) -> Option<Exit> {
         self.upstream_alive = false;
-        let Some(hold) = self.hold else {
+        let Some(hold) = self.hold.filter(|_| !self.ctx.force_close.is_cancelled()) else {
             return Some(Exit::Close(close));
         };
         if let Some(why) = self.why_not_carriable() {
@@ -186,18 +188,12 @@ impl Session {
         self.upstream.attach(self.link.clone());
         self.record.upstream.set(self.upstream.id());
         self.upstream_alive = true;
-        let mut republished = 0;
-        for channel in self.channels.open_channels() {
-            match self.carry_channel(channel).await {
-                Some(count) => republished += count,
-                None => {
-                    return Some(Exit::Close(reply::close(
-                        CONNECTION_FORCED,
-                        "warren: the new upstream connection has no free channel for this client",
-                    )))
-                }
-            }
-        }
+        let Some(republished) = self.carry_channels().await else {
+            return Some(Exit::Close(reply::close(
+                CONNECTION_FORCED,
+                "warren: the new upstream connection has no free channel for this client",
+            )));
+        };
         self.ctx.stats.events.republished.inc_by(republished);
         if self.link.capabilities.blocked {
             self.link.push(method::connection_unblocked());
@@ -212,44 +208,32 @@ impl Session {
         None
     }
 
-    /// Opens `channel` again on the new connection and publishes its
-    /// unsettled messages there; how many. `None`: no channel to be had.
-    async fn carry_channel(&mut self, channel: u16) -> Option<u64> {
-        let (grant, inherited) = self
-            .take_upstream_channel(channel, false, false, true)
-            .await?;
-        let (_, open) = self.channels.open_mut(channel)?;
-        let (settled, apart) = open.delivered.settlement();
-        let (unsettled, _) = open.log.take_unsettled(settled, &apart);
-        let mut usage = open.usage.carried(inherited);
-        open.upstream = grant.channel;
-        open.delivered = grant.delivered;
-        if usage.wants_confirms() {
-            self.upstream.want_confirms(
-                grant.channel,
-                ConfirmTags {
-                    base: 0,
-                    wanted: true,
-                    replayed: unsettled.iter().map(|entry| entry.client_tag).collect(),
-                    tags_before: usage.confirm_tags,
-                },
-            );
+    /// Opens every channel, open or settling, again on the new connection
+    /// and publishes its unsettled messages there; how many. `None`: no
+    /// channel to be had.
+    async fn carry_channels(&mut self) -> Option<u64> {
+        let mut republished = 0;
+        for channel in self.channels.open_channels() {
+            let (grant, inherited) = self
+                .take_upstream_channel(channel, false, false, true)
+                .await?;
+            let (_, open) = self.channels.open_mut(channel)?;
+            republished += replay(open, grant, inherited, &self.upstream, &mut self.scratch).await;
         }
-        let frame_max = self.upstream.frame_max();
-        for entry in &unsettled {
-            entry
-                .frames
-                .reframe(grant.channel.id, frame_max, &mut self.scratch);
-            let pieces: Vec<Bytes> = self.scratch.drain(..).collect();
-            open.log
-                .push(entry.client_tag, Frames::Pieces(pieces.clone()));
-            usage.on_republish();
-            for piece in pieces {
-                self.upstream.send(piece).await;
-            }
+        let mut settling = std::mem::take(&mut self.settling);
+        for settles in &mut settling {
+            let Some((grant, inherited)) = self
+                .take_upstream_channel(settles.channel, false, false, true)
+                .await
+            else {
+                self.settling = settling;
+                return None;
+            };
+            republished +=
+                replay(&mut settles.open, grant, inherited, &self.upstream, &mut self.scratch).await;
         }
-        open.usage = usage;
-        Some(unsettled.len() as u64)
+        self.settling = settling;
+        Some(republished)
     }
 
     /// No node answered within the hold time: the client hears of each
@@ -276,8 +260,17 @@ impl Session {
         }
         self.ctx.stats.events.holding_clients.dec();
         self.record.held.set(0);
+        self.drop_unsettled(why);
+    }
+
+    /// Drops every publish the broker has not settled, counted and logged;
+    /// those the client wanted confirmed are nacked.
+    pub(super) fn drop_unsettled(&mut self, why: &'static str) {
         let mut dropped = 0;
-        for (channel, open) in self.channels.each_open() {
+        let mut settling = std::mem::take(&mut self.settling);
+        let channels = self.channels.each_open();
+        let every = channels.chain(settling.iter_mut().map(|s| (s.channel, &mut s.open)));
+        for (channel, open) in every {
             let (settled, apart) = open.delivered.settlement();
             let (unsettled, _) = open.log.take_unsettled(settled, &apart);
             for entry in unsettled {
@@ -287,9 +280,49 @@ impl Session {
                 }
             }
         }
+        self.settling = settling;
         self.ctx.stats.events.dropped_held.inc_by(dropped);
         if dropped > 0 {
             tracing::warn!(client = self.id, dropped, why, "held publishes dropped");
         }
     }
+}
+
+/// Moves `open` to the upstream channel `grant` and publishes its unsettled
+/// messages there, in order; how many. Acks keep the tags the client knows.
+async fn replay(
+    open: &mut OpenChannel,
+    grant: Grant,
+    inherited: Inherited,
+    upstream: &Upstream,
+    scratch: &mut Vec<Bytes>,
+) -> u64 {
+    let (settled, apart) = open.delivered.settlement();
+    let (unsettled, _) = open.log.take_unsettled(settled, &apart);
+    let mut usage = open.usage.carried(inherited);
+    open.upstream = grant.channel;
+    open.delivered = grant.delivered;
+    if usage.wants_confirms() {
+        upstream.want_confirms(
+            grant.channel,
+            ConfirmTags {
+                base: 0,
+                wanted: true,
+                replayed: unsettled.iter().map(|entry| entry.client_tag).collect(),
+                tags_before: usage.confirm_tags,
+            },
+        );
+    }
+    let frame_max = upstream.frame_max();
+    for entry in &unsettled {
+        entry.frames.reframe(grant.channel.id, frame_max, scratch);
+        let pieces = std::mem::take(scratch);
+        open.log.push(entry.client_tag, Frames::Pieces(pieces.clone()));
+        usage.on_republish();
+        for piece in pieces {
+            upstream.send(piece).await;
+        }
+    }
+    open.usage = usage;
+    unsettled.len() as u64
 }
