@@ -15,6 +15,11 @@ pub struct UpstreamChannel {
     pub lease: u64,
 }
 
+impl UpstreamChannel {
+    /// Not bound yet: a channel a held client opened during an outage.
+    pub const UNBOUND: UpstreamChannel = UpstreamChannel { id: 0, lease: 0 };
+}
+
 /// What reached a client on its channel, counted by the upstream router as
 /// it forwards and read by the session when the client closes the channel:
 /// a channel with a reply or confirm still on its way cannot be handed over.

@@ -58,6 +58,7 @@ pub fn upstream_settings(
         nodes,
         connect_timeout: config.upstream_connect_timeout,
         max_lifetime: config.upstream_max_lifetime,
+        hold: config.hold,
         max_connections: config.max_upstream_connections,
         channel_limit: config.max_upstream_channels,
         idle_timeout: config.idle_connection_timeout,

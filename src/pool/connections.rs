@@ -4,6 +4,8 @@
 //! one is opened only when none does and the pool is under
 //! `--max-upstream-connections`.
 
+use std::time::{Duration, Instant};
+
 use crate::upstream::{Room, Upstream};
 
 /// A connection as the choice sees it.
@@ -15,6 +17,9 @@ pub trait Candidate: Clone {
     /// Takes one more client if it is open, not retired and has `room`
     /// (in one step for the connection, see `Occupancy::try_pin`).
     fn try_pin(&self, room: Room) -> bool;
+    /// Closed because the broker went away or the network failed, not by
+    /// warren.
+    fn was_lost(&self) -> bool;
 }
 
 impl Candidate for Upstream {
@@ -27,17 +32,29 @@ impl Candidate for Upstream {
     fn try_pin(&self, room: Room) -> bool {
         Upstream::try_pin(self, room)
     }
+    fn was_lost(&self) -> bool {
+        Upstream::was_lost(self)
+    }
 }
 
 /// A pool's connections, oldest first.
 #[derive(Debug)]
 pub struct Connections<C> {
     list: Vec<C>,
+    /// When the broker last accepted the pool's credentials and vhost (a
+    /// connection was adopted).
+    verified_at: Option<Instant>,
+    /// When a lost connection of the pool was last noticed.
+    lost_at: Option<Instant>,
 }
 
 impl<C> Default for Connections<C> {
     fn default() -> Self {
-        Connections { list: Vec::new() }
+        Connections {
+            list: Vec::new(),
+            verified_at: None,
+            lost_at: None,
+        }
     }
 }
 
@@ -65,8 +82,28 @@ impl<C: Candidate> Connections<C> {
     }
 
     /// Adds a new connection, already pinned by its first client.
-    pub fn adopt(&mut self, connection: C) {
+    pub fn adopt(&mut self, connection: C, now: Instant) {
         self.list.push(connection);
+        self.verified_at = Some(now);
+    }
+
+    /// The pool stands in for an unreachable broker: it has no live
+    /// connection, lost one less than `hold` ago, and the broker accepted
+    /// its credentials less than `revocation` ago (`None`: no limit). Its
+    /// new clients are admitted and held (see `Pools::authenticate`).
+    pub fn vouches_through_outage(
+        &mut self,
+        revocation: Option<Duration>,
+        hold: Duration,
+        now: Instant,
+    ) -> bool {
+        self.forget_closed_at(now);
+        let within = |at: Option<Instant>, limit: Option<Duration>| {
+            at.is_some_and(|at| limit.is_none_or(|limit| now.saturating_duration_since(at) < limit))
+        };
+        self.list.is_empty()
+            && within(self.lost_at, Some(hold))
+            && within(self.verified_at, revocation)
     }
 
     pub fn is_empty(&mut self) -> bool {
@@ -80,6 +117,13 @@ impl<C: Candidate> Connections<C> {
     }
 
     fn forget_closed(&mut self) {
+        self.forget_closed_at(Instant::now());
+    }
+
+    fn forget_closed_at(&mut self, now: Instant) {
+        if self.list.iter().any(|c| c.is_closed() && c.was_lost()) {
+            self.lost_at = Some(now);
+        }
         self.list.retain(|c| !c.is_closed());
     }
 }
@@ -97,6 +141,7 @@ mod tests {
         id: usize,
         occupancy: Arc<Mutex<Occupancy>>,
         retired: Arc<Mutex<bool>>,
+        lost: Arc<Mutex<bool>>,
     }
 
     impl Model {
@@ -105,6 +150,7 @@ mod tests {
                 id,
                 occupancy: Arc::new(Mutex::new(Occupancy::new(capacity, 1))),
                 retired: Arc::default(),
+                lost: Arc::default(),
             }
         }
         fn has_room(&self) -> bool {
@@ -122,14 +168,59 @@ mod tests {
         fn try_pin(&self, room: Room) -> bool {
             !self.is_retired() && self.occupancy.lock().unwrap().try_pin(room)
         }
+        fn was_lost(&self) -> bool {
+            *self.lost.lock().unwrap()
+        }
+    }
+
+    #[test]
+    fn a_pool_vouches_through_an_outage_only_soon_after_losing_a_verified_connection() {
+        let (hold, revocation) = (Duration::from_secs(60), Some(Duration::from_secs(3600)));
+        let start = Instant::now();
+        let later = |secs| start + Duration::from_secs(secs);
+        let mut pool = Connections::default();
+        let idle = Model::new(1, 4);
+        pool.adopt(idle.clone(), start);
+        assert!(
+            !pool.vouches_through_outage(revocation, hold, later(1)),
+            "it is live"
+        );
+        idle.occupancy.lock().unwrap().closed = true;
+        assert!(
+            !pool.vouches_through_outage(revocation, hold, later(2)),
+            "closed by warren (idle), not lost"
+        );
+        let lost = Model::new(2, 4);
+        pool.adopt(lost.clone(), later(3000));
+        *lost.lost.lock().unwrap() = true;
+        lost.occupancy.lock().unwrap().closed = true;
+        assert!(pool.vouches_through_outage(revocation, hold, later(3010)));
+        assert!(pool.vouches_through_outage(revocation, hold, later(3069)));
+        assert!(
+            !pool.vouches_through_outage(revocation, hold, later(3071)),
+            "the hold time after the loss is over"
+        );
+        let mut old = Connections::default();
+        let verified_long_ago = Model::new(3, 4);
+        old.adopt(verified_long_ago.clone(), start);
+        *verified_long_ago.lost.lock().unwrap() = true;
+        verified_long_ago.occupancy.lock().unwrap().closed = true;
+        assert!(
+            !old.vouches_through_outage(revocation, hold, later(3601)),
+            "the broker accepted the password too long ago"
+        );
+        assert!(
+            old.vouches_through_outage(None, hold, later(3601)),
+            "no revocation limit"
+        );
     }
 
     #[test]
     fn the_oldest_connection_with_room_takes_the_client() {
         let mut pool = Connections::default();
         let (a, b) = (Model::new(1, 1), Model::new(2, 4));
-        pool.adopt(a.clone());
-        pool.adopt(b.clone());
+        pool.adopt(a.clone(), Instant::now());
+        pool.adopt(b.clone(), Instant::now());
         assert_eq!(pool.pin(Room::Any).map(|c| c.id), Some(1));
         assert_eq!(pool.pin(Room::Any).map(|c| c.id), Some(2), "1 is full");
         assert_eq!(pool.pin(Room::HalfFree).map(|c| c.id), Some(2));
@@ -200,7 +291,7 @@ mod tests {
                                     opened += 1;
                                     let fresh = Model::new(opened, capacity);
                                     prop_assert!(fresh.try_pin(Room::Any));
-                                    pool.adopt(fresh.clone());
+                                    pool.adopt(fresh.clone(), Instant::now());
                                     clients.push(fresh);
                                 }
                             }

@@ -49,6 +49,13 @@ impl Pool {
         self.upstreams().is_empty()
     }
 
+    fn vouches_through_outage(&self, settings: &UpstreamSettings) -> bool {
+        settings.hold.is_some_and(|hold| {
+            self.upstreams()
+                .vouches_through_outage(settings.max_lifetime, hold, Instant::now())
+        })
+    }
+
     /// The failure of an attempt that ended after `since`, or less than
     /// [`FAILURE_SHARED`] ago, if any.
     fn failed_after(&self, since: Instant) -> Option<ConnectError> {
@@ -106,6 +113,10 @@ pub enum Admission {
         pending: PendingUpstream,
         _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
     },
+    /// The broker could not be asked (this is why), but a pool vouches for
+    /// the credentials through the outage (`Connections::vouches_through_outage`):
+    /// the client is admitted if its vhost's pool does too, and held.
+    Held(ConnectError),
 }
 
 /// How long a client waits for another client's login with the same user
@@ -175,7 +186,15 @@ impl Pools {
         if self.is_known(&credentials.user, &fingerprint) {
             return Ok(Admission::Known);
         }
-        let pending = Upstream::login(&self.settings(), credentials).await?;
+        let pending = match Upstream::login(&self.settings(), credentials).await {
+            Ok(pending) => pending,
+            Err(error)
+                if !error.is_final() && self.vouched_through_outage(credentials, &fingerprint) =>
+            {
+                return Ok(Admission::Held(error));
+            }
+            Err(error) => return Err(error),
+        };
         self.broker_frame_max
             .store(pending.frame_max(), Ordering::Relaxed);
         Ok(Admission::Fresh {
@@ -193,6 +212,18 @@ impl Pools {
             .any(|p| p.fingerprint.matches(fingerprint) && p.vouches())
     }
 
+    /// A pool of this user and password, for any vhost, vouches for them
+    /// while the broker is unreachable.
+    fn vouched_through_outage(&self, credentials: &Credentials, fingerprint: &Fingerprint) -> bool {
+        let settings = self.settings();
+        let pools = self.pools.lock().expect("pools lock");
+        pools
+            .iter()
+            .filter(|((_, pool_user), _)| *pool_user == credentials.user)
+            .flat_map(|(_, candidates)| candidates)
+            .any(|p| p.fingerprint.matches(fingerprint) && p.vouches_through_outage(&settings))
+    }
+
     fn login_lock(&self, user: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.login_locks.lock().expect("login locks");
         locks.entry(user.to_string()).or_default().clone()
@@ -207,7 +238,10 @@ impl Pools {
         vhost: &str,
         admission: Admission,
     ) -> Result<(Upstream, PoolRef), ConnectError> {
-        let pool = self.pool_for(credentials, vhost);
+        let pool = match admission {
+            Admission::Held(error) => return self.checkout_held(credentials, vhost, error).await,
+            _ => self.pool_for(credentials, vhost),
+        };
         let Admission::Fresh { pending, _turn } = admission else {
             return self
                 .pin_or_open(&pool, vhost, Room::Any)
@@ -237,6 +271,38 @@ impl Pools {
                 self.remove_if_empty(credentials, vhost, &pool);
                 Err(e)
             }
+        }
+    }
+
+    /// A client admitted while the broker is unreachable: it gets a
+    /// connection if one opens now, else a stand-in that is already closed
+    /// (the session starts held), if its vhost's pool vouches for it too.
+    async fn checkout_held(
+        &self,
+        credentials: &Credentials,
+        vhost: &str,
+        unreachable: ConnectError,
+    ) -> Result<(Upstream, PoolRef), ConnectError> {
+        let settings = self.settings();
+        let fingerprint = Fingerprint::of(&self.salt, &credentials.password);
+        let pool = {
+            let pools = self.pools.lock().expect("pools lock");
+            pools
+                .get(&(vhost.to_string(), credentials.user.clone()))
+                .and_then(|candidates| {
+                    candidates
+                        .iter()
+                        .find(|p| p.fingerprint.matches(&fingerprint))
+                        .cloned()
+                })
+        };
+        let Some(pool) = pool.filter(|pool| pool.vouches_through_outage(&settings)) else {
+            return Err(unreachable);
+        };
+        match self.pin_or_open(&pool, vhost, Room::Any).await {
+            Ok(upstream) => Ok((upstream, PoolRef(pool))),
+            Err(error) if error.is_final() => Err(error),
+            Err(_) => Ok((Upstream::unreachable(&settings), PoolRef(pool))),
         }
     }
 
@@ -325,7 +391,7 @@ impl Pools {
     fn adopt(&self, pool: &Pool, upstream: &Upstream) {
         let pinned = upstream.try_pin(Room::Any);
         debug_assert!(pinned, "a new connection has room");
-        pool.upstreams().adopt(upstream.clone());
+        pool.upstreams().adopt(upstream.clone(), Instant::now());
     }
 
     fn pool_for(&self, credentials: &Credentials, vhost: &str) -> Arc<Pool> {
@@ -369,9 +435,14 @@ impl Pools {
             .lock()
             .expect("login locks")
             .retain(|_, lock| Arc::strong_count(lock) > 1);
+        let settings = self.settings();
         let mut pools = self.pools.lock().expect("pools lock");
         for candidates in pools.values_mut() {
-            candidates.retain(|p| !p.is_empty() || p.opening.try_lock().is_err());
+            candidates.retain(|p| {
+                !p.is_empty()
+                    || p.opening.try_lock().is_err()
+                    || p.vouches_through_outage(&settings)
+            });
         }
         pools.retain(|_, candidates| !candidates.is_empty());
     }

@@ -42,6 +42,7 @@ use crate::net::{ReadHalf, WriteHalf};
 use crate::outbox::{outbox, Outbox};
 use crate::protocol::frame::FrameReader;
 use crate::protocol::ids::MethodId;
+use crate::protocol::limits::RABBITMQ_FRAME_MAX;
 use crate::protocol::reply::{self, CONNECTION_FORCED};
 use crate::stats::{LoginOutcome, PoolLabel, Stats, UpstreamRecord};
 use crate::writer;
@@ -55,8 +56,13 @@ pub struct UpstreamSettings {
     pub nodes: Arc<Nodes>,
     /// Per node tried.
     pub connect_timeout: Duration,
-    /// After this a connection takes no new clients (see `is_retired`).
+    /// After this a connection takes no new clients (see `is_retired`),
+    /// and the broker's word on a password is no longer taken.
     pub max_lifetime: Option<Duration>,
+    /// `--hold-seconds`: how long clients are held through a lost
+    /// connection, and how long after one a pool admits new clients
+    /// while the broker is unreachable.
+    pub hold: Option<Duration>,
     /// Per pool; 0: no limit.
     pub max_connections: usize,
     /// `--max-upstream-channels`; the broker's channel_max also applies.
@@ -129,6 +135,8 @@ struct Inner {
     /// Held from a client's check of a queue-naming method to the moment
     /// the method is queued upstream (see [`Upstream::order_queue_methods`]).
     queue_order: Arc<tokio::sync::Mutex<()>>,
+    /// Ended because the broker went away or the network failed.
+    lost: AtomicBool,
     ended: CancellationToken,
 }
 
@@ -301,6 +309,7 @@ impl Upstream {
             node,
             exclusive: Mutex::default(),
             queue_order: Arc::default(),
+            lost: AtomicBool::new(false),
             ended: CancellationToken::new(),
         });
         tracing::info!(
@@ -337,6 +346,39 @@ impl Upstream {
 
     pub fn is_closed(&self) -> bool {
         self.occupancy().closed
+    }
+
+    /// Closed because the broker went away or the network failed, not by
+    /// warren (idle, retired, shutting down).
+    pub fn was_lost(&self) -> bool {
+        self.0.lost.load(Ordering::Relaxed)
+    }
+
+    /// A stand-in for a connection that could not be opened: already
+    /// closed, so a client admitted with it starts held (see
+    /// `Pools::checkout`). Nothing sent to it goes anywhere.
+    pub fn unreachable(settings: &UpstreamSettings) -> Upstream {
+        let (frames, _) = outbox(WRITE_QUEUE_BYTES);
+        let (commands, _) = mpsc::unbounded_channel();
+        let mut occupancy = Occupancy::new(0, 0);
+        occupancy.closed = true;
+        let ended = CancellationToken::new();
+        ended.cancel();
+        Upstream(Arc::new(Inner {
+            id: 0,
+            frames,
+            commands,
+            frame_max: RABBITMQ_FRAME_MAX,
+            guaranteed: 0,
+            occupancy: Mutex::new(occupancy),
+            node: settings.nodes.addrs()[0].clone(),
+            retire_at: None,
+            drained: AtomicBool::new(false),
+            exclusive: Mutex::default(),
+            queue_order: Arc::default(),
+            lost: AtomicBool::new(true),
+            ended,
+        }))
     }
 
     /// Past `--upstream-max-lifetime`: it serves the clients it has, takes

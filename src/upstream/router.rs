@@ -109,6 +109,9 @@ impl Router {
     pub(super) async fn run(mut self) {
         let end = self.serve().await;
         let id = self.inner.id;
+        if matches!(end, End::Lost(_)) {
+            self.inner.lost.store(true, Ordering::Relaxed);
+        }
         self.occupancy().closed = true;
         let close = match end {
             End::Graceful(reason) => {

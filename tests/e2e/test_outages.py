@@ -62,6 +62,40 @@ class Publisher(threading.Thread):
         assert len(self.sent) >= self.target, f"{self.name} stopped at {len(self.sent)}"
 
 
+class Churn(threading.Thread):
+    """One client library's publish-and-disconnect cycles (one message per
+    connection, tests/clients/publish_cycles.*), run again and again until
+    stopped. Remembers what it believes sent and the runs that failed."""
+
+    CYCLES = 5
+
+    def __init__(self, client, url, queue):
+        super().__init__(daemon=True)
+        self.client, self.url, self.queue = client, url, queue
+        self.sent, self.failures, self.runs = [], [], 0
+        self.stop = threading.Event()
+
+    def run(self):
+        deadline = time.monotonic() + 4 * PATIENCE
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            tag = f"{self.client}-{self.runs}"
+            cmd = CLIENT_COMMANDS[self.client] + [self.url, str(self.CYCLES), self.queue, tag]
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=PATIENCE)
+                failure = None if out.returncode == 0 else out.stderr[-400:]
+            except subprocess.TimeoutExpired:
+                failure = f"no result within {PATIENCE}s"
+            if failure is None:
+                self.sent += [f"{tag}:{i}" for i in range(self.CYCLES)]
+            else:
+                self.failures.append(failure)
+            self.runs += 1
+
+    def another_run(self, what):
+        done = self.runs
+        wait_until(lambda: self.runs > done + 1 or not self.is_alive(), PATIENCE, what)
+
+
 def stored(port, queue):
     """Every body in the queue (consumed with acks off, until none comes
     for two seconds)."""
@@ -119,26 +153,46 @@ def run_through(warren, queue, lose, restore=lambda: None):
 
 @pytest.mark.parametrize("graceful", [True, False], ids=["graceful", "sigkill"])
 def test_publishers_go_on_through_a_broker_restart_and_lose_nothing(broker, warren_factory, queue, graceful):
+    """Long-lived publishers and every client library's one-message
+    connections, through a broker restart: the long-lived ones are held and
+    carried, the short ones connect, publish and leave while the broker is
+    away (admitted on the credentials their pool verified), and nothing is
+    lost."""
     w = warren_factory()
+    churns = [Churn(client, w.url(), queue) for client in sorted(CLIENT_COMMANDS)]
     broker_up = True
 
     def stop():
         nonlocal broker_up
         broker_up = False
         broker.stop(graceful=graceful)
-        wait_until(lambda: sample(w, "warren_holding_clients") == 2, 20, "both publishers held")
+        wait_until(lambda: sample(w, "warren_holding_clients") >= 2, 20, "the publishers held")
+        for churn in churns:
+            churn.another_run(f"{churn.client} to connect and publish while the broker is away")
 
     def start():
         nonlocal broker_up
         broker.start(keep_data=True)
         broker_up = True
 
+    for churn in churns:
+        churn.start()
     try:
+        for churn in churns:
+            churn.another_run(f"{churn.client} under way")
         publishers = run_through(w, queue, stop, start)
+        for churn in churns:
+            churn.another_run(f"{churn.client} after the restart")
     finally:
         if not broker_up:
             broker.start(keep_data=True)
-    check_nothing_lost(broker, w, queue, publishers)
+        for churn in churns:
+            churn.stop.set()
+            churn.join(PATIENCE)
+    for churn in churns:
+        assert not churn.failures, f"{churn.client}: {churn.failures}"
+    wait_until(lambda: sample(w, "warren_hold_buffer_bytes") == 0, 60, "the broker to confirm everything")
+    check_nothing_lost(broker, w, queue, publishers + churns)
     assert sample(w, "warren_holding_clients") == 0
     assert sample(w, "warren_dropped_held_messages_total") == 0
 
@@ -173,6 +227,33 @@ def test_what_departed_clients_published_is_published_again_after_a_crash(broker
     # handful of retry rounds, not one attempt per client and round.
     attempts = w.log_text().count("broker node failed")
     assert attempts < 3 * sent, attempts
+
+
+def test_during_an_outage_only_credentials_a_pool_verified_are_admitted(broker, warren_factory, queue):
+    """While no node answers, a client whose user, password and vhost a pool
+    verified (and lost within the hold time) is admitted and held; any other
+    is refused as before, never let in unverified."""
+    w = warren_factory()
+    with w.connect() as conn:
+        conn.channel()
+    with w.connect(user="app", password="secret", vhost="/app") as conn:
+        conn.channel()
+    refusals = []
+    try:
+        broker.stop()
+        admitted = w.connect()
+        admitted.channel().basic_publish("", queue, b"published during the outage")
+        admitted.close()
+        for who in ({"password": "wrong"}, {"user": "app", "password": "secret", "vhost": "/"},
+                    {"user": "nobody", "password": "guest"}):
+            with pytest.raises(pika.exceptions.AMQPConnectionError) as refused:
+                w.connect(**who)
+            refusals.append(str(refused.value))
+    finally:
+        broker.start(keep_data=True)
+    assert all("cannot reach the broker" in text for text in refusals), refusals
+    wait_until(lambda: sample(w, "warren_hold_buffer_bytes") == 0, 60, "the held publish confirmed")
+    assert stored(broker.port, queue) == ["published during the outage"]
 
 
 def test_a_reset_upstream_connection_carries_its_publishers_and_closes_its_consumer(broker, warren, queue):

@@ -1,6 +1,8 @@
 //! The session's upstream channels: taken when the client opens a channel,
 //! kept for the next client when it closes a clean one, closed otherwise.
 
+use std::sync::Arc;
+
 use super::{Exit, Session};
 use crate::channel::UpstreamChannel;
 use crate::client::channel_table::{Leftover, OpenChannel};
@@ -23,6 +25,10 @@ impl Session {
             Ok(opened) => opened,
             Err(close) => return Some(Exit::Close(close)),
         };
+        if self.outage.is_some() {
+            self.open_channel_while_held(channel);
+            return None;
+        }
         if !self.opened_a_channel {
             self.move_if_crowded().await;
             self.opened_a_channel = true;
@@ -48,6 +54,25 @@ impl Session {
         // channel level, and the client's next frames follow it upstream.
         self.link.push(method::channel_open_ok(channel));
         None
+    }
+
+    /// A held client opens a channel: it is answered now and bound to an
+    /// upstream channel, in confirm mode, when the client is carried.
+    fn open_channel_while_held(&mut self, channel: u16) {
+        self.opened_a_channel = true;
+        let inherited = Inherited {
+            confirm: true,
+            ..Inherited::default()
+        };
+        let log = self.new_log();
+        self.channels.insert_open(
+            channel,
+            UpstreamChannel::UNBOUND,
+            Usage::new(inherited),
+            Arc::default(),
+            log,
+        );
+        self.link.push(method::channel_open_ok(channel));
     }
 
     /// Takes an upstream channel for `client_channel`: a kept one, or a new
@@ -131,7 +156,7 @@ impl Session {
             self.link.push(method::channel_close_ok(channel));
             return None;
         };
-        if self.try_keep(&open) {
+        if !self.upstream_alive || self.try_keep(&open) {
             self.link.push(method::channel_close_ok(channel));
         } else {
             self.upstream.closing(open.upstream);

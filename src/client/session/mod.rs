@@ -203,6 +203,8 @@ pub struct Session {
     /// Channels the client closed whose publishes the broker has yet to
     /// confirm.
     settling: Vec<Settling>,
+    /// warren told the client Connection.Blocked (see `tell_blocked`).
+    told_blocked: bool,
     record: Listed<ClientRecord>,
 }
 
@@ -240,6 +242,7 @@ impl Session {
             batched: Vec::new(),
             outage: None,
             settling: Vec::new(),
+            told_blocked: false,
             record: client.record,
         }
     }
@@ -272,10 +275,14 @@ impl Session {
         // behind a slow broker; its heartbeats wait in the socket).
         let mut held: Option<Frame> = None;
         let mut trim = TrimTimer::new();
+        if let Some(exit) = self.held_from_the_start() {
+            return exit;
+        }
         loop {
             let full = self.hold_share_full();
             let in_outage = self.outage.is_some();
             let awaits_settlement = full || !self.settling.is_empty();
+            self.tell_blocked(full && in_outage);
             let step = tokio::select! {
                 biased;
                 Some(event) = events.recv() => {

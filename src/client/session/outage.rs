@@ -26,6 +26,7 @@ use crate::client::Context;
 use crate::confirms::ConfirmTags;
 use crate::pool::PoolRef;
 use crate::protocol::frame::{Frame, FRAME_HEARTBEAT};
+use crate::protocol::ids;
 use crate::protocol::method::{self, Close};
 use crate::protocol::reply::{self, CONNECTION_FORCED};
 use crate::replay::Frames;
@@ -85,17 +86,62 @@ async fn reconnect(
     }
 }
 
+/// What a held client is answered without waiting for the broker, so a
+/// publisher's whole cycle (open a channel, set its qos, ask for confirms,
+/// publish, close) goes on through an outage (a held client has no
+/// consumer, so its qos waits for one, as it always does): a channel opened now is opened
+/// upstream, in confirm mode, when the client is carried; a closed one
+/// settles and the session lingers after a Connection.Close until what
+/// was published is confirmed (see `super::settling`).
+fn answered_while_held(frame: &Frame) -> bool {
+    matches!(
+        frame.method_id(),
+        Some(
+            ids::CHANNEL_OPEN
+                | ids::CHANNEL_CLOSE
+                | ids::CONFIRM_SELECT
+                | ids::BASIC_QOS
+                | ids::CONNECTION_CLOSE
+        )
+    )
+}
+
 impl Session {
     /// While held, the client's publishes go on (into the replay logs) and
-    /// everything else waits: it needs the broker, or would end the session
-    /// before what it published is safe (a Connection.Close).
+    /// what warren can answer for the broker is answered (see
+    /// [`answered_while_held`]), and everything else waits: it needs the
+    /// broker.
     pub(super) fn outage_holds(&self, frame: &Frame) -> bool {
-        self.outage.is_some() && !frame.is_publish_part() && frame.kind() != FRAME_HEARTBEAT
+        self.outage.is_some()
+            && !frame.is_publish_part()
+            && frame.kind() != FRAME_HEARTBEAT
+            && !answered_while_held(frame)
+    }
+
+    /// A held client whose share of the hold buffer is full is not read
+    /// until it is carried: if it announced the capability it is told so
+    /// (Connection.Blocked), and told when it is read again. A held client
+    /// with room is not: some libraries refuse to publish while blocked
+    /// (php-amqplib throws), and its publishes are safe with warren.
+    pub(super) fn tell_blocked(&mut self, blocked: bool) {
+        if blocked == self.told_blocked || !self.link.capabilities.blocked {
+            return;
+        }
+        self.told_blocked = blocked;
+        self.link.push(if blocked {
+            method::connection_blocked("warren: the broker is unreachable and this client's held publishes fill its share")
+        } else {
+            method::connection_unblocked()
+        });
     }
 
     /// The client's upstream connection is gone: the client is held if what
     /// it did can be carried to another connection, or closed with `close`.
+    /// A client already held stays so.
     pub(super) fn on_upstream_lost(&mut self, close: Close) -> Option<Exit> {
+        if self.outage.is_some() {
+            return None;
+        }
         self.upstream_alive = false;
         let Some(hold) = self.hold.filter(|_| !self.ctx.force_close.is_cancelled()) else {
             return Some(Exit::Close(close));
@@ -119,11 +165,6 @@ impl Session {
         );
         self.ctx.stats.events.holding_clients.inc();
         self.record.held.set(1);
-        if self.link.capabilities.blocked {
-            self.link.push(method::connection_blocked(
-                "warren: the broker is unreachable; publishes are held",
-            ));
-        }
         self.outage = Some(Outage {
             since: Instant::now(),
             reconnect: Box::pin(reconnect(
@@ -134,6 +175,18 @@ impl Session {
             )),
         });
         None
+    }
+
+    /// A client admitted while the broker was unreachable (its pool
+    /// vouched for it) starts held.
+    pub(super) fn held_from_the_start(&mut self) -> Option<Exit> {
+        if !self.upstream.is_closed() {
+            return None;
+        }
+        self.on_upstream_lost(reply::close(
+            CONNECTION_FORCED,
+            "warren cannot reach the broker; the client was admitted on credentials it accepted recently",
+        ))
     }
 
     fn why_not_carriable(&self) -> Option<&'static str> {
@@ -195,9 +248,7 @@ impl Session {
             )));
         };
         self.ctx.stats.events.republished.inc_by(republished);
-        if self.link.capabilities.blocked {
-            self.link.push(method::connection_unblocked());
-        }
+        self.tell_blocked(false);
         tracing::info!(
             client = self.id,
             upstream = self.upstream.id(),
