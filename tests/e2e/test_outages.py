@@ -1,6 +1,7 @@
 """Broker restarts, crashes and lost connections with publishers running:
 they are held and carried to a new upstream connection, with no error and
 no lost message (docs/operations.md, "Outages")."""
+import struct
 import subprocess
 import threading
 import time
@@ -10,8 +11,9 @@ import pika
 import pytest
 
 from conftest import params, wait_until
-from rawamqp import Channel, RawClient, ack_of
+from rawamqp import FRAME_BODY, FRAME_HEADER, Channel, RawClient, ack_of, frame, method, shortstr
 from test_clients import CLIENT_COMMANDS, run_client
+from test_stuck_clients import rss_kib
 
 # How long a publisher waits for its next target, or to reach one.
 PATIENCE = 90
@@ -323,3 +325,76 @@ def test_when_the_hold_time_runs_out_held_publishes_are_nacked_and_counted(broke
     finally:
         stopping.join()
         broker.start()
+
+
+def big_publish(channel, queue, body, frame_max=131072):
+    """A publish whose body is split into frames of the negotiated size."""
+    step = frame_max - 8
+    return (method(channel, 60, 40, struct.pack("!H", 0) + shortstr("") + shortstr(queue) + b"\0")
+            + frame(FRAME_HEADER, channel, struct.pack("!HHQH", 60, 0, len(body), 0))
+            + b"".join(frame(FRAME_BODY, channel, body[i:i + step]) for i in range(0, len(body), step)))
+
+
+def test_a_held_client_that_fills_its_share_is_blocked_not_read_and_loses_nothing(broker, warren_factory, queue):
+    """While held, a publisher of large messages fills its 16 MiB share of
+    the hold buffer: it is told Connection.Blocked and not read any more
+    (warren's memory stays within the bound), another client of the same
+    pool goes on, and once the broker is back everything is delivered."""
+    w = warren_factory("--hold-buffer-mib", "64")
+    share = 16 << 20
+    message = 1 << 20
+    count = 48
+    filler = RawClient(w.port, timeout=120)
+    filler.open(capabilities={"connection.blocked": True})
+    Channel(filler, 1).open()
+    bystander = w.connect()
+    bystander_channel = bystander.channel()
+    sent = []
+
+    def fill():
+        for i in range(count):
+            filler.send(big_publish(1, queue, bytes([i]) * message))
+            sent.append(i)
+
+    sender = threading.Thread(target=fill, daemon=True)
+    broker_up = True
+    try:
+        broker.stop()
+        broker_up = False
+        wait_until(lambda: sample(w, "warren_holding_clients") == 2, 20, "both clients held")
+        before = rss_kib(w.proc.pid)
+        sender.start()
+        blocked = filler.read_method()
+        assert blocked.method == (10, 60), blocked
+        assert b"fill its share" in blocked.payload
+        wait_until(lambda: sample(w, "warren_hold_buffer_bytes") >= share - message, 30, "the share to fill")
+        bystander_channel.basic_publish("", queue, b"bystander")
+        held = sample(w, "warren_hold_buffer_bytes")
+        assert share - message <= held <= share + 2 * message, held
+        assert len(sent) < count, "warren read everything: no backpressure"
+        grown_mib = (rss_kib(w.proc.pid) - before) / 1024
+        assert grown_mib < 40, f"warren grew {grown_mib:.0f} MiB for a 16 MiB share"
+        broker.start(keep_data=True)
+        broker_up = True
+        unblocked = filler.read_method()
+        assert unblocked.method == (10, 61), unblocked
+        sender.join(PATIENCE)
+        assert len(sent) == count
+    finally:
+        if not broker_up:
+            broker.start(keep_data=True)
+    wait_until(lambda: sample(w, "warren_hold_buffer_bytes") == 0, 60, "the broker to confirm everything")
+    bystander.close()
+    filler.close()
+    with pika.BlockingConnection(params(broker.port)) as conn:
+        ch = conn.channel()
+        bodies = []
+        for _method, _props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=2):
+            if body is None:
+                break
+            bodies.append(body[:1] if len(body) == message else body)
+        ch.cancel()
+    assert sorted(b for b in bodies if b != b"bystander") == [bytes([i]) for i in range(count)]
+    assert bodies.count(b"bystander") == 1
+    assert sample(w, "warren_dropped_held_messages_total") == 0
+
