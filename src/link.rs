@@ -51,6 +51,9 @@ pub enum ClientEvent {
     /// The upstream connection with this id is gone; its clients must be
     /// closed with this.
     UpstreamClosed { upstream: u64, close: Close },
+    /// An operator drained the node of the upstream connection with this
+    /// id: its clients move to another at a message boundary.
+    NodeDrained { upstream: u64 },
     /// The client did not drain its write queue in time and frames for it had
     /// to be dropped: it must be disconnected.
     Overflowed,

@@ -286,6 +286,17 @@ impl ChannelTable {
         })
     }
 
+    /// No message is under way on any channel and no close is waiting for
+    /// the broker: the client could move to another upstream connection
+    /// between this frame and its next.
+    pub fn at_message_boundary(&self) -> bool {
+        self.channels.values().all(|state| match state {
+            ChannelState::Open { content, .. } => content.is_idle(),
+            ChannelState::ClosingByClient { .. } => false,
+            ChannelState::ClosedByBroker | ChannelState::ClosedByProxy => true,
+        })
+    }
+
     /// Channels the client closed whose upstream connection is gone: they
     /// are closed, and the client gets its Close-Ok from warren.
     pub fn forget_closing(&mut self) -> Vec<u16> {

@@ -17,6 +17,8 @@ use crate::protocol::ids::MethodId;
 pub enum Command {
     Attach(Arc<ClientLink>),
     Detach(ClientId),
+    /// Its node is drained: every client is told to move.
+    Drained,
     Report(oneshot::Sender<ChannelCounts>),
     OpenChannel {
         link: Arc<ClientLink>,

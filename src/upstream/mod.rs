@@ -388,10 +388,15 @@ impl Upstream {
         self.0.retirement().is_some()
     }
 
-    /// Its node is drained (`true`): it serves the clients it has, takes no
-    /// new ones, and closes when they are gone; or undrained (`false`).
+    /// Its node is drained (`true`): it takes no new clients, the ones it
+    /// has move to another connection at a message boundary if they can
+    /// (see `Session::move_off_drained`), and it closes when they are gone;
+    /// or undrained (`false`).
     pub fn set_drained(&self, drained: bool) {
         self.0.drained.store(drained, Ordering::Relaxed);
+        if drained {
+            let _ = self.0.commands.send(Command::Drained);
+        }
     }
 
     /// The broker node it is connected to.

@@ -286,10 +286,22 @@ impl Router {
                         link.push(blocked.clone());
                     }
                 }
+                // Pinned just before the drain: it moves too.
+                if self.inner.drained.load(Ordering::Relaxed) {
+                    link.notify(ClientEvent::NodeDrained {
+                        upstream: self.inner.id,
+                    });
+                }
                 self.clients.insert(link.id, link);
             }
             Command::Detach(id) => {
                 self.clients.remove(&id);
+            }
+            Command::Drained => {
+                let upstream = self.inner.id;
+                for link in self.clients.values() {
+                    link.notify(ClientEvent::NodeDrained { upstream });
+                }
             }
             Command::Report(reply) => {
                 let _ = reply.send(self.slots.counts());

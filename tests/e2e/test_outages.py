@@ -13,6 +13,7 @@ import pytest
 from conftest import params, wait_until
 from rawamqp import FRAME_BODY, FRAME_HEADER, Channel, RawClient, ack_of, frame, method, shortstr
 from test_clients import CLIENT_COMMANDS, run_client
+from test_operator import ok
 from test_stuck_clients import rss_kib
 
 # How long a publisher waits for its next target, or to reach one.
@@ -256,6 +257,53 @@ def test_during_an_outage_only_credentials_a_pool_verified_are_admitted(broker, 
     assert all("cannot reach the broker" in text for text in refusals), refusals
     wait_until(lambda: sample(w, "warren_hold_buffer_bytes") == 0, 60, "the held publish confirmed")
     assert stored(broker.port, queue) == ["published during the outage"]
+
+
+def test_drain_node_moves_long_lived_publishers_without_an_error(broker, warren_factory, queue):
+    """`warren ctl drain-node` with long-lived publishers running: they move
+    to the other node at a message boundary, once the broker confirmed what
+    they sent (nothing is sent twice), without an error; a consumer, whose
+    deliveries cannot move, stays on the drained node and keeps working."""
+    nodes = [f"127.0.0.1:{broker.port}", f"localhost:{broker.port}"]
+    w = warren_factory(upstreams=[f"amqp://{node}" for node in nodes])
+    consumer = w.connect()
+    consumer_channel = consumer.channel()
+    idle_queue = consumer_channel.queue_declare("", exclusive=True).method.queue
+    consumer_channel.basic_consume(idle_queue, lambda *a: None)
+    [consumer_client] = w.get_json("/api/clients")
+    publishers = [Publisher(w.port, queue, "confirmed", True), Publisher(w.port, queue, "unconfirmed", False)]
+    for p in publishers:
+        p.start()
+
+    def node_of_each_client():
+        node = {u["id"]: u["node"] for u in w.get_json("/api/upstreams")}
+        return {c["id"]: node.get(c["upstream"]) for c in w.get_json("/api/clients")}
+
+    try:
+        for p in publishers:
+            p.reach(100, f"{p.name} under way")
+        drained = node_of_each_client()[consumer_client["id"]]
+        other = next(n for n in nodes if n != drained)
+        assert set(node_of_each_client().values()) == {drained}
+        ok(w, "drain-node", drained)
+        wait_until(lambda: list(node_of_each_client().values()).count(other) == 2, 20,
+                   "both publishers on the other node")
+        for p in publishers:
+            p.reach(100, f"{p.name} to go on after the move")
+        assert node_of_each_client()[consumer_client["id"]] == drained
+        consumer.process_data_events(time_limit=0.2)
+        consumer_channel.basic_publish("", idle_queue, b"to the consumer that stayed")
+    finally:
+        for p in publishers:
+            p.stop.set()
+            p.join(PATIENCE)
+    for p in publishers:
+        assert p.error is None, f"{p.name}: {p.error!r}"
+    assert sample(w, "warren_republished_messages_total") == 0
+    # No duplicates: at most the republished count, which is 0.
+    check_nothing_lost(broker, w, queue, publishers)
+    consumer.close()
+    assert w.log_text().count("client moved off a drained node") == 2
 
 
 def test_a_reset_upstream_connection_carries_its_publishers_and_closes_its_consumer(broker, warren, queue):

@@ -17,7 +17,7 @@ use crate::untrusted::cut;
 use crate::channel::Inherited;
 use crate::held::Charges;
 use crate::replay::ReplayLog;
-use crate::upstream::Grant;
+use crate::upstream::{Grant, Upstream};
 
 impl Session {
     pub(super) async fn open_channel(&mut self, channel: u16) -> Option<Exit> {
@@ -219,26 +219,7 @@ impl Session {
 
     /// Hands a clean channel back for reuse; false if it must be closed.
     fn try_keep(&self, open: &OpenChannel) -> bool {
-        let (replies, confirmed) = open.delivered.load();
-        let why_not = match open.usage.dirty(replies, confirmed) {
-            None if self.ctx.config().channel_reuse => {
-                self.upstream.keep(
-                    open.upstream,
-                    open.usage.inherited(),
-                    open.usage.confirm_publishes,
-                );
-                return true;
-            }
-            None => "reuse is off",
-            Some(dirty) => dirty,
-        };
-        tracing::debug!(
-            client = self.id,
-            upstream_channel = open.upstream.id,
-            why_not,
-            "upstream channel not reused"
-        );
-        false
+        try_keep_on(&self.upstream, self.ctx.config().channel_reuse, self.id, open)
     }
 
     /// Why a channel could not be had: the upstream connection is gone, or
@@ -294,4 +275,29 @@ impl Session {
         self.record.upstream.set(quieter.id());
         self.upstream = quieter;
     }
+}
+
+/// Hands a clean channel back to `upstream` for reuse (if `reuse` is on);
+/// false if it must be closed.
+pub(super) fn try_keep_on(upstream: &Upstream, reuse: bool, client: u64, open: &OpenChannel) -> bool {
+    let (replies, confirmed) = open.delivered.load();
+    let why_not = match open.usage.dirty(replies, confirmed) {
+        None if reuse => {
+            upstream.keep(
+                open.upstream,
+                open.usage.inherited(),
+                open.usage.confirm_publishes,
+            );
+            return true;
+        }
+        None => "reuse is off",
+        Some(dirty) => dirty,
+    };
+    tracing::debug!(
+        client,
+        upstream_channel = open.upstream.id,
+        why_not,
+        "upstream channel not reused"
+    );
+    false
 }

@@ -19,6 +19,7 @@ mod channels;
 mod exclusive;
 mod forward;
 mod frames;
+mod moving;
 mod outage;
 mod settling;
 
@@ -205,6 +206,8 @@ pub struct Session {
     settling: Vec<Settling>,
     /// warren told the client Connection.Blocked (see `tell_blocked`).
     told_blocked: bool,
+    /// Its node was drained at this time: it moves at a message boundary.
+    moving: Option<std::time::Instant>,
     record: Listed<ClientRecord>,
 }
 
@@ -243,6 +246,7 @@ impl Session {
             outage: None,
             settling: Vec::new(),
             told_blocked: false,
+            moving: None,
             record: client.record,
         }
     }
@@ -279,9 +283,13 @@ impl Session {
             return exit;
         }
         loop {
+            if let Some(exit) = self.move_when_ready().await {
+                return exit;
+            }
             let full = self.hold_share_full();
             let in_outage = self.outage.is_some();
-            let awaits_settlement = full || !self.settling.is_empty();
+            let pausing = self.pauses_reads_to_move();
+            let awaits_settlement = full || pausing || !self.settling.is_empty();
             self.tell_blocked(full && in_outage);
             let step = tokio::select! {
                 biased;
@@ -289,7 +297,7 @@ impl Session {
                     self.flush_batch().await;
                     self.on_event(event).await
                 }
-                read = reader.read_frame(), if held.is_none() && !full => {
+                read = reader.read_frame(), if held.is_none() && !full && !pausing => {
                     if read.is_ok() {
                         quiet_quarters = 0;
                     }
@@ -312,8 +320,8 @@ impl Session {
                     None
                 }
                 _ = liveness.tick() => {
-                    // Nothing is read while a frame is held: silence is ours.
-                    quiet_quarters = if held.is_some() { 0 } else { quiet_quarters + 1 };
+                    // Nothing is read while a frame is held or a move waits: silence is ours.
+                    quiet_quarters = if held.is_some() || pausing { 0 } else { quiet_quarters + 1 };
                     missed_heartbeats(heartbeat, quiet_quarters)
                 }
                 _ = &mut writer_stopped => {
@@ -466,6 +474,10 @@ impl Session {
                 self.on_upstream_lost(close)
             }
             ClientEvent::UpstreamClosed { .. } => None,
+            ClientEvent::NodeDrained { upstream } => {
+                self.on_node_drained(upstream);
+                None
+            }
             ClientEvent::Overflowed => Some(Exit::TooSlow),
             ClientEvent::Killed => Some(Exit::Close(reply::close(
                 CONNECTION_FORCED,

@@ -189,7 +189,7 @@ impl Session {
         ))
     }
 
-    fn why_not_carriable(&self) -> Option<&'static str> {
+    pub(super) fn why_not_carriable(&self) -> Option<&'static str> {
         if !self.channels.carriable() {
             Some("a channel has a consumer, deliveries, a transaction or an unanswered request")
         } else if !self.declared_without_wait.is_empty() || self.upstream.owns_exclusive(self.id) {
@@ -233,14 +233,7 @@ impl Session {
         let outage = self.outage.take()?;
         self.ctx.stats.events.holding_clients.dec();
         self.record.held.set(0);
-        let lost = std::mem::replace(&mut self.upstream, upstream);
-        lost.unpin(self.id, self.reservation);
-        // What a client's first pin reserves (see `Occupancy::try_pin`).
-        self.reservation = 1;
-        self.pool = pool;
-        self.upstream.attach(self.link.clone());
-        self.record.upstream.set(self.upstream.id());
-        self.upstream_alive = true;
+        self.switch_upstream(upstream, pool);
         let Some(republished) = self.carry_channels().await else {
             return Some(Exit::Close(reply::close(
                 CONNECTION_FORCED,
@@ -259,10 +252,23 @@ impl Session {
         None
     }
 
+    /// Pins the client to `upstream` instead of its current connection; its
+    /// channels are still to be carried there.
+    pub(super) fn switch_upstream(&mut self, upstream: Upstream, pool: PoolRef) {
+        let previous = std::mem::replace(&mut self.upstream, upstream);
+        previous.unpin(self.id, self.reservation);
+        // What a client's first pin reserves (see `Occupancy::try_pin`).
+        self.reservation = 1;
+        self.pool = pool;
+        self.upstream.attach(self.link.clone());
+        self.record.upstream.set(self.upstream.id());
+        self.upstream_alive = true;
+    }
+
     /// Opens every channel, open or settling, again on the new connection
     /// and publishes its unsettled messages there; how many. `None`: no
     /// channel to be had.
-    async fn carry_channels(&mut self) -> Option<u64> {
+    pub(super) async fn carry_channels(&mut self) -> Option<u64> {
         let mut republished = 0;
         for channel in self.channels.open_channels() {
             let (grant, inherited) = self
