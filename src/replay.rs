@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::held::Charges;
 use crate::protocol::frame::{self, Frame, FRAME_OVERHEAD};
@@ -98,14 +99,23 @@ pub struct ReplayLog {
     bytes: usize,
     /// The budgets `bytes` are charged to (none in unit tests).
     charges: Option<Charges>,
+    /// All logs' entries together (`warren_held_messages`).
+    counted: Gauge,
 }
 
 impl ReplayLog {
-    pub fn new(charges: Charges) -> Self {
+    pub fn new(charges: Charges, counted: Gauge) -> Self {
         ReplayLog {
+            entries: VecDeque::new(),
+            published: 0,
+            bytes: 0,
             charges: Some(charges),
-            ..ReplayLog::default()
+            counted,
         }
+    }
+
+    fn forget(&mut self, entries: usize) {
+        self.counted.dec_by(entries as i64);
     }
 
     /// Records the next publish on the lease; the bytes it adds.
@@ -121,6 +131,7 @@ impl ReplayLog {
             client_tag,
             frames,
         });
+        self.counted.inc();
         cost
     }
 
@@ -142,7 +153,7 @@ impl ReplayLog {
     /// Drops entries the broker settled: every publish numbered up to
     /// `settled`. The bytes it gave back.
     pub fn trim(&mut self, settled: u64) -> usize {
-        let mut freed = 0;
+        let (mut freed, before) = (0, self.entries.len());
         while let Some(entry) = self.entries.front() {
             if entry.seq > settled {
                 break;
@@ -151,6 +162,7 @@ impl ReplayLog {
             self.entries.pop_front();
         }
         self.give_back(freed);
+        self.forget(before - self.entries.len());
         freed
     }
 
@@ -169,12 +181,19 @@ impl ReplayLog {
         let freed = self.bytes;
         self.give_back(freed);
         self.published = 0;
+        self.forget(self.entries.len());
         let unsettled = self
             .entries
             .drain(..)
             .filter(|entry| !settled_apart.contains(&entry.seq))
             .collect();
         (unsettled, freed)
+    }
+}
+
+impl Drop for ReplayLog {
+    fn drop(&mut self) {
+        self.forget(self.entries.len());
     }
 }
 
@@ -244,16 +263,23 @@ mod tests {
     fn what_the_log_holds_is_charged_until_settled_or_dropped() {
         use crate::held::HeldBytes;
         let (all, client) = (HeldBytes::new(1 << 20), HeldBytes::new(1 << 10));
-        let mut log = ReplayLog::new(Charges::new(all.clone(), client.clone()));
+        let counted = Gauge::default();
+        let mut log = ReplayLog::new(Charges::new(all.clone(), client.clone()), counted.clone());
         let cost = log.push(0, Frames::Whole(publish(1, 2000)));
+        log.push(0, Frames::Whole(publish(1, 10)));
         log.push(0, Frames::Whole(publish(1, 10)));
         assert!(client.is_full());
         assert_eq!(all.used() as usize, log.bytes);
+        assert_eq!(counted.get(), 3);
         log.trim(1);
         assert_eq!(all.used() as usize, log.bytes);
         assert!(!client.is_full() && log.bytes < cost);
+        assert_eq!(counted.get(), 2);
+        let (carried, _) = log.take_unsettled(2, &[]);
+        assert_eq!((carried.len(), counted.get()), (1, 0));
+        log.push(0, Frames::Whole(publish(1, 10)));
         drop(log);
-        assert_eq!((all.used(), client.used()), (0, 0));
+        assert_eq!((all.used(), client.used(), counted.get()), (0, 0, 0));
     }
 
     #[test]

@@ -326,6 +326,8 @@ pub struct Events {
     pub upstream_login_seconds: Histogram,
     /// Clients held through a lost upstream connection right now.
     pub holding_clients: Gauge,
+    /// Publishes the broker has not confirmed yet, kept to publish again.
+    pub held_messages: Gauge,
     /// Publishes sent again on a new upstream connection.
     pub republished: Counter,
     /// Held publishes given up on (the hold time ran out, or the client
@@ -347,6 +349,7 @@ impl Default for Events {
             handshake_seconds: buckets(),
             upstream_login_seconds: buckets(),
             holding_clients: Gauge::default(),
+            held_messages: Gauge::default(),
             republished: Counter::default(),
             dropped_held: Counter::default(),
         }

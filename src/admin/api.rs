@@ -34,6 +34,17 @@ pub struct Overview {
     bytes: ByteTotals,
     reuse: ReuseTotals,
     paused: PausedView,
+    outages: OutageTotals,
+}
+
+/// What the broker has not confirmed, and what lost connections cost.
+#[derive(Serialize)]
+struct OutageTotals {
+    holding_clients: i64,
+    held_messages: i64,
+    held_bytes: u64,
+    republished: u64,
+    dropped: u64,
 }
 
 /// What `warren ctl pause` holds.
@@ -182,6 +193,16 @@ pub async fn overview(admin: &Admin) -> Overview {
             PausedView {
                 all: paused.all,
                 vhosts: paused.vhosts.iter().map(|v| shown(v)).collect(),
+            }
+        },
+        outages: {
+            let events = &admin.ctx.stats.events;
+            OutageTotals {
+                holding_clients: events.holding_clients.get(),
+                held_messages: events.held_messages.get(),
+                held_bytes: admin.ctx.hold_buffer.used(),
+                republished: events.republished.get(),
+                dropped: events.dropped_held.get(),
             }
         },
     }

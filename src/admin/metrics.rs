@@ -263,7 +263,7 @@ impl Exposition {
 
     fn encode_events(&self, encoder: &mut DescriptorEncoder) -> Result<(), Error> {
         let events = &self.stats.events;
-        let families: [(&str, &str, &dyn EncodeMetric); 9] = [
+        let families: [(&str, &str, &dyn EncodeMetric); 10] = [
             (
                 "warren_client_handshakes",
                 "Client handshakes, by outcome",
@@ -298,6 +298,11 @@ impl Exposition {
                 "warren_holding_clients",
                 "Clients held while their upstream connection is re-established",
                 &events.holding_clients,
+            ),
+            (
+                "warren_held_messages",
+                "Publishes the broker has not confirmed yet, kept to publish again (their bytes: warren_hold_buffer_bytes)",
+                &events.held_messages,
             ),
             (
                 "warren_republished_messages",

@@ -53,9 +53,8 @@ pub(super) struct Router {
     slots: Slots<Arc<ClientLink>, oneshot::Sender<bool>>,
     /// `slots.in_use()` as last written to the occupancy the pool reads.
     in_use_shown: usize,
-    /// Traffic counts. Frames dropped because their client had left (late
-    /// returns, acks, replies) are counted there, never shown to the next
-    /// client.
+    /// Traffic counts, with frames dropped because their client had left
+    /// (late returns, acks, replies: never shown to the next client).
     record: Listed<UpstreamRecord>,
     clients: HashMap<ClientId, Arc<ClientLink>>,
     /// The broker's Connection.Blocked frame while it is in force.
@@ -164,6 +163,14 @@ impl Router {
             let _ = (&mut self.writer_task).await;
         }
         self.inner.ended.cancel();
+    }
+
+    /// The node is drained: these clients move (`Session::move_when_ready`).
+    fn tell_drained<'a>(&self, links: impl IntoIterator<Item = &'a Arc<ClientLink>>) {
+        let upstream = self.inner.id;
+        links.into_iter().for_each(|link| {
+            link.notify(ClientEvent::NodeDrained { upstream });
+        });
     }
 
     async fn serve(&mut self) -> End {
@@ -286,23 +293,15 @@ impl Router {
                         link.push(blocked.clone());
                     }
                 }
-                // Pinned just before the drain: it moves too.
                 if self.inner.drained.load(Ordering::Relaxed) {
-                    link.notify(ClientEvent::NodeDrained {
-                        upstream: self.inner.id,
-                    });
+                    self.tell_drained([&link]);
                 }
                 self.clients.insert(link.id, link);
             }
             Command::Detach(id) => {
                 self.clients.remove(&id);
             }
-            Command::Drained => {
-                let upstream = self.inner.id;
-                for link in self.clients.values() {
-                    link.notify(ClientEvent::NodeDrained { upstream });
-                }
-            }
+            Command::Drained => self.tell_drained(self.clients.values()),
             Command::Report(reply) => {
                 let _ = reply.send(self.slots.counts());
             }

@@ -419,6 +419,9 @@ def test_a_held_client_that_fills_its_share_is_blocked_not_read_and_loses_nothin
         bystander_channel.basic_publish("", queue, b"bystander")
         held = sample(w, "warren_hold_buffer_bytes")
         assert share - message <= held <= share + 2 * message, held
+        assert sample(w, "warren_held_messages") >= 15
+        outages = w.get_json("/api/overview")["outages"]
+        assert outages["holding_clients"] == 2 and outages["held_messages"] >= 15, outages
         assert len(sent) < count, "warren read everything: no backpressure"
         grown_mib = (rss_kib(w.proc.pid) - before) / 1024
         assert grown_mib < 40, f"warren grew {grown_mib:.0f} MiB for a 16 MiB share"
@@ -445,4 +448,5 @@ def test_a_held_client_that_fills_its_share_is_blocked_not_read_and_loses_nothin
     assert sorted(b for b in bodies if b != b"bystander") == [bytes([i]) for i in range(count)]
     assert bodies.count(b"bystander") == 1
     assert sample(w, "warren_dropped_held_messages_total") == 0
+    assert sample(w, "warren_held_messages") == 0
 

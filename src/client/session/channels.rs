@@ -106,10 +106,10 @@ impl Session {
 
     /// A replay log charged to this client's share and the shared buffer.
     pub(super) fn new_log(&self) -> ReplayLog {
-        ReplayLog::new(Charges::new(
-            self.ctx.hold_buffer.clone(),
-            self.client_hold_share.clone(),
-        ))
+        ReplayLog::new(
+            Charges::new(self.ctx.hold_buffer.clone(), self.client_hold_share.clone()),
+            self.ctx.stats.events.held_messages.clone(),
+        )
     }
 
     /// Moves a client channel to a new upstream channel out of confirm mode

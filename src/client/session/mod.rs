@@ -154,6 +154,17 @@ impl TrimTimer {
     }
 }
 
+/// What one turn of the session's loop waits for.
+struct Turn {
+    /// The client's hold share or the shared hold buffer is full: it is
+    /// not read.
+    full: bool,
+    in_outage: bool,
+    /// Not read while a drained node's move waits for the broker.
+    pausing: bool,
+    awaits_settlement: bool,
+}
+
 /// How the session reaches its client: the link the router writes to, the
 /// write queue, and its entry in the client list.
 pub struct ClientSide {
@@ -283,27 +294,23 @@ impl Session {
             return exit;
         }
         loop {
-            if let Some(exit) = self.move_when_ready().await {
-                return exit;
-            }
-            let full = self.hold_share_full();
-            let in_outage = self.outage.is_some();
-            let pausing = self.pauses_reads_to_move();
-            let awaits_settlement = full || pausing || !self.settling.is_empty();
-            self.tell_blocked(full && in_outage);
+            let turn = match self.next_turn().await {
+                Ok(turn) => turn,
+                Err(exit) => return exit,
+            };
             let step = tokio::select! {
                 biased;
                 Some(event) = events.recv() => {
                     self.flush_batch().await;
                     self.on_event(event).await
                 }
-                read = reader.read_frame(), if held.is_none() && !full && !pausing => {
+                read = reader.read_frame(), if held.is_none() && !turn.full && !turn.pausing => {
                     if read.is_ok() {
                         quiet_quarters = 0;
                     }
                     self.on_client_read(read, &mut held, reader.has_buffered_frame(), ctx).await
                 }
-                _ = ctx.pauses.resumed(&self.vhost), if held.is_some() && !in_outage => {
+                _ = ctx.pauses.resumed(&self.vhost), if held.is_some() && !turn.in_outage => {
                     let frame = held.take().expect("held");
                     self.record.paused.set(0);
                     self.on_read(frame, reader.has_buffered_frame()).await
@@ -311,7 +318,7 @@ impl Session {
                 reconnected = outage::reconnected(&mut self.outage) => {
                     self.on_reconnected(reconnected, &mut held, reader.has_buffered_frame(), ctx).await
                 }
-                _ = self.link.settlement_or(ROOM_POLL), if awaits_settlement && !in_outage => {
+                _ = self.link.settlement_or(ROOM_POLL), if turn.awaits_settlement && !turn.in_outage => {
                     self.trim_logs();
                     None
                 }
@@ -321,7 +328,7 @@ impl Session {
                 }
                 _ = liveness.tick() => {
                     // Nothing is read while a frame is held or a move waits: silence is ours.
-                    quiet_quarters = if held.is_some() || pausing { 0 } else { quiet_quarters + 1 };
+                    quiet_quarters = if held.is_some() || turn.pausing { 0 } else { quiet_quarters + 1 };
                     missed_heartbeats(heartbeat, quiet_quarters)
                 }
                 _ = &mut writer_stopped => {
@@ -331,13 +338,35 @@ impl Session {
                     Some(Exit::Close(reply::close(CONNECTION_FORCED, "warren is shutting down")))
                 }
             };
-            self.record.channels.set(self.channels.len() as u64);
-            self.update_reservation();
+            self.after_step(&mut trim);
             if let Some(exit) = step {
                 return exit;
             }
-            trim.arm_if(self.client_hold_share.used() > 0);
         }
+    }
+
+    /// What this turn of the loop waits for (a drained node's move may
+    /// happen first).
+    async fn next_turn(&mut self) -> Result<Turn, Exit> {
+        if let Some(exit) = self.move_when_ready().await {
+            return Err(exit);
+        }
+        let full = self.hold_share_full();
+        let in_outage = self.outage.is_some();
+        let pausing = self.pauses_reads_to_move();
+        self.tell_blocked(full && in_outage);
+        Ok(Turn {
+            full,
+            in_outage,
+            pausing,
+            awaits_settlement: full || pausing || !self.settling.is_empty(),
+        })
+    }
+
+    fn after_step(&mut self, trim: &mut TrimTimer) {
+        self.record.channels.set(self.channels.len() as u64);
+        self.update_reservation();
+        trim.arm_if(self.client_hold_share.used() > 0);
     }
 
     /// A read from the client: a frame is handled, or held while the vhost
