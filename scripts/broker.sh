@@ -140,15 +140,17 @@ do_start() {
     rm -rf "$BASE"
   fi
   write_config
-  if ! pid_of "$BASE/epmd.pid" epmd >/dev/null; then
+  # An epmd already on this node's port (one a crashed run left behind) is
+  # as good as a new one: a second could not bind it.
+  if ! epmd_listening; then
     setsid epmd -address 127.0.0.1 -port "$EPMD_PORT" </dev/null >"$BASE/log/epmd.log" 2>&1 &
     echo $! >"$BASE/epmd.pid"
   fi
   # The node registers with epmd as it boots: a node started before epmd
   # listens fails with "nodistribution".
   local epmd_deadline=$((SECONDS + 10))
-  until (exec 3<>"/dev/tcp/127.0.0.1/$EPMD_PORT") 2>/dev/null; do
-    if ! pid_of "$BASE/epmd.pid" epmd >/dev/null || ((SECONDS > epmd_deadline)); then
+  until epmd_listening; do
+    if ((SECONDS > epmd_deadline)); then
       log "epmd did not start on 127.0.0.1:$EPMD_PORT:"
       cat "$BASE/log/epmd.log" >&2 || true
       return 1
@@ -188,6 +190,15 @@ do_start() {
   fi
 }
 
+epmd_listening() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$EPMD_PORT") 2>/dev/null
+}
+
+# The pid of the epmd listening on this node's port, whoever started it.
+epmd_on_port() {
+  ss -ltnpH "sport = :$EPMD_PORT" 2>/dev/null | grep -o '"epmd",pid=[0-9]*' | head -n1 | cut -d= -f2
+}
+
 do_stop() {
   local pid beam
   beam=$(pid_of "$BASE/rabbit.pid" beam || true)
@@ -203,10 +214,10 @@ do_stop() {
     kill -TERM "$beam" 2>/dev/null || true
     wait_gone "$beam" 20 || kill -KILL "$beam" 2>/dev/null || true
   fi
-  if pid=$(pid_of "$BASE/epmd.pid" epmd); then
+  for pid in $(pid_of "$BASE/epmd.pid" epmd) $(epmd_on_port); do
     kill -TERM "$pid" 2>/dev/null || true
     wait_gone "$pid" 5 || kill -KILL "$pid" 2>/dev/null || true
-  fi
+  done
   rm -f "$BASE/server.pid" "$BASE/epmd.pid" "$BASE/rabbit.pid"
   log "stopped"
 }

@@ -238,16 +238,36 @@ impl Pools {
         vhost: &str,
         admission: Admission,
     ) -> Result<(Upstream, PoolRef), ConnectError> {
-        let pool = match admission {
-            Admission::Held(error) => return self.checkout_held(credentials, vhost, error).await,
-            _ => self.pool_for(credentials, vhost),
+        let checked_out = match admission {
+            Admission::Held(unreachable) => Err(unreachable),
+            Admission::Known => {
+                let pool = self.pool_for(credentials, vhost);
+                self.pin_or_open(&pool, vhost, Room::Any)
+                    .await
+                    .map(|u| (u, PoolRef(pool)))
+            }
+            Admission::Fresh { pending, _turn } => {
+                self.open_fresh(credentials, vhost, pending, _turn).await
+            }
         };
-        let Admission::Fresh { pending, _turn } = admission else {
-            return self
-                .pin_or_open(&pool, vhost, Room::Any)
-                .await
-                .map(|u| (u, PoolRef(pool)));
-        };
+        match checked_out {
+            // The broker went away between the login and now, or is away.
+            Err(error) if !error.is_final() => self.stand_in(credentials, vhost, error),
+            checked_out => checked_out,
+        }
+    }
+
+    /// Opens the connection a fresh login made for `vhost`, unless the pool
+    /// filled meanwhile. `_turn`, the user's login turn, is given up only
+    /// once the connection is in the pool.
+    async fn open_fresh(
+        &self,
+        credentials: &Credentials,
+        vhost: &str,
+        pending: PendingUpstream,
+        _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<(Upstream, PoolRef), ConnectError> {
+        let pool = self.pool_for(credentials, vhost);
         let settings = self.settings();
         // Logins run in parallel (one waits for another only so long); the
         // pool may have filled meanwhile.
@@ -262,8 +282,6 @@ impl Pools {
         let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
         match pending.open(&settings, &credentials.user, vhost, id).await {
             Ok(upstream) => {
-                // Adopted before the login turn (`_turn`) is given up, so the
-                // clients waiting for it find this connection.
                 self.adopt(&pool, &upstream);
                 Ok((upstream, PoolRef(pool.clone())))
             }
@@ -274,10 +292,11 @@ impl Pools {
         }
     }
 
-    /// A client admitted while the broker is unreachable: it gets a
-    /// connection if one opens now, else a stand-in that is already closed
-    /// (the session starts held), if its vhost's pool vouches for it too.
-    async fn checkout_held(
+    /// No connection could be had (`unreachable` says why): if the pool of
+    /// these credentials and vhost vouches for them through the outage, the
+    /// client gets a stand-in that is already closed, and its session
+    /// starts held; otherwise the error.
+    fn stand_in(
         &self,
         credentials: &Credentials,
         vhost: &str,
@@ -285,24 +304,19 @@ impl Pools {
     ) -> Result<(Upstream, PoolRef), ConnectError> {
         let settings = self.settings();
         let fingerprint = Fingerprint::of(&self.salt, &credentials.password);
-        let pool = {
-            let pools = self.pools.lock().expect("pools lock");
-            pools
-                .get(&(vhost.to_string(), credentials.user.clone()))
-                .and_then(|candidates| {
-                    candidates
-                        .iter()
-                        .find(|p| p.fingerprint.matches(&fingerprint))
-                        .cloned()
-                })
-        };
-        let Some(pool) = pool.filter(|pool| pool.vouches_through_outage(&settings)) else {
-            return Err(unreachable);
-        };
-        match self.pin_or_open(&pool, vhost, Room::Any).await {
-            Ok(upstream) => Ok((upstream, PoolRef(pool))),
-            Err(error) if error.is_final() => Err(error),
-            Err(_) => Ok((Upstream::unreachable(&settings), PoolRef(pool))),
+        let pools = self.pools.lock().expect("pools lock");
+        let vouching = pools
+            .get(&(vhost.to_string(), credentials.user.clone()))
+            .and_then(|candidates| {
+                candidates
+                    .iter()
+                    .find(|p| p.fingerprint.matches(&fingerprint))
+                    .cloned()
+            })
+            .filter(|pool| pool.vouches_through_outage(&settings));
+        match vouching {
+            Some(pool) => Ok((Upstream::unreachable(&settings), PoolRef(pool))),
+            None => Err(unreachable),
         }
     }
 

@@ -85,7 +85,7 @@ class Churn(threading.Thread):
             cmd = CLIENT_COMMANDS[self.client] + [self.url, str(self.CYCLES), self.queue, tag]
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=PATIENCE)
-                failure = None if out.returncode == 0 else out.stderr[-400:]
+                failure = None if out.returncode == 0 else out.stderr[:300] + " … " + out.stderr[-300:]
             except subprocess.TimeoutExpired:
                 failure = f"no result within {PATIENCE}s"
             if failure is None:
