@@ -23,10 +23,11 @@ const BATCH: usize = 256;
 
 /// Runs until every sender is dropped or one finishes the queue
 /// ([`crate::outbox::Outbox::finish`], an empty buffer): then it flushes and
-/// shuts the write side down. Or until the socket fails. `heartbeat` is the interval after which an idle
-/// write side sends a heartbeat frame; `None` disables them. `stall_limit`:
-/// how long a write may make no progress before the peer counts as gone
-/// (`None`: forever, for a broker that stops reading under a memory alarm).
+/// shuts the write side down. Or until the socket fails. `heartbeat` is the
+/// interval after which an idle write side sends a heartbeat frame; `None`
+/// disables them. `stall_limit`: how long a write may make no progress
+/// before the peer counts as gone (`None`: forever, for a broker that stops
+/// reading under a memory alarm).
 /// Every byte written is added to `sent` (this task is its only writer).
 pub async fn run<W: AsyncWrite + Unpin>(
     mut sink: W,

@@ -84,6 +84,13 @@ impl Pool {
 
 type PoolKey = (String, String);
 
+/// The pool among one (vhost, user)'s that was opened with this password.
+fn matching<'a>(candidates: &'a [Arc<Pool>], fingerprint: &Fingerprint) -> Option<&'a Arc<Pool>> {
+    candidates
+        .iter()
+        .find(|p| p.fingerprint.matches(fingerprint))
+}
+
 /// A failed attempt to open a pool's connection answers the pool's other
 /// clients for this long: held clients retry on timers of their own, and
 /// a refused connection fails in microseconds.
@@ -204,24 +211,32 @@ impl Pools {
     }
 
     fn is_known(&self, user: &str, fingerprint: &Fingerprint) -> bool {
+        self.any_pool_of(user, fingerprint, Pool::vouches)
+    }
+
+    /// Whether a pool of this user and password, for any vhost, passes
+    /// `test`.
+    fn any_pool_of(
+        &self,
+        user: &str,
+        fingerprint: &Fingerprint,
+        test: impl Fn(&Pool) -> bool,
+    ) -> bool {
         let pools = self.pools.lock().expect("pools lock");
         pools
             .iter()
             .filter(|((_, pool_user), _)| pool_user == user)
             .flat_map(|(_, candidates)| candidates)
-            .any(|p| p.fingerprint.matches(fingerprint) && p.vouches())
+            .any(|p| p.fingerprint.matches(fingerprint) && test(p))
     }
 
     /// A pool of this user and password, for any vhost, vouches for them
     /// while the broker is unreachable.
     fn vouched_through_outage(&self, credentials: &Credentials, fingerprint: &Fingerprint) -> bool {
         let settings = self.settings();
-        let pools = self.pools.lock().expect("pools lock");
-        pools
-            .iter()
-            .filter(|((_, pool_user), _)| *pool_user == credentials.user)
-            .flat_map(|(_, candidates)| candidates)
-            .any(|p| p.fingerprint.matches(fingerprint) && p.vouches_through_outage(&settings))
+        self.any_pool_of(&credentials.user, fingerprint, |p| {
+            p.vouches_through_outage(&settings)
+        })
     }
 
     fn login_lock(&self, user: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -307,13 +322,9 @@ impl Pools {
         let pools = self.pools.lock().expect("pools lock");
         let vouching = pools
             .get(&(vhost.to_string(), credentials.user.clone()))
-            .and_then(|candidates| {
-                candidates
-                    .iter()
-                    .find(|p| p.fingerprint.matches(&fingerprint))
-                    .cloned()
-            })
-            .filter(|pool| pool.vouches_through_outage(&settings));
+            .and_then(|candidates| matching(candidates, &fingerprint))
+            .filter(|pool| pool.vouches_through_outage(&settings))
+            .cloned();
         match vouching {
             Some(pool) => Ok((Upstream::unreachable(&settings), PoolRef(pool))),
             None => Err(unreachable),
@@ -414,10 +425,7 @@ impl Pools {
         let candidates = pools
             .entry((vhost.to_string(), credentials.user.clone()))
             .or_default();
-        if let Some(pool) = candidates
-            .iter()
-            .find(|p| p.fingerprint.matches(&fingerprint))
-        {
+        if let Some(pool) = matching(candidates, &fingerprint) {
             return pool.clone();
         }
         let pool = Arc::new(Pool {

@@ -112,6 +112,16 @@ impl Nodes {
         ready
     }
 
+    /// Whether a node other than `node` is not drained: somewhere for a
+    /// drained node's clients to move to.
+    pub fn undrained_besides(&self, node: &UpstreamAddr) -> bool {
+        let health = self.health.lock().expect("nodes lock");
+        self.addrs
+            .iter()
+            .zip(health.iter())
+            .any(|(addr, h)| addr != node && !h.drained)
+    }
+
     /// Marks the node named `name` (`HOST:PORT` as listed) drained or not;
     /// `None` if no node has that name.
     pub fn set_drained(&self, name: &str, drained: bool) -> Option<UpstreamAddr> {
@@ -291,6 +301,20 @@ mod tests {
         let fresh = nodes(3);
         fresh.carry_health_from(&old);
         assert_eq!(fresh.order().last(), Some(&1));
+    }
+
+    #[test]
+    fn a_drained_nodes_clients_have_somewhere_to_go_while_another_is_undrained() {
+        let nodes = nodes(2);
+        let first = nodes.set_drained("127.0.0.1:5000", true).expect("a node");
+        assert!(nodes.undrained_besides(&first));
+        let second = nodes.set_drained("127.0.0.1:5001", true).expect("a node");
+        assert!(!nodes.undrained_besides(&first) && !nodes.undrained_besides(&second));
+        let only = self::nodes(1);
+        assert!(
+            !only.undrained_besides(&only.addrs()[0].clone()),
+            "no other node at all"
+        );
     }
 
     #[test]

@@ -99,6 +99,20 @@ class Churn(threading.Thread):
         wait_until(lambda: self.runs > done + 1 or not self.is_alive(), PATIENCE, what)
 
 
+def stop_all(threads):
+    """Stops publishers or churns and waits for each."""
+    for thread in threads:
+        thread.stop.set()
+    for thread in threads:
+        thread.join(PATIENCE)
+
+
+def assert_no_errors(publishers):
+    for p in publishers:
+        assert p.error is None, f"{p.name}: {p.error!r}"
+        assert not p.is_alive()
+
+
 def stored(port, queue):
     """Every body in the queue (consumed with acks off, until none comes
     for two seconds)."""
@@ -145,12 +159,8 @@ def run_through(warren, queue, lose, restore=lambda: None):
         for p in publishers:
             p.reach(100, f"{p.name} to go on after the outage")
     finally:
-        for p in publishers:
-            p.stop.set()
-            p.join(PATIENCE)
-    for p in publishers:
-        assert p.error is None, f"{p.name}: {p.error!r}"
-        assert not p.is_alive()
+        stop_all(publishers)
+    assert_no_errors(publishers)
     return publishers
 
 
@@ -189,9 +199,7 @@ def test_publishers_go_on_through_a_broker_restart_and_lose_nothing(broker, warr
     finally:
         if not broker_up:
             broker.start(keep_data=True)
-        for churn in churns:
-            churn.stop.set()
-            churn.join(PATIENCE)
+        stop_all(churns)
     for churn in churns:
         assert not churn.failures, f"{churn.client}: {churn.failures}"
     wait_until(lambda: sample(w, "warren_hold_buffer_bytes") == 0, 60, "the broker to confirm everything")
@@ -294,11 +302,8 @@ def test_drain_node_moves_long_lived_publishers_without_an_error(broker, warren_
         consumer.process_data_events(time_limit=0.2)
         consumer_channel.basic_publish("", idle_queue, b"to the consumer that stayed")
     finally:
-        for p in publishers:
-            p.stop.set()
-            p.join(PATIENCE)
-    for p in publishers:
-        assert p.error is None, f"{p.name}: {p.error!r}"
+        stop_all(publishers)
+    assert_no_errors(publishers)
     assert sample(w, "warren_republished_messages_total") == 0
     # No duplicates: at most the republished count, which is 0.
     check_nothing_lost(broker, w, queue, publishers)

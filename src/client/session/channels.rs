@@ -212,9 +212,7 @@ impl Session {
 
     /// Keeps a clean upstream channel for reuse, or closes it.
     pub(super) fn give_back(&mut self, open: OpenChannel) {
-        if !self.try_keep(&open) {
-            self.upstream.abandon(open.upstream);
-        }
+        give_back_to(&self.upstream, self.ctx.config().channel_reuse, self.id, &open);
     }
 
     /// Hands a clean channel back for reuse; false if it must be closed.
@@ -277,9 +275,16 @@ impl Session {
     }
 }
 
+/// Keeps a clean upstream channel of `upstream`'s for reuse, or closes it.
+pub(super) fn give_back_to(upstream: &Upstream, reuse: bool, client: u64, open: &OpenChannel) {
+    if !try_keep_on(upstream, reuse, client, open) {
+        upstream.abandon(open.upstream);
+    }
+}
+
 /// Hands a clean channel back to `upstream` for reuse (if `reuse` is on);
 /// false if it must be closed.
-pub(super) fn try_keep_on(upstream: &Upstream, reuse: bool, client: u64, open: &OpenChannel) -> bool {
+fn try_keep_on(upstream: &Upstream, reuse: bool, client: u64, open: &OpenChannel) -> bool {
     let (replies, confirmed) = open.delivered.load();
     let why_not = match open.usage.dirty(replies, confirmed) {
         None if reuse => {

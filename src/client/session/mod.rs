@@ -290,9 +290,6 @@ impl Session {
         // behind a slow broker; its heartbeats wait in the socket).
         let mut held: Option<Frame> = None;
         let mut trim = TrimTimer::new();
-        if let Some(exit) = self.held_from_the_start() {
-            return exit;
-        }
         loop {
             let turn = match self.next_turn().await {
                 Ok(turn) => turn,

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::channels::try_keep_on;
+use super::channels::give_back_to;
 use super::{Exit, Session};
 use crate::protocol::reply::{self, CONNECTION_FORCED};
 
@@ -28,11 +28,16 @@ impl Session {
         if upstream != self.upstream.id() || self.hold.is_none() || self.outage.is_some() {
             return;
         }
-        if let Some(why) = self.why_not_carriable() {
-            tracing::info!(client = self.id, upstream, why, "client stays on the drained node until it leaves");
-            return;
-        }
-        self.moving = Some(Instant::now());
+        let elsewhere = self.ctx.pools.settings().nodes.undrained_besides(self.upstream.node());
+        let why = match self.why_not_carriable() {
+            None if elsewhere => {
+                self.moving = Some(Instant::now());
+                return;
+            }
+            None => "no other node is undrained",
+            Some(why) => why,
+        };
+        tracing::info!(client = self.id, upstream, why, "client stays on the drained node until it leaves");
     }
 
     /// Reading pauses for a move once no message is under way.
@@ -80,9 +85,7 @@ impl Session {
         }
         let reuse = self.ctx.config().channel_reuse;
         for (_, open) in self.channels.each_open() {
-            if !try_keep_on(&self.upstream, reuse, self.id, open) {
-                self.upstream.abandon(open.upstream);
-            }
+            give_back_to(&self.upstream, reuse, self.id, open);
         }
         let from = self.upstream.id();
         self.switch_upstream(upstream, pool);

@@ -137,11 +137,10 @@ impl Session {
 
     /// The client's upstream connection is gone: the client is held if what
     /// it did can be carried to another connection, or closed with `close`.
-    /// A client already held stays so.
+    /// A client admitted while the broker was unreachable (its pool
+    /// vouched for it) hears of its stand-in upstream this way first, and
+    /// starts held.
     pub(super) fn on_upstream_lost(&mut self, close: Close) -> Option<Exit> {
-        if self.outage.is_some() {
-            return None;
-        }
         self.upstream_alive = false;
         let Some(hold) = self.hold.filter(|_| !self.ctx.force_close.is_cancelled()) else {
             return Some(Exit::Close(close));
@@ -175,18 +174,6 @@ impl Session {
             )),
         });
         None
-    }
-
-    /// A client admitted while the broker was unreachable (its pool
-    /// vouched for it) starts held.
-    pub(super) fn held_from_the_start(&mut self) -> Option<Exit> {
-        if !self.upstream.is_closed() {
-            return None;
-        }
-        self.on_upstream_lost(reply::close(
-            CONNECTION_FORCED,
-            "warren cannot reach the broker; the client was admitted on credentials it accepted recently",
-        ))
     }
 
     pub(super) fn why_not_carriable(&self) -> Option<&'static str> {

@@ -46,13 +46,13 @@ impl Session {
     /// are to be carried.
     pub(super) fn settle(&mut self, channel: u16, mut open: OpenChannel) -> Option<OpenChannel> {
         open.log.trim(open.delivered.settled());
-        let (replies, confirmed) = open.delivered.load();
-        let clean = open.usage.dirty(replies, confirmed).is_none();
-        let settles = if self.outage.is_some() {
-            !open.log.is_empty()
-        } else {
-            clean && !open.log.is_empty() && !open.usage.wants_confirms() && self.upstream_alive
+        let clean = || {
+            let (replies, confirmed) = open.delivered.load();
+            open.usage.dirty(replies, confirmed).is_none()
         };
+        let settles = !open.log.is_empty()
+            && (self.outage.is_some()
+                || (self.upstream_alive && !open.usage.wants_confirms() && clean()));
         if !settles {
             return Some(open);
         }
