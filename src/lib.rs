@@ -50,6 +50,15 @@ mod upstream;
 mod version;
 mod writer;
 
-fuzzed!(channel, client, content, held, net, protocol, replay);
+fuzzed!(
+    channel,
+    client,
+    content,
+    held,
+    net,
+    protocol,
+    proxy_protocol,
+    replay
+);
 
 pub use app::main;

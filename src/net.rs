@@ -188,6 +188,14 @@ impl Accepted {
         }
     }
 
+    /// The TCP socket, for what precedes TLS and AMQP (a PROXY header).
+    pub fn tcp_mut(&mut self) -> Option<&mut TcpStream> {
+        match self {
+            Accepted::Tcp(stream, _) | Accepted::Tls(stream, _, _) => Some(stream),
+            Accepted::Unix(_) => None,
+        }
+    }
+
     /// The client's byte stream, TLS handshake done.
     pub async fn open(self) -> io::Result<(ReadHalf, WriteHalf)> {
         match self {

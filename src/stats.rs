@@ -254,6 +254,9 @@ pub enum HandshakeOutcome {
     source_limit,
     /// The TLS handshake failed.
     tls_failed,
+    /// A `--proxy-protocol-from` balancer's connection had no valid PROXY
+    /// header.
+    proxy_header,
 }
 
 /// Why an admitted client's connection ended.

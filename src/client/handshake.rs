@@ -31,6 +31,9 @@ pub struct Hello {
 pub enum HandshakeError {
     #[error("not AMQP 0-9-1 (protocol header {0:?})")]
     WrongProtocol(Vec<u8>),
+    /// Only `--proxy-protocol-from` addresses may name another client.
+    #[error("a PROXY protocol header from an address --proxy-protocol-from does not list")]
+    UntrustedProxyHeader,
     #[error("{0}")]
     Frame(#[from] FrameError),
     /// Close the connection with this.
@@ -126,7 +129,10 @@ pub async fn greet(
     let header = reader.read_preamble(PROTOCOL_HEADER.len()).await?;
     if &header[..] != PROTOCOL_HEADER {
         let _ = writer.write_all(PROTOCOL_HEADER).await;
-        return Err(HandshakeError::WrongProtocol(header.to_vec()));
+        return Err(match crate::proxy_protocol::looks_like_header(&header) {
+            true => HandshakeError::UntrustedProxyHeader,
+            false => HandshakeError::WrongProtocol(header.to_vec()),
+        });
     }
     writer
         .write_all(start)

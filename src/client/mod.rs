@@ -29,7 +29,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
-pub use pending::PendingHandshakes;
+pub use pending::{refused_over_source_limit, PendingHandshakes};
 use server_properties::ClientStart;
 pub use serve::serve;
 

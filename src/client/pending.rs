@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
+use crate::logging::RateLimit;
 use crate::net::Peer;
+use crate::stats::{Events, HandshakeOutcome};
 
 #[derive(Default)]
 pub struct PendingHandshakes {
@@ -73,23 +75,41 @@ impl PendingHandshakes {
     /// Counts a handshake from `peer`, unless `per_source` (0: no limit)
     /// are pending from its address already.
     pub fn enter(self: &Arc<Self>, peer: Peer, per_source: usize) -> Option<PendingHandshake> {
-        let source = counted_source(peer);
-        let mut counts = self.counts();
-        if let Some(ip) = source {
-            let from_source = counts.by_source.entry(ip).or_default();
-            if per_source != 0 && *from_source >= per_source {
-                if *from_source == 0 {
-                    counts.by_source.remove(&ip);
-                }
-                return None;
-            }
-            *from_source += 1;
-        }
-        counts.total += 1;
-        Some(PendingHandshake {
+        let mut pending = self.enter_unattributed();
+        pending.attribute(peer, per_source).then_some(pending)
+    }
+
+    /// Counts a handshake in the total only: one from a load balancer,
+    /// whose client is known once its PROXY header is read
+    /// ([`PendingHandshake::attribute`]).
+    pub fn enter_unattributed(self: &Arc<Self>) -> PendingHandshake {
+        self.counts().total += 1;
+        PendingHandshake {
             owner: self.clone(),
-            source,
-        })
+            source: None,
+        }
+    }
+}
+
+impl PendingHandshake {
+    /// Counts this handshake under `peer`'s address as well, unless
+    /// `per_source` (0: no limit) are pending from it already. Once only.
+    pub fn attribute(&mut self, peer: Peer, per_source: usize) -> bool {
+        debug_assert!(self.source.is_none(), "attributed once");
+        let Some(ip) = counted_source(peer) else {
+            return true;
+        };
+        let mut counts = self.owner.counts();
+        let from_source = counts.by_source.entry(ip).or_default();
+        if per_source != 0 && *from_source >= per_source {
+            if *from_source == 0 {
+                counts.by_source.remove(&ip);
+            }
+            return false;
+        }
+        *from_source += 1;
+        self.source = Some(ip);
+        true
     }
 }
 
@@ -107,6 +127,16 @@ impl Drop for PendingHandshake {
         }
         drop(counts);
         self.owner.ended.notify_one();
+    }
+}
+
+/// Counts and logs (at most every 10 s) a connection closed because
+/// `limit` handshakes from its address were pending already.
+pub fn refused_over_source_limit(peer: Peer, limit: usize, events: &Events) {
+    events.handshake(HandshakeOutcome::source_limit);
+    static OVER_SOURCE_LIMIT: RateLimit = RateLimit::new(std::time::Duration::from_secs(10));
+    if let Some(suppressed) = OVER_SOURCE_LIMIT.check() {
+        tracing::warn!(%peer, limit, suppressed, "client refused: --max-pending-handshakes-per-source reached");
     }
 }
 
@@ -149,6 +179,21 @@ mod tests {
         let pending = Arc::new(PendingHandshakes::default());
         let _held = pending.enter(tcp("10.0.0.1:1000"), 1).unwrap();
         assert!(pending.enter(tcp("[::ffff:10.0.0.1]:1000"), 1).is_none());
+    }
+
+    #[test]
+    fn a_proxied_handshake_counts_under_the_client_it_names() {
+        let pending = Arc::new(PendingHandshakes::default());
+        let _direct = pending.enter(tcp("10.0.0.1:1000"), 1).unwrap();
+        let mut proxied = pending.enter_unattributed();
+        assert_eq!(pending.total(), 2);
+        assert!(!proxied.attribute(tcp("10.0.0.1:2000"), 1));
+        let mut other = pending.enter_unattributed();
+        assert!(other.attribute(tcp("10.0.0.2:2000"), 1));
+        assert!(pending.enter(tcp("10.0.0.2:1000"), 1).is_none());
+        drop((proxied, other));
+        assert_eq!(pending.total(), 1);
+        assert!(pending.enter(tcp("10.0.0.2:1000"), 1).is_some());
     }
 
     #[tokio::test]

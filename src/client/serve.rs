@@ -15,16 +15,17 @@ use super::admission::{
     self, close_during_handshake, Admitted, Refusal, Who, CLOSE_OK_WAIT, REPEATED_ERRORS_EVERY,
 };
 use super::handshake::Hello;
-use super::pending::PendingHandshake;
+use super::pending::{refused_over_source_limit, PendingHandshake};
 use super::session::{ClientSide, Exit, Session};
 use super::Context;
 use crate::link::ClientLink;
 use crate::logging::RateLimit;
-use crate::net::{Accepted, ReadHalf, WriteHalf};
+use crate::net::{Accepted, Peer, ReadHalf, WriteHalf};
 use crate::outbox::outbox;
 use crate::protocol::frame::FrameReader;
 use crate::protocol::limits;
 use crate::protocol::method::Tune;
+use crate::proxy_protocol;
 use crate::stats::{ClientRecord, CloseScope, HandshakeOutcome, Listed, PoolLabel};
 use crate::untrusted::cut;
 use crate::writer;
@@ -36,7 +37,7 @@ pub const CLIENT_QUEUE_BYTES: usize = 16 << 20;
 const WRITE_STALL_WITHOUT_HEARTBEATS: Duration = Duration::from_secs(60);
 
 /// Serves one accepted connection until it ends.
-pub async fn serve(accepted: Accepted, pending: PendingHandshake, ctx: Arc<Context>) {
+pub async fn serve(mut accepted: Accepted, mut pending: PendingHandshake, ctx: Arc<Context>) {
     let who = Who {
         id: ctx.next_client_id(),
         peer: accepted.peer(),
@@ -47,8 +48,17 @@ pub async fn serve(accepted: Accepted, pending: PendingHandshake, ctx: Arc<Conte
     tracing::debug!(client = who.id, peer = %who.peer, "client accepted");
     // One deadline for the whole handshake, TLS included: a client gets
     // the limit once, not once per step.
-    let limit = ctx.config().client_handshake_timeout;
+    let config = ctx.config();
+    let limit = config.client_handshake_timeout;
     let deadline = tokio::time::Instant::now() + limit;
+    let who = match proxy_protocol::expected_from(&config.proxy_protocol_from, who.peer) {
+        true => match through_balancer(&mut accepted, who, &mut pending, deadline, &ctx).await {
+            Some(client) => client,
+            None => return,
+        },
+        false => who,
+    };
+    drop(config);
     let Some((read_half, mut write_half)) = open_socket(accepted, who, deadline, limit, &ctx).await
     else {
         return;
@@ -71,6 +81,48 @@ pub async fn serve(accepted: Accepted, pending: PendingHandshake, ctx: Arc<Conte
         .handshake_seconds
         .observe(started.elapsed().as_secs_f64());
     run_admitted(who, started, admitted, reader, write_half, &ctx).await;
+}
+
+/// The client a load balancer's PROXY header names (the balancer itself
+/// for its own health checks), counted under that address for the
+/// per-source cap; `None` when the header is missing, invalid or late, or
+/// the address is over its cap.
+async fn through_balancer(
+    accepted: &mut Accepted,
+    balancer: Who,
+    pending: &mut PendingHandshake,
+    deadline: tokio::time::Instant,
+    ctx: &Context,
+) -> Option<Who> {
+    let stream = accepted.tcp_mut()?;
+    let events = &ctx.stats.events;
+    let client = match tokio::time::timeout_at(deadline, proxy_protocol::read_header(stream)).await
+    {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => {
+            events.handshake(HandshakeOutcome::proxy_header);
+            static BAD_HEADER: RateLimit = RateLimit::new(REPEATED_ERRORS_EVERY);
+            if let Some(suppressed) = BAD_HEADER.check() {
+                tracing::warn!(client = balancer.id, balancer = %balancer.peer, error = %e, suppressed, "connection from a --proxy-protocol-from balancer without a valid PROXY header");
+            }
+            return None;
+        }
+        Err(_) => {
+            admission::handshake_timed_out(balancer, ctx.config().client_handshake_timeout, events);
+            return None;
+        }
+    };
+    let who = Who {
+        peer: client.map_or(balancer.peer, Peer::Tcp),
+        ..balancer
+    };
+    let per_source = ctx.config().max_pending_handshakes_per_source;
+    if !pending.attribute(who.peer, per_source) {
+        refused_over_source_limit(who.peer, per_source, events);
+        return None;
+    }
+    tracing::debug!(client = who.id, peer = %who.peer, balancer = %balancer.peer, "client behind a load balancer");
+    Some(who)
 }
 
 /// The TLS handshake, if the listener has one, within the deadline.

@@ -74,12 +74,14 @@ fn parse_ini(text: &str) -> Result<Options, ConfigError> {
             return Err(err(format!("line {line_no}: '{key}' outside any section")));
         }
         let typed = match key {
-            "upstream" | "exchange_types" | "http_hosts" => toml::Value::Array(
-                value
-                    .split(',')
-                    .map(|item| toml::Value::String(ini_string(item.trim())))
-                    .collect(),
-            ),
+            "upstream" | "exchange_types" | "http_hosts" | "proxy_protocol_from" => {
+                toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(|item| toml::Value::String(ini_string(item.trim())))
+                        .collect(),
+                )
+            }
             // Octal digits, not a number: 0660 and 660 mean the same. A
             // token may be all digits.
             "socket_mode" | "http_token" | "http_token_file" => {

@@ -11,6 +11,7 @@ mod options;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -90,6 +91,8 @@ pub struct Config {
     pub max_pending_handshakes: usize,
     /// Handshakes in progress from one non-loopback address; 0: no limit.
     pub max_pending_handshakes_per_source: usize,
+    /// Load balancers whose connections start with a PROXY header.
+    pub proxy_protocol_from: Vec<IpNet>,
     /// Per pool; 0: no limit.
     pub max_upstream_connections: usize,
     /// For all clients' partly received publishes together.
@@ -199,6 +202,24 @@ fn exchange_types(types: Vec<String>) -> Result<Vec<String>, ConfigError> {
     }
 }
 
+/// `--proxy-protocol-from`: networks, a single address meaning just it.
+fn networks(given: Vec<String>) -> Result<Vec<IpNet>, ConfigError> {
+    given
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    err(format!(
+                        "invalid --proxy-protocol-from entry '{}': expected a network such as 10.0.0.0/8 or an IP address",
+                        text.chars().take(64).collect::<String>()
+                    ))
+                })
+        })
+        .collect()
+}
+
 impl Config {
     /// The configuration the command line, environment and file give now;
     /// also what SIGHUP re-reads.
@@ -250,6 +271,7 @@ impl Config {
             max_pending_handshakes_per_source: o
                 .max_pending_handshakes_per_source
                 .unwrap_or_default() as usize,
+            proxy_protocol_from: networks(o.proxy_protocol_from.unwrap_or_default())?,
             max_upstream_connections: o.max_upstream_connections.unwrap_or_default() as usize,
             max_held_publish_bytes: held_bytes("max-held-publish-mib", o.max_held_publish_mib)?,
             max_held_delivery_bytes: held_bytes("max-held-delivery-mib", o.max_held_delivery_mib)?,

@@ -342,6 +342,11 @@ options! {
     /// it is closed at once. Loopback clients count only in
     /// --max-pending-handshakes. 0: no limit
     max_pending_handshakes_per_source: u32 = Some(64), Flag::value("MAX_PENDING_HANDSHAKES_PER_SOURCE", "N");
+    /// Networks (CIDR, or single addresses) of load balancers that open
+    /// each connection with a PROXY protocol header (v1 or v2) naming the
+    /// client; from them the header is required, and warren logs, limits
+    /// and shows the client's address. Comma-separated; none by default
+    proxy_protocol_from: Vec<String> = Some(Vec::new()), Flag::value("PROXY_PROTOCOL_FROM", "NETWORKS");
     /// Most upstream connections per pool (user, password and vhost); when
     /// all are full a client is refused with 530. 0: no limit
     max_upstream_connections: u32 = Some(100), Flag::value("MAX_UPSTREAM_CONNECTIONS", "N");

@@ -135,3 +135,27 @@ fn missing_upstream_is_a_clear_error() {
     let e = Config::from_options(Options::defaults()).unwrap_err().0;
     assert!(e.contains("missing upstream"), "{e}");
 }
+
+#[test]
+fn proxy_protocol_sources_are_networks_or_addresses() {
+    let config = load(&[
+        "amqp://b",
+        "--proxy-protocol-from",
+        "10.0.0.0/8, 192.0.2.7,::1",
+    ])
+    .unwrap();
+    let shown: Vec<String> = config
+        .proxy_protocol_from
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32", "::1/128"]);
+    assert!(load(&["amqp://b"]).unwrap().proxy_protocol_from.is_empty());
+    let bad = load(&["amqp://b", "--proxy-protocol-from", "lb.internal"])
+        .unwrap_err()
+        .0;
+    assert!(
+        bad.contains("--proxy-protocol-from") && bad.contains("lb.internal"),
+        "{bad}"
+    );
+}

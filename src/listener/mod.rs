@@ -27,7 +27,7 @@ use crate::client::{self, Context};
 use crate::config::{Config, Listen};
 use crate::logging::RateLimit;
 use crate::net::Accepted;
-use crate::stats::HandshakeOutcome;
+use crate::proxy_protocol;
 
 /// How long upstream connections get to close cleanly at exit.
 const UPSTREAM_CLOSE_WAIT: Duration = Duration::from_secs(3);
@@ -255,8 +255,15 @@ async fn spawn_or_back_off(
     match accepted {
         Ok(accepted) => {
             let peer = accepted.peer();
-            let per_source = ctx.config().max_pending_handshakes_per_source;
-            match ctx.pending.enter(peer, per_source) {
+            let config = ctx.config();
+            let per_source = config.max_pending_handshakes_per_source;
+            // A balancer's connections are counted under the client its
+            // PROXY header names, once it is read.
+            let pending = match proxy_protocol::expected_from(&config.proxy_protocol_from, peer) {
+                true => Some(ctx.pending.enter_unattributed()),
+                false => ctx.pending.enter(peer, per_source),
+            };
+            match pending {
                 Some(pending) => {
                     sessions.spawn(client::serve(accepted, pending, ctx.clone()));
                 }
@@ -264,11 +271,7 @@ async fn spawn_or_back_off(
                     // Dropped unread: nothing it sent has been looked at.
                     drop(accepted);
                     ctx.stats.events.accepted.inc();
-                    ctx.stats.events.handshake(HandshakeOutcome::source_limit);
-                    static OVER_SOURCE_LIMIT: RateLimit = RateLimit::new(Duration::from_secs(10));
-                    if let Some(suppressed) = OVER_SOURCE_LIMIT.check() {
-                        tracing::warn!(%peer, limit = per_source, suppressed, "client refused: --max-pending-handshakes-per-source reached");
-                    }
+                    client::refused_over_source_limit(peer, per_source, &ctx.stats.events);
                 }
             }
         }
