@@ -15,7 +15,7 @@ use crate::housekeeping;
 use crate::listener;
 use crate::logging::{self, SetLevel};
 use crate::pool::Pools;
-use crate::reload::{reload_on_hangup, upstream_settings, warn_if_insecure, Loaded, Running};
+use crate::reload::{reload_on_hangup, routes, warn_if_insecure, Loaded, Running};
 use crate::stats::Stats;
 use crate::{fd_limit, memory, systemd, upstream};
 
@@ -67,7 +67,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli, loaded: Loaded, set_level: SetLevel) -> ExitCode {
     let Loaded {
         config,
-        nodes,
+        routes: configured_routes,
         server_tls,
     } = loaded;
     // Installed first: a SIGHUP or SIGTERM arriving while the listeners bind
@@ -109,9 +109,9 @@ async fn run(cli: Cli, loaded: Loaded, set_level: SetLevel) -> ExitCode {
     let addresses = listeners.describe();
     let listening = addresses[0].clone();
     let stats = Arc::new(Stats::default());
-    let settings = upstream_settings(&config, nodes, &stats, &listening);
     let upstreams: Vec<String> = config.upstreams.iter().map(|u| u.to_string()).collect();
-    let ctx = Arc::new(Context::new(config, Pools::new(settings), stats));
+    let routes = routes(&config, configured_routes, &stats, &listening);
+    let ctx = Arc::new(Context::new(config, Pools::new(routes), stats));
     let stop = CancellationToken::new();
     let http_local = match http {
         Some(http) => serve_http(http, &ctx, &stop),
@@ -159,7 +159,7 @@ fn spawn_background(ctx: &Arc<Context>, stop: &CancellationToken) {
     });
     let probing = ctx.clone();
     tokio::spawn(
-        async move { upstream::probe_banned(|| probing.pools.settings().nodes.clone()).await },
+        async move { upstream::probe_banned(|| probing.pools.routes().all_nodes()).await },
     );
 }
 

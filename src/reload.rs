@@ -6,9 +6,12 @@ use std::sync::{Arc, Weak};
 use tokio::signal::unix::Signal;
 
 use crate::client::Context;
-use crate::config::{Cli, Config, ConfigError};
+use crate::config::{
+    Cli, Config, ConfigError, ConsumerMode, Route, UpstreamAddr, UpstreamTls, DEFAULT_ROUTE,
+};
 use crate::listener::Listeners;
 use crate::logging::SetLevel;
+use crate::pool::{RouteEntry, Routes};
 use crate::stats::Stats;
 use crate::upstream::{Nodes, UpstreamSettings};
 use crate::{systemd, tls};
@@ -18,8 +21,9 @@ use crate::{systemd, tls};
 /// other, reported before anything changes.
 pub struct Loaded {
     pub config: Config,
-    /// The broker nodes, with the TLS client configuration if any is amqps://.
-    pub nodes: Arc<Nodes>,
+    /// Every route (the default first) with its broker nodes, and their TLS
+    /// client configuration if any is amqps://.
+    pub routes: Vec<(Route, Arc<Nodes>)>,
     /// The TLS listener's configuration, if it has one.
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -27,35 +31,82 @@ pub struct Loaded {
 impl Loaded {
     pub fn from(cli: &Cli) -> Result<Self, ConfigError> {
         let config = Config::load(cli)?;
-        let client_tls = if config.upstreams.iter().any(|node| node.tls) {
-            Some(tls::client_config(&config.upstream_tls)?)
-        } else {
-            None
+        let default = Route {
+            name: DEFAULT_ROUTE.into(),
+            vhosts: Vec::new(),
+            users: Vec::new(),
+            upstreams: config.upstreams.clone(),
+            upstream_vhost: None,
+            tls: config.upstream_tls.clone(),
+            consumer_mode: ConsumerMode::Shared,
         };
+        let routes = std::iter::once(default)
+            .chain(config.routes.iter().cloned())
+            .map(|route| {
+                let nodes = nodes(&route.upstreams, &route.tls, &config)?;
+                Ok((route, nodes))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         let server_tls = config.tls.as_ref().map(tls::server_config).transpose()?;
         Ok(Loaded {
-            nodes: Nodes::new(config.upstreams.clone(), client_tls, config.node_ban),
+            routes,
             server_tls,
             config,
         })
     }
 }
 
+/// A route's nodes, with a TLS client configuration if any is amqps://.
+fn nodes(
+    upstreams: &[UpstreamAddr],
+    upstream_tls: &UpstreamTls,
+    config: &Config,
+) -> Result<Arc<Nodes>, ConfigError> {
+    let client_tls = match upstreams.iter().any(|node| node.tls) {
+        true => Some(tls::client_config(upstream_tls)?),
+        false => None,
+    };
+    Ok(Nodes::new(upstreams.to_vec(), client_tls, config.node_ban))
+}
+
 pub fn warn_if_insecure(config: &Config) {
     if config.upstream_tls.insecure {
         tracing::warn!("--upstream-insecure: broker certificates are NOT verified; anyone on the path can read and change the traffic, passwords included");
     }
+    for route in config.routes.iter().filter(|r| r.tls.insecure) {
+        tracing::warn!(route = %route.name, "upstream_insecure: this route's broker certificates are NOT verified");
+    }
 }
 
-/// What the pools take from the configuration.
-pub fn upstream_settings(
+/// What the pools take from the configuration: each route's settings.
+pub fn routes(
     config: &Config,
+    routes: Vec<(Route, Arc<Nodes>)>,
+    stats: &Arc<Stats>,
+    listening: &str,
+) -> Routes {
+    Routes::new(
+        routes
+            .into_iter()
+            .map(|(route, nodes)| RouteEntry {
+                settings: Arc::new(upstream_settings(config, &route, nodes, stats, listening)),
+                route,
+            })
+            .collect(),
+    )
+}
+
+fn upstream_settings(
+    config: &Config,
+    route: &Route,
     nodes: Arc<Nodes>,
     stats: &Arc<Stats>,
     listening: &str,
 ) -> UpstreamSettings {
     UpstreamSettings {
+        route: route.name.clone(),
         nodes,
+        upstream_vhost: route.upstream_vhost.clone(),
         connect_timeout: config.upstream_connect_timeout,
         max_lifetime: config.upstream_max_lifetime,
         hold: config.hold,
@@ -119,7 +170,7 @@ fn reload(cli: &Cli, running: &Running) -> bool {
     } = running;
     let Loaded {
         config,
-        nodes,
+        routes: new_routes,
         server_tls,
     } = match Loaded::from(cli) {
         Ok(loaded) => loaded,
@@ -128,7 +179,12 @@ fn reload(cli: &Cli, running: &Running) -> bool {
             return false;
         }
     };
-    nodes.carry_health_from(&ctx.pools.settings().nodes);
+    let old_routes = ctx.pools.routes();
+    for (route, nodes) in &new_routes {
+        if let Some(old) = old_routes.named(&route.name) {
+            nodes.carry_health_from(&old.nodes);
+        }
+    }
     if let Some(listeners) = listeners.upgrade() {
         listeners.set_tls(server_tls);
     }
@@ -146,7 +202,7 @@ fn reload(cli: &Cli, running: &Running) -> bool {
         tracing::warn!(settings = %ignored.join(", "), "these settings change only at a restart");
     }
     ctx.pools
-        .reconfigure(upstream_settings(&config, nodes, &ctx.stats, listening));
+        .reconfigure(routes(&config, new_routes, &ctx.stats, listening));
     if !current.upstream_tls.insecure {
         warn_if_insecure(&config);
     }

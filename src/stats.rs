@@ -171,6 +171,8 @@ impl ClientRecord {
 pub struct UpstreamRecord {
     pub id: u64,
     pub node: String,
+    /// The route it serves (`[[route]]` name, or "default").
+    pub route: String,
     pub pool: PoolLabel,
     pub since: Instant,
     /// Written by the router.
@@ -189,10 +191,11 @@ pub struct UpstreamRecord {
 }
 
 impl UpstreamRecord {
-    pub fn new(id: u64, node: String, pool: PoolLabel) -> Self {
+    pub fn new(id: u64, node: String, route: String, pool: PoolLabel) -> Self {
         UpstreamRecord {
             id,
             node,
+            route,
             pool,
             since: Instant::now(),
             frames_in: Tally::default(),

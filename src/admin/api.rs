@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::Admin;
+use crate::config::{ConsumerMode, Pattern};
 use crate::stats::Traffic;
 use crate::untrusted::shown;
 use crate::upstream::ChannelCounts;
@@ -78,6 +79,7 @@ struct ReuseTotals {
 
 #[derive(Serialize)]
 pub struct Pool {
+    route: String,
     vhost: String,
     user: String,
     upstreams: usize,
@@ -88,11 +90,14 @@ pub struct Pool {
 pub struct Upstream {
     id: u64,
     node: String,
+    route: String,
     vhost: String,
     user: String,
     age_seconds: f64,
     state: &'static str,
     clients: usize,
+    /// The ids of the clients on it (as `/api/clients` lists them).
+    client_ids: Vec<u64>,
     channels: ChannelCounts,
     delivered: u64,
     bytes_from_broker: u64,
@@ -101,6 +106,7 @@ pub struct Upstream {
 
 #[derive(Serialize)]
 pub struct Node {
+    route: String,
     node: String,
     tls: bool,
     /// "up", "banned" (it failed: tried only after the others until a
@@ -109,6 +115,20 @@ pub struct Node {
     failures: u32,
     retry_in_seconds: Option<f64>,
     upstreams: usize,
+}
+
+/// A route: who it serves, where it goes, and what it holds now.
+#[derive(Serialize)]
+pub struct RouteView {
+    name: String,
+    vhosts: Vec<String>,
+    users: Vec<String>,
+    upstream: Vec<String>,
+    upstream_vhost: Option<String>,
+    consumer_mode: ConsumerMode,
+    pools: usize,
+    upstreams: usize,
+    clients: usize,
 }
 
 #[derive(Serialize)]
@@ -215,6 +235,7 @@ pub fn pools(admin: &Admin) -> Vec<Pool> {
         .summary()
         .into_iter()
         .map(|p| Pool {
+            route: p.route,
             vhost: shown(&p.vhost),
             user: shown(&p.user),
             upstreams: p.upstreams,
@@ -232,6 +253,13 @@ pub async fn upstreams(admin: &Admin) -> Vec<Upstream> {
         .iter()
         .map(|u| (u.id(), u.client_count()))
         .collect();
+    let mut client_ids: HashMap<u64, Vec<u64>> = HashMap::new();
+    for client in admin.ctx.stats.clients() {
+        client_ids
+            .entry(client.upstream.get())
+            .or_default()
+            .push(client.id);
+    }
     admin
         .ctx
         .stats
@@ -240,11 +268,13 @@ pub async fn upstreams(admin: &Admin) -> Vec<Upstream> {
         .map(|u| Upstream {
             id: u.id,
             node: u.node.clone(),
+            route: u.route.clone(),
             vhost: u.pool.vhost.clone(),
             user: u.pool.user.clone(),
             age_seconds: u.since.elapsed().as_secs_f64(),
             state: if u.is_blocked() { "blocked" } else { "open" },
             clients: clients.get(&u.id).copied().unwrap_or(0),
+            client_ids: client_ids.remove(&u.id).unwrap_or_default(),
             channels: channels.get(&u.id).copied().unwrap_or_default(),
             delivered: u.delivered.get(),
             bytes_from_broker: u.bytes_in.get(),
@@ -277,31 +307,66 @@ pub fn clients(admin: &Admin) -> Vec<Client> {
         .collect()
 }
 
-pub fn nodes(admin: &Admin) -> Vec<Node> {
-    let upstreams = admin.ctx.pools.upstreams();
+pub fn routes(admin: &Admin) -> Vec<RouteView> {
+    let pools = admin.ctx.pools.summary();
+    let patterns = |patterns: &[Pattern]| patterns.iter().map(|p| shown(p.as_str())).collect();
     admin
         .ctx
         .pools
-        .settings()
-        .nodes
-        .report(Instant::now())
-        .into_iter()
-        .map(|report| Node {
-            node: report.addr.to_string(),
-            tls: report.addr.tls,
-            state: if report.drained {
-                "drained"
-            } else if report.banned {
-                "banned"
-            } else {
-                "up"
-            },
-            failures: report.failures,
-            retry_in_seconds: report.retry_in.map(|d| d.as_secs_f64()),
-            upstreams: upstreams
-                .iter()
-                .filter(|u| *u.node() == report.addr)
-                .count(),
+        .routes()
+        .entries()
+        .iter()
+        .map(|entry| {
+            let route = &entry.route;
+            let own = || pools.iter().filter(|p| p.route == route.name);
+            RouteView {
+                name: route.name.clone(),
+                vhosts: patterns(&route.vhosts),
+                users: patterns(&route.users),
+                upstream: route.upstreams.iter().map(|u| u.to_string()).collect(),
+                upstream_vhost: route.upstream_vhost.as_deref().map(shown),
+                consumer_mode: route.consumer_mode,
+                pools: own().count(),
+                upstreams: own().map(|p| p.upstreams).sum(),
+                clients: own().map(|p| p.clients).sum(),
+            }
+        })
+        .collect()
+}
+
+pub fn nodes(admin: &Admin) -> Vec<Node> {
+    let upstreams = admin.ctx.pools.upstreams();
+    let now = Instant::now();
+    let routes = admin.ctx.pools.routes();
+    routes
+        .entries()
+        .iter()
+        .flat_map(|entry| {
+            let route = &entry.route.name;
+            let upstreams = &upstreams;
+            entry
+                .settings
+                .nodes
+                .report(now)
+                .into_iter()
+                .map(move |report| Node {
+                    route: route.clone(),
+                    node: report.addr.to_string(),
+                    tls: report.addr.tls,
+                    state: if report.drained {
+                        "drained"
+                    } else if report.banned {
+                        "banned"
+                    } else {
+                        "up"
+                    },
+                    failures: report.failures,
+                    retry_in_seconds: report.retry_in.map(|d| d.as_secs_f64()),
+                    upstreams: upstreams
+                        .iter()
+                        .filter(|u| *u.node() == report.addr && u.route() == route)
+                        .count(),
+                })
         })
         .collect()
 }

@@ -27,6 +27,14 @@ pub async fn render(admin: &Admin) -> String {
     let exposition = Exposition {
         channels: channel_counts(admin).await,
         pools: admin.ctx.pools.summary().len(),
+        routes: admin
+            .ctx
+            .pools
+            .routes()
+            .entries()
+            .iter()
+            .map(|e| e.route.name.clone())
+            .collect(),
         snapshot: admin.ctx.stats.snapshot(),
         stats: admin.ctx.stats.clone(),
         held_publish_bytes: admin.ctx.held_bytes.used(),
@@ -54,6 +62,8 @@ struct Exposition {
     snapshot: Snapshot,
     channels: HashMap<u64, ChannelCounts>,
     pools: usize,
+    /// Every route's name, the default first.
+    routes: Vec<String>,
     stats: Arc<Stats>,
     held_publish_bytes: u64,
     held_publish_limit: u64,
@@ -67,6 +77,7 @@ struct Exposition {
 impl Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), Error> {
         self.encode_connections(&mut encoder)?;
+        self.encode_routes(&mut encoder)?;
         self.encode_held(&mut encoder)?;
         self.encode_channels(&mut encoder)?;
         self.encode_traffic(&mut encoder)?;
@@ -135,6 +146,42 @@ impl Exposition {
             "Most upstream connections per pool (--max-upstream-connections); 0: no limit",
             self.upstream_connections_limit as u64,
         )
+    }
+
+    /// Clients and upstream connections per route (configured routes are
+    /// listed with 0, so a route's series exist before its first client).
+    fn encode_routes(&self, encoder: &mut DescriptorEncoder) -> Result<(), Error> {
+        let mut upstreams: BTreeMap<&str, u64> =
+            self.routes.iter().map(|r| (r.as_str(), 0)).collect();
+        let mut clients = upstreams.clone();
+        let mut route_of = HashMap::new();
+        for upstream in &self.snapshot.upstreams {
+            *upstreams.entry(upstream.route.as_str()).or_default() += 1;
+            route_of.insert(upstream.id, upstream.route.as_str());
+        }
+        for client in &self.snapshot.clients {
+            if let Some(route) = route_of.get(&client.upstream.get()) {
+                *clients.entry(route).or_default() += 1;
+            }
+        }
+        for (name, help, counts) in [
+            (
+                "warren_route_client_connections",
+                "Client connections open now, by route",
+                &clients,
+            ),
+            (
+                "warren_route_upstream_connections",
+                "Upstream connections open now, by route",
+                &upstreams,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (route, value) in counts {
+                ConstGauge::new(*value).encode(metric.encode_family(&[("route", *route)])?)?;
+            }
+        }
+        Ok(())
     }
 
     /// Memory held for clients against the shared budgets, and the budgets

@@ -182,6 +182,7 @@ async fn route(
         "/api/upstreams" => json(&api::upstreams(admin).await),
         "/api/clients" => json(&api::clients(admin)),
         "/api/nodes" => json(&api::nodes(admin)),
+        "/api/routes" => json(&api::routes(admin)),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

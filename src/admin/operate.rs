@@ -63,8 +63,14 @@ fn kill(admin: &Admin, id: u64, peer: SocketAddr) -> Outcome {
 }
 
 fn drain(admin: &Admin, name: &str, drain: bool, operator: SocketAddr) -> Outcome {
-    let nodes = admin.ctx.pools.settings().nodes.clone();
-    let Some(node) = nodes.set_drained(name, drain) else {
+    // A node may serve several routes: it is drained in each.
+    let routes = admin.ctx.pools.routes();
+    let drained: Vec<_> = routes
+        .all_nodes()
+        .iter()
+        .filter_map(|nodes| nodes.set_drained(name, drain))
+        .collect();
+    let Some(node) = drained.into_iter().next() else {
         return (
             StatusCode::NOT_FOUND,
             format!("no node {} (see warren ctl list nodes)\n", shown(name)),

@@ -5,16 +5,28 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::options::TomlFile;
+use super::routes::RouteOptions;
 use super::{err, redact_text, ConfigError, Options};
 
+/// What a configuration file gives: settings, and (TOML only) routes.
+#[derive(Debug, Default)]
+pub struct FileSettings {
+    pub route: Vec<RouteOptions>,
+    pub options: Options,
+}
+
 /// Reads `path` as TOML when it ends in `.toml`, else as INI.
-pub fn read(path: &Path) -> Result<Options, ConfigError> {
+pub fn read(path: &Path) -> Result<FileSettings, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
     let parsed = if path.extension().is_some_and(|ext| ext == "toml") {
         parse_toml(&text)
     } else {
-        parse_ini(&text)
+        parse_ini(&text).map(|options| FileSettings {
+            route: Vec::new(),
+            options,
+        })
     };
     parsed.map_err(|e| {
         err(format!(
@@ -25,17 +37,23 @@ pub fn read(path: &Path) -> Result<Options, ConfigError> {
     })
 }
 
-fn parse_toml(text: &str) -> Result<Options, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|span| text[..span.start].matches('\n').count() + 1);
-        let message = e.message().replace('\n', " ");
-        err(match line {
-            Some(line) => format!("line {line}: {message}"),
-            None => message,
+fn parse_toml(text: &str) -> Result<FileSettings, ConfigError> {
+    let parsed: Result<TomlFile, _> = toml::from_str(text);
+    parsed
+        .map(|mut file| FileSettings {
+            route: std::mem::take(&mut file.route),
+            options: file.settings(),
         })
-    })
+        .map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start].matches('\n').count() + 1);
+            let message = e.message().replace('\n', " ");
+            err(match line {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            })
+        })
 }
 
 /// Keys of amqproxy's `[listen]` section that have another name here.
@@ -156,13 +174,24 @@ mod tests {
 
     #[test]
     fn toml_reads_lists_and_names_the_line_of_a_mistake() {
-        let options =
-            parse_toml("upstream = [\"amqp://a\", \"amqps://b\"]\nmax_clients = 10\n").unwrap();
+        let options = parse_toml("upstream = [\"amqp://a\", \"amqps://b\"]\nmax_clients = 10\n")
+            .unwrap()
+            .options;
         assert_eq!(options.upstream.unwrap().len(), 2);
-        let one = parse_toml("upstream = \"amqp://a\"\n").unwrap();
+        let one = parse_toml("upstream = \"amqp://a\"\n").unwrap().options;
         assert_eq!(one.upstream, Some(vec!["amqp://a".to_string()]));
         let wrong = parse_toml("upstream = 5\n").unwrap_err().0;
         assert!(wrong.contains("a URL or a list of URLs"), "{wrong}");
+        let routed = parse_toml(
+            "port = 1\n[[route]]\nname = \"b\"\nvhosts = \"billing\"\nupstream = [\"amqp://x\"]\n",
+        )
+        .unwrap();
+        assert_eq!(routed.options.port, Some(1));
+        assert_eq!(routed.route[0].vhosts, ["billing"]);
+        let typo = parse_toml("[[route]]\nname = \"b\"\nvhost = \"x\"\n")
+            .unwrap_err()
+            .0;
+        assert!(typo.contains("unknown field `vhost`"), "{typo}");
         assert_eq!(options.max_clients, Some(10));
         let bad = parse_toml("port = 5673\nchannel_max = \"many\"\n")
             .unwrap_err()

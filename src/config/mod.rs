@@ -7,16 +7,20 @@
 mod cli;
 mod file;
 mod options;
+mod routes;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
+
+use routes::RouteOptions;
 use zeroize::Zeroizing;
 
 pub use cli::Cli;
 pub use options::Options;
+pub use routes::{ConsumerMode, Pattern, Route, DEFAULT_ROUTE};
 
 /// A broker node upstream connections may go to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -68,7 +72,12 @@ pub struct UpstreamTls {
 /// The effective configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The default route's broker nodes: for clients no route takes.
     pub upstreams: Vec<UpstreamAddr>,
+    /// `[[route]]`s, in file order: the first that serves a client wins.
+    pub routes: Vec<Route>,
+    /// The routes as the file gave them, for `--check-config`.
+    given_routes: Vec<RouteOptions>,
     pub listen: Listen,
     /// 0: no plain TCP listener.
     pub port: u16,
@@ -226,24 +235,24 @@ impl Config {
     pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
         let from_file = match cli.file() {
             Some(path) => file::read(path)?,
-            None => Options::default(),
+            None => file::FileSettings::default(),
         };
-        Self::from_options(cli.options().or(from_file).or(Options::defaults()))
+        let options = cli.options().or(from_file.options).or(Options::defaults());
+        Self::from_options(options, from_file.route)
     }
 
-    fn from_options(options: Options) -> Result<Self, ConfigError> {
+    fn from_options(
+        options: Options,
+        given_routes: Vec<RouteOptions>,
+    ) -> Result<Self, ConfigError> {
         let mut o = options.clone();
-        let upstream_urls = o.upstream.take().filter(|urls| !urls.is_empty()).ok_or_else(|| {
-            err("missing upstream: give UPSTREAM_URL, set AMQP_URL, or set upstream in the config file")
-        })?;
-        let upstreams = upstream_urls
-            .iter()
-            .map(|url| parse_upstream_url(url))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (upstreams, upstream_tls) = default_route(&mut o)?;
         let (log_level, log_format) = logging(&mut o)?;
         let (listen, tls, socket_mode) = listeners(&mut o)?;
         let seconds = |value: Option<u64>| Duration::from_secs(value.unwrap_or_default());
         Ok(Config {
+            routes: routes::check(&given_routes, &upstream_tls)?,
+            given_routes,
             upstreams,
             listen,
             port: o.port.unwrap_or_default(),
@@ -260,11 +269,7 @@ impl Config {
                 .filter(|host| !host.is_empty())
                 .collect(),
             http_token: admin_token(o.http_token, o.http_token_file)?,
-            upstream_tls: UpstreamTls {
-                ca: given(o.upstream_ca).map(PathBuf::from),
-                client_cert: cert_and_key(o.upstream_cert, o.upstream_key, "upstream")?,
-                insecure: o.upstream_insecure.unwrap_or_default(),
-            },
+            upstream_tls,
             idle_connection_timeout: seconds(o.idle_connection_timeout),
             max_clients: o.max_clients.unwrap_or_default() as usize,
             max_pending_handshakes: o.max_pending_handshakes.unwrap_or_default() as usize,
@@ -316,6 +321,17 @@ impl Config {
             .upstream
             .map(|urls| urls.iter().map(|u| redact_url(u)).collect());
         shown.http_token = shown.http_token.map(|_| "redacted".into());
+        #[derive(serde::Serialize)]
+        struct Shown {
+            #[serde(flatten)]
+            options: Options,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            route: Vec<RouteOptions>,
+        }
+        let shown = Shown {
+            options: shown,
+            route: routes::redacted(&self.given_routes),
+        };
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 
@@ -323,12 +339,34 @@ impl Config {
     pub fn changed_from(&self, other: &Config) -> Vec<&'static str> {
         let ours = toml::Table::try_from(&self.effective).unwrap_or_default();
         let theirs = toml::Table::try_from(&other.effective).unwrap_or_default();
-        options::KEYS
+        let mut changed: Vec<&'static str> = options::KEYS
             .iter()
             .copied()
             .filter(|key| ours.get(*key) != theirs.get(*key))
-            .collect()
+            .collect();
+        if self.given_routes != other.given_routes {
+            changed.push("route");
+        }
+        changed
     }
+}
+
+/// The top-level `upstream` and its TLS settings (the default route's,
+/// and those of routes without their own).
+fn default_route(o: &mut Options) -> Result<(Vec<UpstreamAddr>, UpstreamTls), ConfigError> {
+    let upstream_urls = o.upstream.take().filter(|urls| !urls.is_empty()).ok_or_else(|| {
+        err("missing upstream: give UPSTREAM_URL, set AMQP_URL, or set upstream in the config file")
+    })?;
+    let upstreams = upstream_urls
+        .iter()
+        .map(|url| parse_upstream_url(url))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls = UpstreamTls {
+        ca: given(o.upstream_ca.take()).map(PathBuf::from),
+        client_cert: cert_and_key(o.upstream_cert.take(), o.upstream_key.take(), "upstream")?,
+        insecure: o.upstream_insecure.unwrap_or_default(),
+    };
+    Ok((upstreams, tls))
 }
 
 /// `--log-level` and `--log-format`, checked.

@@ -11,13 +11,15 @@
 use clap::{value_parser, Arg, ArgAction, ArgMatches};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::routes::RouteOptions;
 use crate::protocol::limits::{PROTOCOL_CHANNEL_MAX, RABBITMQ_CHANNEL_MAX};
 
-/// `upstream = "amqp://a"` as well as `upstream = ["amqp://a", "amqp://b"]`.
-/// The error names neither value: a URL may hold a password.
-fn one_or_many<'de, D: Deserializer<'de>>(
+/// `key = "a"` as well as `key = ["a", "b"]`. `expected` is the whole
+/// error: it names no value, as a URL may hold a password.
+fn one_or_many_of<'de, D: Deserializer<'de>>(
     deserializer: D,
-) -> Result<Option<Vec<String>>, D::Error> {
+    expected: &'static str,
+) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -25,12 +27,22 @@ fn one_or_many<'de, D: Deserializer<'de>>(
         Many(Vec<String>),
     }
     match OneOrMany::deserialize(deserializer) {
-        Ok(OneOrMany::One(url)) => Ok(Some(vec![url])),
-        Ok(OneOrMany::Many(urls)) => Ok(Some(urls)),
-        Err(_) => Err(serde::de::Error::custom(
-            "upstream must be a URL or a list of URLs",
-        )),
+        Ok(OneOrMany::One(one)) => Ok(vec![one]),
+        Ok(OneOrMany::Many(many)) => Ok(many),
+        Err(_) => Err(serde::de::Error::custom(expected)),
     }
+}
+
+/// `upstream = "amqp://a"` as well as `upstream = ["amqp://a", "amqp://b"]`.
+fn one_or_many<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    one_or_many_of(deserializer, "upstream must be a URL or a list of URLs").map(Some)
+}
+
+/// A route's list of patterns or URLs, or just one.
+pub fn strings<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    one_or_many_of(deserializer, "expected a string or a list of strings")
 }
 
 /// How a setting appears on the command line. Its long flag is the file
@@ -218,6 +230,26 @@ macro_rules! options {
                 #[serde(skip_serializing_if = "Option::is_none")]
                 pub $name: Option<$ty>,
             )*
+        }
+
+        /// A TOML file: every setting, and the `[[route]]` tables. A
+        /// struct of its own, not `Options` flattened, so a mistake is
+        /// reported with its line.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct TomlFile {
+            #[serde(default)]
+            pub route: Vec<RouteOptions>,
+            $(
+                $(#[serde($($serde)*)])?
+                $name: Option<$ty>,
+            )*
+        }
+
+        impl TomlFile {
+            pub fn settings(self) -> Options {
+                Options { $( $name: self.$name, )* }
+            }
         }
 
         /// Every setting's file key, in the order documented.

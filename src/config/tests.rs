@@ -6,7 +6,7 @@ fn cli(args: &[&str]) -> Cli {
 
 fn load(args: &[&str]) -> Result<Config, ConfigError> {
     let cli = cli(args);
-    Config::from_options(cli.options().or(Options::defaults()))
+    Config::from_options(cli.options().or(Options::defaults()), Vec::new())
 }
 
 #[test]
@@ -125,14 +125,16 @@ fn printed_config_hides_passwords_and_reads_back_the_same() {
     let printed = config.to_toml();
     assert!(!printed.contains("hunter2"), "{printed}");
     let again: Options = toml::from_str(&printed).unwrap();
-    let reloaded = Config::from_options(again).unwrap();
+    let reloaded = Config::from_options(again, Vec::new()).unwrap();
     assert_eq!(reloaded.max_clients, 7);
     assert_eq!(reloaded.changed_from(&config), vec!["upstream"]);
 }
 
 #[test]
 fn missing_upstream_is_a_clear_error() {
-    let e = Config::from_options(Options::defaults()).unwrap_err().0;
+    let e = Config::from_options(Options::defaults(), Vec::new())
+        .unwrap_err()
+        .0;
     assert!(e.contains("missing upstream"), "{e}");
 }
 

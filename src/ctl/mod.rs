@@ -47,10 +47,11 @@ pub enum Listing {
     Pools,
     Upstreams,
     Nodes,
+    Routes,
 }
 
 impl Listing {
-    const NAMES: [&'static str; 4] = ["clients", "pools", "upstreams", "nodes"];
+    const NAMES: [&'static str; 5] = ["clients", "pools", "upstreams", "nodes", "routes"];
 
     fn from_name(name: &str) -> Self {
         match name {
@@ -58,6 +59,7 @@ impl Listing {
             "pools" => Listing::Pools,
             "upstreams" => Listing::Upstreams,
             "nodes" => Listing::Nodes,
+            "routes" => Listing::Routes,
             other => unreachable!("clap allows only Listing::NAMES, got {other}"),
         }
     }
@@ -68,6 +70,7 @@ impl Listing {
             Listing::Pools => "/api/pools",
             Listing::Upstreams => "/api/upstreams",
             Listing::Nodes => "/api/nodes",
+            Listing::Routes => "/api/routes",
         }
     }
 }
@@ -128,7 +131,7 @@ fn actions() -> [Command; 7] {
              and exit 1; for container health checks",
         ),
         Command::new("list")
-            .about("Show clients, pools, upstream connections or broker nodes")
+            .about("Show clients, pools, upstream connections, broker nodes or routes")
             .arg(Arg::new("what").required(true).value_parser(Listing::NAMES))
             .arg(
                 Arg::new("json")

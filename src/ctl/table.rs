@@ -27,6 +27,7 @@ fn columns(what: Listing) -> &'static [Column] {
             ("NAME", "/connection_name"),
         ],
         Listing::Pools => &[
+            ("ROUTE", "/route"),
             ("VHOST", "/vhost"),
             ("USER", "/user"),
             ("UPSTREAMS", "/upstreams"),
@@ -34,6 +35,7 @@ fn columns(what: Listing) -> &'static [Column] {
         ],
         Listing::Upstreams => &[
             ("ID", "/id"),
+            ("ROUTE", "/route"),
             ("NODE", "/node"),
             ("USER", "/user"),
             ("VHOST", "/vhost"),
@@ -43,12 +45,23 @@ fn columns(what: Listing) -> &'static [Column] {
             ("AGE_S", "/age_seconds"),
         ],
         Listing::Nodes => &[
+            ("ROUTE", "/route"),
             ("NODE", "/node"),
             ("TLS", "/tls"),
             ("STATE", "/state"),
             ("FAILURES", "/failures"),
             ("RETRY_IN_S", "/retry_in_seconds"),
             ("UPSTREAMS", "/upstreams"),
+        ],
+        Listing::Routes => &[
+            ("NAME", "/name"),
+            ("VHOSTS", "/vhosts"),
+            ("USERS", "/users"),
+            ("UPSTREAM", "/upstream"),
+            ("UPSTREAM_VHOST", "/upstream_vhost"),
+            ("CONSUMERS", "/consumer_mode"),
+            ("UPSTREAMS", "/upstreams"),
+            ("CLIENTS", "/clients"),
         ],
     }
 }
@@ -95,6 +108,12 @@ fn cell(value: Option<&Value>) -> String {
         Some(Value::String(text)) => terminal_safe(text),
         // Ages and waits: whole seconds are what a table needs.
         Some(Value::Number(n)) if n.is_f64() => format!("{:.0}", n.as_f64().unwrap_or(0.0)),
+        Some(Value::Array(items)) if items.is_empty() => "-".into(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| cell(Some(item)))
+            .collect::<Vec<_>>()
+            .join(","),
         Some(other) => other.to_string(),
     }
 }

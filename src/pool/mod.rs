@@ -2,18 +2,21 @@
 //! opened with. The only structure shared by all client sessions; touched
 //! when a client connects, never per frame.
 //!
-//! A pool is keyed by (vhost, user) and then matched on the salted password
-//! fingerprint in constant time: a client is let in only next to an upstream
-//! connection that the broker accepted with exactly its credentials.
+//! A pool is keyed by (route, vhost, user) and then matched on the salted
+//! password fingerprint in constant time: a client is let in only next to an
+//! upstream connection that the broker accepted with exactly its
+//! credentials, on the nodes of its route ([`routes`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 mod connections;
+mod routes;
 
 use connections::Connections;
+pub use routes::{RouteEntry, Routes};
 
 use crate::auth::{Credentials, Fingerprint, Salt};
 use crate::protocol::limits::RABBITMQ_FRAME_MAX;
@@ -21,6 +24,11 @@ use crate::protocol::reply::{self, NOT_ALLOWED};
 use crate::upstream::{ConnectError, PendingUpstream, Room, Upstream, UpstreamSettings};
 
 struct Pool {
+    /// The route it opens connections on.
+    route: String,
+    /// Its route was removed or now goes elsewhere (a reload): no new
+    /// clients; its connections close as their clients leave.
+    retired: AtomicBool,
     fingerprint: Fingerprint,
     /// Kept to open more connections for this pool; zeroized on drop.
     credentials: Credentials,
@@ -82,13 +90,19 @@ impl Pool {
     }
 }
 
-type PoolKey = (String, String);
+/// Route, vhost, user.
+type PoolKey = (String, String, String);
 
-/// The pool among one (vhost, user)'s that was opened with this password.
+fn key(route: &str, vhost: &str, user: &str) -> PoolKey {
+    (route.to_string(), vhost.to_string(), user.to_string())
+}
+
+/// The pool among one key's that was opened with this password and still
+/// takes clients.
 fn matching<'a>(candidates: &'a [Arc<Pool>], fingerprint: &Fingerprint) -> Option<&'a Arc<Pool>> {
     candidates
         .iter()
-        .find(|p| p.fingerprint.matches(fingerprint))
+        .find(|p| !p.retired.load(Ordering::Relaxed) && p.fingerprint.matches(fingerprint))
 }
 
 /// A failed attempt to open a pool's connection answers the pool's other
@@ -99,6 +113,7 @@ const FAILURE_SHARED: Duration = Duration::from_millis(50);
 /// A pool as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSummary {
+    pub route: String,
     pub vhost: String,
     pub user: String,
     pub upstreams: usize,
@@ -114,6 +129,9 @@ pub struct PoolRef(Arc<Pool>);
 pub enum Admission {
     /// A live pool was opened with these credentials.
     Known,
+    /// The client's route depends on its vhost: the broker of that route
+    /// checks the credentials when the client names it (Connection.Open).
+    AtOpen,
     /// The broker accepted them on this new connection, not yet bound to a
     /// vhost. Holds the user's login turn until the connection is in a pool.
     Fresh {
@@ -134,7 +152,7 @@ const LOGIN_WAIT: Duration = Duration::from_millis(250);
 
 pub struct Pools {
     /// Replaced on reload; connections keep the settings they opened with.
-    settings: RwLock<Arc<UpstreamSettings>>,
+    routes: RwLock<Arc<Routes>>,
     salt: Salt,
     pools: Mutex<HashMap<PoolKey, Vec<Arc<Pool>>>>,
     next_upstream_id: AtomicU64,
@@ -146,9 +164,9 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(settings: UpstreamSettings) -> Self {
+    pub fn new(routes: Routes) -> Self {
         Pools {
-            settings: RwLock::new(Arc::new(settings)),
+            routes: RwLock::new(Arc::new(routes)),
             salt: Salt::random(),
             pools: Mutex::new(HashMap::new()),
             next_upstream_id: AtomicU64::new(1),
@@ -157,14 +175,47 @@ impl Pools {
         }
     }
 
-    /// What new upstream connections are opened with.
-    pub fn settings(&self) -> Arc<UpstreamSettings> {
-        self.settings.read().expect("settings lock").clone()
+    /// What new upstream connections are opened with, by route.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.read().expect("routes lock").clone()
     }
 
-    /// Applies to connections opened from now on (a reload).
-    pub fn reconfigure(&self, settings: UpstreamSettings) {
-        *self.settings.write().expect("settings lock") = Arc::new(settings);
+    /// The default route's settings (and those every route shares).
+    pub fn settings(&self) -> Arc<UpstreamSettings> {
+        self.routes().default_route().clone()
+    }
+
+    /// Applies to connections opened from now on (a reload). Pools of a
+    /// route that is gone or goes elsewhere now take no new clients.
+    pub fn reconfigure(&self, routes: Routes) {
+        let mut current = self.routes.write().expect("routes lock");
+        let retargeted = routes.retargeted_since(&current);
+        *current = Arc::new(routes);
+        drop(current);
+        if retargeted.is_empty() {
+            return;
+        }
+        tracing::info!(routes = %retargeted.join(", "), "routes changed: their pools take no new clients and close as their clients leave");
+        let pools = self.pools.lock().expect("pools lock");
+        for pool in pools.values().flatten() {
+            if retargeted.contains(&pool.route) {
+                pool.retired.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The nodes of the client's route.
+    pub fn nodes_of(&self, pool: &PoolRef) -> Arc<crate::upstream::Nodes> {
+        self.settings_of(&pool.0).nodes.clone()
+    }
+
+    /// The settings a pool opens connections with: its route's current ones.
+    fn settings_of(&self, pool: &Pool) -> Arc<UpstreamSettings> {
+        let routes = self.routes();
+        routes
+            .named(&pool.route)
+            .unwrap_or(routes.default_route())
+            .clone()
     }
 
     /// The largest frame the broker accepts, so clients are never offered
@@ -178,8 +229,11 @@ impl Pools {
     /// with exactly them (for any vhost), otherwise the broker is asked with
     /// a new connection, which the client's vhost will then use.
     pub async fn authenticate(&self, credentials: &Credentials) -> Result<Admission, ConnectError> {
+        let Some(settings) = self.routes().for_login(&credentials.user).cloned() else {
+            return Ok(Admission::AtOpen);
+        };
         let fingerprint = Fingerprint::of(&self.salt, &credentials.password);
-        if self.is_known(&credentials.user, &fingerprint) {
+        if self.is_known(&settings.route, &credentials.user, &fingerprint) {
             return Ok(Admission::Known);
         }
         // A burst of new clients with the same login (a cold start) would
@@ -190,13 +244,14 @@ impl Pools {
         let turn = tokio::time::timeout(LOGIN_WAIT, lock.lock_owned())
             .await
             .ok();
-        if self.is_known(&credentials.user, &fingerprint) {
+        if self.is_known(&settings.route, &credentials.user, &fingerprint) {
             return Ok(Admission::Known);
         }
-        let pending = match Upstream::login(&self.settings(), credentials).await {
+        let pending = match Upstream::login(&settings, credentials).await {
             Ok(pending) => pending,
             Err(error)
-                if !error.is_final() && self.vouched_through_outage(credentials, &fingerprint) =>
+                if !error.is_final()
+                    && self.vouched_through_outage(&settings, credentials, &fingerprint) =>
             {
                 return Ok(Admission::Held(error));
             }
@@ -210,14 +265,15 @@ impl Pools {
         })
     }
 
-    fn is_known(&self, user: &str, fingerprint: &Fingerprint) -> bool {
-        self.any_pool_of(user, fingerprint, Pool::vouches)
+    fn is_known(&self, route: &str, user: &str, fingerprint: &Fingerprint) -> bool {
+        self.any_pool_of(route, user, fingerprint, Pool::vouches)
     }
 
-    /// Whether a pool of this user and password, for any vhost, passes
-    /// `test`.
+    /// Whether a pool of this route, user and password, for any vhost,
+    /// passes `test`.
     fn any_pool_of(
         &self,
+        route: &str,
         user: &str,
         fingerprint: &Fingerprint,
         test: impl Fn(&Pool) -> bool,
@@ -225,17 +281,21 @@ impl Pools {
         let pools = self.pools.lock().expect("pools lock");
         pools
             .iter()
-            .filter(|((_, pool_user), _)| pool_user == user)
+            .filter(|((pool_route, _, pool_user), _)| pool_route == route && pool_user == user)
             .flat_map(|(_, candidates)| candidates)
             .any(|p| p.fingerprint.matches(fingerprint) && test(p))
     }
 
-    /// A pool of this user and password, for any vhost, vouches for them
-    /// while the broker is unreachable.
-    fn vouched_through_outage(&self, credentials: &Credentials, fingerprint: &Fingerprint) -> bool {
-        let settings = self.settings();
-        self.any_pool_of(&credentials.user, fingerprint, |p| {
-            p.vouches_through_outage(&settings)
+    /// A pool of this route, user and password, for any vhost, vouches for
+    /// them while the broker is unreachable.
+    fn vouched_through_outage(
+        &self,
+        settings: &UpstreamSettings,
+        credentials: &Credentials,
+        fingerprint: &Fingerprint,
+    ) -> bool {
+        self.any_pool_of(&settings.route, &credentials.user, fingerprint, |p| {
+            p.vouches_through_outage(settings)
         })
     }
 
@@ -255,7 +315,7 @@ impl Pools {
     ) -> Result<(Upstream, PoolRef), ConnectError> {
         let checked_out = match admission {
             Admission::Held(unreachable) => Err(unreachable),
-            Admission::Known => {
+            Admission::Known | Admission::AtOpen => {
                 let pool = self.pool_for(credentials, vhost);
                 self.pin_or_open(&pool, vhost, Room::Any)
                     .await
@@ -283,7 +343,7 @@ impl Pools {
         _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<(Upstream, PoolRef), ConnectError> {
         let pool = self.pool_for(credentials, vhost);
-        let settings = self.settings();
+        let settings = self.settings_of(&pool);
         // Logins run in parallel (one waits for another only so long); the
         // pool may have filled meanwhile.
         let _opening = pool.opening.lock().await;
@@ -317,11 +377,11 @@ impl Pools {
         vhost: &str,
         unreachable: ConnectError,
     ) -> Result<(Upstream, PoolRef), ConnectError> {
-        let settings = self.settings();
+        let settings = self.routes().for_client(&credentials.user, vhost).clone();
         let fingerprint = Fingerprint::of(&self.salt, &credentials.password);
         let pools = self.pools.lock().expect("pools lock");
         let vouching = pools
-            .get(&(vhost.to_string(), credentials.user.clone()))
+            .get(&key(&settings.route, vhost, &credentials.user))
             .and_then(|candidates| matching(candidates, &fingerprint))
             .filter(|pool| pool.vouches_through_outage(&settings))
             .cloned();
@@ -340,7 +400,7 @@ impl Pools {
         vhost: &str,
         current: &Upstream,
     ) -> Option<Upstream> {
-        if !current.is_crowded() {
+        if !current.is_crowded() || pool.0.retired.load(Ordering::Relaxed) {
             return None;
         }
         match self.pin_or_open(&pool.0, vhost, Room::HalfFree).await {
@@ -383,7 +443,7 @@ impl Pools {
         if let Some(error) = pool.failed_after(asked) {
             return Err(error);
         }
-        let settings = self.settings();
+        let settings = self.settings_of(pool);
         Self::has_room_for_another(pool, &settings, vhost)?;
         let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
         let opened = Upstream::connect(&settings, &pool.credentials, vhost, id).await;
@@ -419,16 +479,25 @@ impl Pools {
         pool.upstreams().adopt(upstream.clone(), Instant::now());
     }
 
+    /// The pool of the client's route, vhost, user and password; a new one
+    /// if there is none.
     fn pool_for(&self, credentials: &Credentials, vhost: &str) -> Arc<Pool> {
         let fingerprint = Fingerprint::of(&self.salt, &credentials.password);
+        let route = self
+            .routes()
+            .for_client(&credentials.user, vhost)
+            .route
+            .clone();
         let mut pools = self.pools.lock().expect("pools lock");
         let candidates = pools
-            .entry((vhost.to_string(), credentials.user.clone()))
+            .entry(key(&route, vhost, &credentials.user))
             .or_default();
         if let Some(pool) = matching(candidates, &fingerprint) {
             return pool.clone();
         }
         let pool = Arc::new(Pool {
+            route,
+            retired: AtomicBool::new(false),
             fingerprint,
             credentials: credentials.clone(),
             upstreams: Mutex::default(),
@@ -440,7 +509,7 @@ impl Pools {
     }
 
     fn remove_if_empty(&self, credentials: &Credentials, vhost: &str, pool: &Arc<Pool>) {
-        let key = (vhost.to_string(), credentials.user.clone());
+        let key = key(&pool.route, vhost, &credentials.user);
         let mut pools = self.pools.lock().expect("pools lock");
         if let Some(candidates) = pools.get_mut(&key) {
             candidates.retain(|p| !(Arc::ptr_eq(p, pool) && p.is_empty()));
@@ -475,11 +544,12 @@ impl Pools {
         let pools = self.pools.lock().expect("pools lock");
         let mut summary: Vec<PoolSummary> = pools
             .iter()
-            .flat_map(|((vhost, user), candidates)| {
+            .flat_map(|((route, vhost, user), candidates)| {
                 candidates.iter().map(move |pool| {
                     let upstreams = pool.upstreams();
                     let live: Vec<&Upstream> = upstreams.live().collect();
                     PoolSummary {
+                        route: route.clone(),
                         vhost: vhost.clone(),
                         user: user.clone(),
                         upstreams: live.len(),
@@ -488,7 +558,7 @@ impl Pools {
                 })
             })
             .collect();
-        summary.sort_by(|a, b| (&a.vhost, &a.user).cmp(&(&b.vhost, &b.user)));
+        summary.sort_by(|a, b| (&a.route, &a.vhost, &a.user).cmp(&(&b.route, &b.vhost, &b.user)));
         summary
     }
 

@@ -66,29 +66,34 @@ pub async fn learn_broker_properties(current: impl Fn() -> Arc<Nodes>) {
     }
 }
 
-/// Probes the banned nodes of the nodes `current` returns, each once its ban
-/// time is over: one that answers is taken back, one that does not is
+/// Probes the banned nodes of every route `current` returns, each once its
+/// ban time is over: one that answers is taken back, one that does not is
 /// banned again. Clients are never the ones to find out.
-pub async fn probe_banned(current: impl Fn() -> Arc<Nodes>) {
+pub async fn probe_banned(current: impl Fn() -> Vec<Arc<Nodes>>) {
     let mut tick = tokio::time::interval(PROBE_TICK);
     loop {
         tick.tick().await;
-        let nodes = current();
-        for node in nodes.due_for_probe(Instant::now()) {
-            let addr = &nodes.addrs()[node];
-            match tokio::time::timeout(HELLO_TIMEOUT, hello(&nodes, node)).await {
-                Ok(Ok(())) => {
-                    nodes.succeeded(node);
-                    tracing::info!(node = %addr, "broker node answers again; it takes clients");
-                }
-                Ok(Err(why)) => {
-                    let ban = nodes.failed(node, Instant::now());
-                    tracing::debug!(node = %addr, error = why, ban = ?ban, "banned broker node still fails");
-                }
-                Err(_) => {
-                    let ban = nodes.failed(node, Instant::now());
-                    tracing::debug!(node = %addr, ban = ?ban, "banned broker node still silent");
-                }
+        for nodes in current() {
+            probe_due(&nodes).await;
+        }
+    }
+}
+
+async fn probe_due(nodes: &Nodes) {
+    for node in nodes.due_for_probe(Instant::now()) {
+        let addr = &nodes.addrs()[node];
+        match tokio::time::timeout(HELLO_TIMEOUT, hello(nodes, node)).await {
+            Ok(Ok(())) => {
+                nodes.succeeded(node);
+                tracing::info!(node = %addr, "broker node answers again; it takes clients");
+            }
+            Ok(Err(why)) => {
+                let ban = nodes.failed(node, Instant::now());
+                tracing::debug!(node = %addr, error = why, ban = ?ban, "banned broker node still fails");
+            }
+            Err(_) => {
+                let ban = nodes.failed(node, Instant::now());
+                tracing::debug!(node = %addr, ban = ?ban, "banned broker node still silent");
             }
         }
     }

@@ -54,7 +54,12 @@ const WRITE_QUEUE_BYTES: usize = 4 << 20;
 /// How upstream connections are opened and kept.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
+    /// The route these settings are for (`[[route]]`, or the default).
+    pub route: String,
     pub nodes: Arc<Nodes>,
+    /// The vhost opened on the broker instead of the client's (a route's
+    /// `upstream_vhost`).
+    pub upstream_vhost: Option<String>,
     /// Per node tried.
     pub connect_timeout: Duration,
     /// After this a connection takes no new clients (see `is_retired`),
@@ -125,6 +130,8 @@ struct Inner {
     occupancy: Mutex<Occupancy>,
     /// The broker node it is connected to.
     node: UpstreamAddr,
+    /// The route it serves.
+    route: String,
     /// When it stops taking new clients.
     retire_at: Option<Instant>,
     /// Its node was drained by an operator: no new clients either.
@@ -184,9 +191,13 @@ impl PendingUpstream {
         vhost: &str,
         id: u64,
     ) -> Result<Upstream, ConnectError> {
-        let opened = tokio::time::timeout(settings.connect_timeout, self.authenticated.open(vhost))
-            .await
-            .map_err(|_| ConnectError::Timeout)??;
+        let upstream_vhost = settings.upstream_vhost.as_deref().unwrap_or(vhost);
+        let opened = tokio::time::timeout(
+            settings.connect_timeout,
+            self.authenticated.open(upstream_vhost),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout)??;
         Ok(Upstream::start(
             settings, self.node, opened, user, vhost, id,
         ))
@@ -275,10 +286,12 @@ impl Upstream {
         id: u64,
     ) -> Upstream {
         let pool = PoolLabel::new(vhost, user);
-        let record =
-            settings
-                .stats
-                .upstream_opened(UpstreamRecord::new(id, node.to_string(), pool));
+        let record = settings.stats.upstream_opened(UpstreamRecord::new(
+            id,
+            node.to_string(),
+            settings.route.clone(),
+            pool,
+        ));
         let (frames, queue) = outbox(WRITE_QUEUE_BYTES);
         let heartbeat = (negotiated.heartbeat > 0)
             .then(|| Duration::from_secs(negotiated.heartbeat.into()) / 2);
@@ -308,6 +321,7 @@ impl Upstream {
             // then it serves.
             drained: AtomicBool::new(false),
             node,
+            route: settings.route.clone(),
             exclusive: Mutex::default(),
             queue_order: Arc::default(),
             lost: AtomicBool::new(false),
@@ -373,6 +387,7 @@ impl Upstream {
             guaranteed: 0,
             occupancy: Mutex::new(occupancy),
             node: settings.nodes.addrs()[0].clone(),
+            route: settings.route.clone(),
             retire_at: None,
             drained: AtomicBool::new(false),
             exclusive: Mutex::default(),
@@ -403,6 +418,10 @@ impl Upstream {
     /// The broker node it is connected to.
     pub fn node(&self) -> &UpstreamAddr {
         &self.0.node
+    }
+
+    pub fn route(&self) -> &str {
+        &self.0.route
     }
 
     /// Clients pinned to this connection.

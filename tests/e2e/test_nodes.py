@@ -150,6 +150,13 @@ def test_sighup_moves_new_logins_to_new_nodes_and_changes_the_log_level(broker, 
     with w.connect(user="app", password="secret", vhost="/app") as other:
         other.channel().queue_declare("", exclusive=True)
         assert sorted(upstream_nodes(w)) == sorted([f"127.0.0.1:{broker.port}", f"127.0.0.1:{extra_broker.port}"])
+    # So does a new client of the open connection's pool: that pool was
+    # retired with the old node list.
+    with w.connect() as again:
+        again.channel()
+        newest = max(w.get_json("/api/clients"), key=lambda c: c["id"])
+        nodes = {u["id"]: u["node"] for u in w.get_json("/api/upstreams")}
+        assert nodes[newest["upstream"]] == f"127.0.0.1:{extra_broker.port}"
     held.channel().queue_declare("", exclusive=True)
     held.close()
     assert w.log_text().count("client connected") == logged, "info lines after the level went to warn"

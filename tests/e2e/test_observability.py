@@ -165,6 +165,8 @@ def test_api_lists_clients_upstreams_and_pools_without_passwords(broker, warren)
     assert (up_b["vhost"], up_b["user"], up_b["clients"], up_b["state"]) == ("/app", "app", 1, "open")
     assert up_b["node"] == f"127.0.0.1:{broker.port}"
     assert up_b["channels"]["open"] == 1
+    # Each upstream connection names its route and the clients on it.
+    assert (up_b["route"], up_b["client_ids"]) == ("default", [by_name["api-b"]["id"]])
 
     pools = warren.get_json("/api/pools")
     assert sorted((p["vhost"], p["user"], p["clients"]) for p in pools) == [("/", "guest", 1), ("/app", "app", 1)]

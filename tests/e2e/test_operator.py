@@ -49,12 +49,12 @@ def test_list_shows_each_collection_as_a_table_and_as_json(warren, broker):
         assert json.loads(ok(warren, "list", "clients", "--json"))[0]["id"] == client["id"]
 
         pools = ok(warren, "list", "pools").splitlines()
-        assert pools[1].split() == ["/", "guest", "1", "1"], pools
+        assert pools[1].split() == ["default", "/", "guest", "1", "1"], pools
         upstreams = ok(warren, "list", "upstreams").splitlines()
-        assert upstreams[1].split()[1] == f"127.0.0.1:{broker.port}", upstreams
+        assert upstreams[1].split()[1:3] == ["default", f"127.0.0.1:{broker.port}"], upstreams
         nodes = ok(warren, "list", "nodes").splitlines()
-        assert nodes[0].split() == ["NODE", "TLS", "STATE", "FAILURES", "RETRY_IN_S", "UPSTREAMS"]
-        assert nodes[1].split() == [f"127.0.0.1:{broker.port}", "false", "up", "0", "-", "1"], nodes
+        assert nodes[0].split() == ["ROUTE", "NODE", "TLS", "STATE", "FAILURES", "RETRY_IN_S", "UPSTREAMS"]
+        assert nodes[1].split() == ["default", f"127.0.0.1:{broker.port}", "false", "up", "0", "-", "1"], nodes
 
 
 def test_kill_closes_that_client_with_320_and_spares_its_neighbour(warren, broker, queue):

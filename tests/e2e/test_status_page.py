@@ -36,7 +36,8 @@ return {
   updated: Number(document.body.dataset.updated),
   tiles: Object.fromEntries(Array.from(document.querySelectorAll('[data-metric]')).map(e =>
     [e.dataset.metric, e.getAttribute('data-value')])),
-  pools: rows('pools'), upstreams: rows('upstreams'), nodes: rows('nodes'), clients: rows('clients'),
+  routes: rows('routes'), pools: rows('pools'), upstreams: rows('upstreams'), nodes: rows('nodes'),
+  clients: rows('clients'),
   paused: document.getElementById('paused').hidden ? null : document.getElementById('paused').textContent,
   shown: Number(note.dataset.shown), total: Number(note.dataset.total),
 };
@@ -45,10 +46,11 @@ return {
 # Fields whose cell text is the raw value; bytes and ages are shown
 # human-readable and only their data-value is raw.
 CLIENT_FIELDS = ["user", "vhost", "connection_name", "channels", "upstream", "paused"]
-NODE_FIELDS = ["node", "tls", "state", "failures", "upstreams"]
-UPSTREAM_FIELDS = ["node", "vhost", "user", "state", "clients", "channels.open", "channels.kept",
+NODE_FIELDS = ["route", "node", "tls", "state", "failures", "upstreams"]
+ROUTE_FIELDS = ["name", "upstream_vhost", "consumer_mode", "pools", "upstreams", "clients"]
+UPSTREAM_FIELDS = ["route", "node", "vhost", "user", "state", "clients", "channels.open", "channels.kept",
                    "channels.closing"]
-POOL_FIELDS = ["vhost", "user", "upstreams", "clients"]
+POOL_FIELDS = ["route", "vhost", "user", "upstreams", "clients"]
 STABLE_TILES = ["clients", "upstreams", "pools", "channels.client"]
 
 
@@ -170,6 +172,7 @@ def page_vs_api(browser, warren, since=0):
     pools = warren.get_json("/api/pools")
     upstreams = warren.get_json("/api/upstreams")
     nodes = warren.get_json("/api/nodes")
+    routes = warren.get_json("/api/routes")
     clients = warren.get_json("/api/clients")
     out = []
     paused = overview["paused"]
@@ -191,9 +194,10 @@ def page_vs_api(browser, warren, since=0):
         out.append(f"clients note: showing {page['shown']} of {page['total']}, API has {len(clients)}")
     out += compare_rows("upstreams", page["upstreams"], sorted(upstreams, key=lambda u: u["id"]),
                         lambda u: str(u["id"]), UPSTREAM_FIELDS)
-    out += compare_rows("nodes", page["nodes"], nodes, lambda n: n["node"], NODE_FIELDS)
-    out += compare_rows("pools", page["pools"], sorted(pools, key=lambda p: (p["vhost"], p["user"])),
-                        lambda p: f"{p['vhost']}|{p['user']}", POOL_FIELDS)
+    out += compare_rows("nodes", page["nodes"], nodes, lambda n: f"{n['route']}|{n['node']}", NODE_FIELDS)
+    out += compare_rows("routes", page["routes"], routes, lambda r: r["name"], ROUTE_FIELDS)
+    pool_key = lambda p: f"{p['route']}|{p['vhost']}|{p['user']}"  # noqa: E731
+    out += compare_rows("pools", page["pools"], sorted(pools, key=pool_key), pool_key, POOL_FIELDS)
     return out
 
 

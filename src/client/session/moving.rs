@@ -28,7 +28,11 @@ impl Session {
         if upstream != self.upstream.id() || self.hold.is_none() || self.outage.is_some() {
             return;
         }
-        let elsewhere = self.ctx.pools.settings().nodes.undrained_besides(self.upstream.node());
+        let elsewhere = self
+            .ctx
+            .pools
+            .nodes_of(&self.pool)
+            .undrained_besides(self.upstream.node());
         let why = match self.why_not_carriable() {
             None if elsewhere => {
                 self.moving = Some(Instant::now());
