@@ -120,7 +120,8 @@ fn upstream_settings(
         },
         prewarm_channels: config.prewarm_channels.into(),
         guaranteed_channels: config.guaranteed_channels.into(),
-        connection_name: format!("warren {} on {listening}", env!("CARGO_PKG_VERSION")),
+        connection_name: config.upstream_connection_name.clone(),
+        listening: listening.to_string(),
         stats: stats.clone(),
     }
 }

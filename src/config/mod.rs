@@ -6,6 +6,7 @@
 
 mod cli;
 mod file;
+mod name_template;
 mod options;
 mod routes;
 
@@ -19,6 +20,7 @@ use routes::RouteOptions;
 use zeroize::Zeroizing;
 
 pub use cli::Cli;
+pub use name_template::{NameTemplate, NameValues};
 pub use options::Options;
 pub use routes::{ConsumerMode, Pattern, Route, DEFAULT_ROUTE};
 
@@ -93,6 +95,7 @@ pub struct Config {
     /// What the admin API asks for in `Authorization: Bearer`, if anything.
     pub http_token: Option<AdminToken>,
     pub upstream_tls: UpstreamTls,
+    pub upstream_connection_name: NameTemplate,
     pub idle_connection_timeout: Duration,
     /// 0: no limit.
     pub max_clients: usize,
@@ -270,6 +273,9 @@ impl Config {
                 .collect(),
             http_token: admin_token(o.http_token, o.http_token_file)?,
             upstream_tls,
+            upstream_connection_name: NameTemplate::parse(
+                &o.upstream_connection_name.unwrap_or_default(),
+            )?,
             idle_connection_timeout: seconds(o.idle_connection_timeout),
             max_clients: o.max_clients.unwrap_or_default() as usize,
             max_pending_handshakes: o.max_pending_handshakes.unwrap_or_default() as usize,

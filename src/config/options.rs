@@ -362,6 +362,10 @@ options! {
     /// Do not verify amqps:// brokers' certificates. For tests only: anyone
     /// on the path can read and change the traffic, passwords included
     upstream_insecure: bool = Some(false), Flag::switch("UPSTREAM_INSECURE", "upstream-insecure", true);
+    /// How warren names its connections to the broker (the management UI
+    /// shows it): text with {version} {listen} {host} {pid} {route} {node}
+    /// {user} {vhost}
+    upstream_connection_name: String = Some("warren {version} on {listen}".into()), Flag::value("UPSTREAM_CONNECTION_NAME", "TEMPLATE");
     /// Seconds an upstream connection with no clients stays open
     idle_connection_timeout: u64 = Some(5), Flag::value("IDLE_CONNECTION_TIMEOUT", "SECONDS").short('t');
     /// Most client connections at once; beyond it a client is refused with

@@ -125,15 +125,15 @@ mod tests {
     #[test]
     fn records_become_aligned_rows_with_their_columns_only() {
         let body = r#"[
-            {"vhost": "/", "user": "guest", "upstreams": 1, "clients": 12, "extra": true},
-            {"vhost": "orders", "user": "a-much-longer-user", "upstreams": 2, "clients": 0}
+            {"route": "default", "vhost": "/", "user": "guest", "upstreams": 1, "clients": 12, "extra": true},
+            {"route": "b", "vhost": "orders", "user": "a-much-longer-user", "upstreams": 2, "clients": 0}
         ]"#;
         let table = render(Listing::Pools, body).unwrap();
         assert_eq!(
             table,
-            "VHOST   USER                UPSTREAMS  CLIENTS\n\
-             /       guest               1          12\n\
-             orders  a-much-longer-user  2          0\n"
+            "ROUTE    VHOST   USER                UPSTREAMS  CLIENTS\n\
+             default  /       guest               1          12\n\
+             b        orders  a-much-longer-user  2          0\n"
         );
     }
 
@@ -145,7 +145,7 @@ mod tests {
         let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(
             row,
-            ["7", "127.0.0.1:5672", "-", "-", "open", "-", "3", "13"]
+            ["7", "-", "127.0.0.1:5672", "-", "-", "open", "-", "3", "13"]
         );
     }
 
@@ -163,6 +163,14 @@ mod tests {
             table.contains(r"\u{1b}]0;owned\u{7}\u{9b}2J\u{202e}"),
             "{table:?}"
         );
+    }
+
+    #[test]
+    fn lists_are_joined_and_empty_ones_shown_as_missing() {
+        let body = r#"[{"name": "b", "vhosts": ["b", "b-*"], "users": [], "upstream": ["r:1"]}]"#;
+        let table = render(Listing::Routes, body).unwrap();
+        let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[..4], ["b", "b,b-*", "-", "r:1"]);
     }
 
     #[test]

@@ -247,7 +247,7 @@ impl Pools {
         if self.is_known(&settings.route, &credentials.user, &fingerprint) {
             return Ok(Admission::Known);
         }
-        let pending = match Upstream::login(&settings, credentials).await {
+        let pending = match Upstream::login(&settings, credentials, None).await {
             Ok(pending) => pending,
             Err(error)
                 if !error.is_final()

@@ -52,8 +52,11 @@ impl Routes {
     /// The route of `user` whatever its vhost, if the user alone decides
     /// it: its login can then be checked before the client names a vhost,
     /// as RabbitMQ does. `None` when a route that matches on vhosts comes
-    /// first for this user.
+    /// first for this user, or the connection's name needs the vhost.
     pub fn for_login(&self, user: &str) -> Option<&Arc<UpstreamSettings>> {
+        if self.default_route().connection_name.needs_vhost() {
+            return None;
+        }
         for entry in self.configured() {
             match entry.route.may_serve_user(user) {
                 (false, _) => continue,
@@ -134,7 +137,8 @@ mod tests {
                 kept_channels: 0,
                 prewarm_channels: 0,
                 guaranteed_channels: 1,
-                connection_name: String::new(),
+                connection_name: crate::config::NameTemplate::parse("warren").unwrap(),
+                listening: String::new(),
                 stats: Arc::new(Stats::default()),
             }),
             route,

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::exclusive::ExclusiveQueues;
-use crate::untrusted::cut;
+use crate::untrusted::{cut, shown};
 use command::Command;
 pub use handshake::ConnectError;
 use handshake::Negotiated;
@@ -36,7 +36,7 @@ pub use nodes::Nodes;
 
 use crate::auth::Credentials;
 use crate::channel::{Delivered, Inherited, UpstreamChannel};
-use crate::config::UpstreamAddr;
+use crate::config::{NameTemplate, NameValues, UpstreamAddr};
 use crate::confirms::ConfirmTags;
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::net::{ReadHalf, WriteHalf};
@@ -81,8 +81,10 @@ pub struct UpstreamSettings {
     /// Channels each client is sure to get on a connection.
     pub guaranteed_channels: usize,
     /// How warren names its connections to the broker (shown in the
-    /// management UI): which warren, listening where.
-    pub connection_name: String,
+    /// management UI): which warren, listening where, for whom.
+    pub connection_name: NameTemplate,
+    /// Where warren listens for clients (the first listener).
+    pub listening: String,
     pub stats: Arc<Stats>,
 }
 
@@ -209,20 +211,29 @@ impl Upstream {
     /// decides whether they are good. Nodes are tried in turn (see
     /// [`Nodes::order`]) until one answers; a node's answer, even a refusal
     /// of the login, is final.
+    /// `vhost` is the client's, if it named it already (it goes into the
+    /// connection's name only).
     pub async fn login(
         settings: &UpstreamSettings,
         credentials: &Credentials,
+        vhost: Option<&str>,
     ) -> Result<PendingUpstream, ConnectError> {
-        let start_ok = handshake::start_ok(credentials, &settings.connection_name)
-            .inspect_err(|_| {
+        let nodes = &settings.nodes;
+        let mut last_error = ConnectError::Unreachable("no broker node configured".into());
+        for node in nodes.order() {
+            let name = settings.connection_name.render(&NameValues {
+                listen: &settings.listening,
+                route: &settings.route,
+                node: &nodes.addrs()[node].to_string(),
+                user: &shown(&credentials.user),
+                vhost: vhost.map(shown).as_deref(),
+            });
+            let start_ok = handshake::start_ok(credentials, &name).inspect_err(|_| {
                 tracing::warn!(
                     user = cut(&credentials.user),
                     "login refused without asking the broker: user name and password too long for its first frame"
                 );
             })?;
-        let nodes = &settings.nodes;
-        let mut last_error = ConnectError::Unreachable("no broker node configured".into());
-        for node in nodes.order() {
             let started = Instant::now();
             let connecting = async {
                 let socket = nodes.dial(node).await.map_err(ConnectError::Unreachable)?;
@@ -271,7 +282,7 @@ impl Upstream {
         vhost: &str,
         id: u64,
     ) -> Result<Upstream, ConnectError> {
-        Self::login(settings, credentials)
+        Self::login(settings, credentials, Some(vhost))
             .await?
             .open(settings, &credentials.user, vhost, id)
             .await

@@ -167,3 +167,35 @@ def test_a_reload_that_moves_a_route_drops_nobody(broker, extra_broker, warren_f
         drop_queue(broker, on_default)
         drop_queue(extra_broker, on_route)
     assert [p.error for p in publishers] == [None, None]
+
+
+def test_upstream_connections_are_named_by_the_template(broker, extra_broker, warren_factory, tmp_path):
+    cfg = tmp_path / "warren.toml"
+    write_config(cfg, broker.port, route_table("billing", extra_broker.port, vhosts=["billing"], upstream_vhost="/"))
+    template = "app-proxy {route} {user}@{vhost} via {node} pid {pid} on {listen}"
+    w = warren_factory("-c", str(cfg), "--upstream-connection-name", template, upstreams=[])
+    with w.connect() as default_client, w.connect(vhost="billing") as routed_client:
+        default_client.channel()
+        routed_client.channel()
+        names = {c["name"] for c in broker.connections() + extra_broker.connections()
+                 if c["name"].startswith("app-proxy ")}
+        pid = w.proc.pid
+        assert names == {
+            f"app-proxy default guest@/ via 127.0.0.1:{broker.port} pid {pid} on 127.0.0.1:{w.port}",
+            f"app-proxy billing guest@billing via 127.0.0.1:{extra_broker.port} pid {pid} on 127.0.0.1:{w.port}",
+        }, names
+        # Each upstream connection lists the client on it.
+        ids = {c["vhost"]: c["id"] for c in w.get_json("/api/clients")}
+        on = {u["route"]: u["client_ids"] for u in w.get_json("/api/upstreams")}
+        assert on == {"default": [ids["/"]], "billing": [ids["billing"]]}, on
+    # A name with {vhost} is only known at Connection.Open: a wrong password
+    # is refused there, with the broker's 403.
+    with pytest.raises(pika.exceptions.AMQPConnectionError) as refused:
+        pika.BlockingConnection(params(w.port, password="wrong"))
+    assert "403" in repr(refused.value) or "ACCESS_REFUSED" in repr(refused.value), repr(refused.value)
+
+
+def test_an_unknown_placeholder_is_a_clear_error():
+    out = subprocess.run([str(WARREN), "--check-config", "/dev/null", "--upstream-connection-name", "w {hostname}",
+                          "amqp://127.0.0.1"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 2 and "unknown placeholder '{hostname}'" in out.stderr, out.stderr
