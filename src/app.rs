@@ -15,6 +15,7 @@ use crate::housekeeping;
 use crate::listener;
 use crate::logging::{self, SetLevel};
 use crate::pool::Pools;
+use crate::quota::Quotas;
 use crate::reload::{reload_on_hangup, routes, warn_if_insecure, Loaded, Running};
 use crate::stats::Stats;
 use crate::{fd_limit, memory, systemd, upstream};
@@ -111,7 +112,9 @@ async fn run(cli: Cli, loaded: Loaded, set_level: SetLevel) -> ExitCode {
     let stats = Arc::new(Stats::default());
     let upstreams: Vec<String> = config.upstreams.iter().map(|u| u.to_string()).collect();
     let routes = routes(&config, configured_routes, &stats, &listening);
-    let ctx = Arc::new(Context::new(config, Pools::new(routes), stats));
+    let quotas = Quotas::new(config.quotas.clone());
+    let pools = Pools::new(routes, quotas.clone());
+    let ctx = Arc::new(Context::new(config, pools, stats, quotas));
     let stop = CancellationToken::new();
     let http_local = match http {
         Some(http) => serve_http(http, &ctx, &stop),

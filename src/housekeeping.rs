@@ -1,5 +1,6 @@
 //! What the process tidies up now and then, away from the data path:
-//! pools whose connections all closed are forgotten, and heap freed by
+//! pools whose connections all closed are forgotten (and users and vhosts
+//! that hold nothing under their quotas), and heap freed by
 //! departed clients is given back to the system.
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         tokio::select! {
             _ = tick.tick() => {
                 ctx.pools.prune();
+                ctx.quotas.prune();
                 let departed = ctx.stats.departed_clients();
                 if departed >= departed_at_trim + DEPARTURES_BEFORE_TRIM {
                     memory::give_back_freed_memory();

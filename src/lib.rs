@@ -41,6 +41,7 @@ mod memory;
 mod outbox;
 mod pause;
 mod pool;
+mod quota;
 mod reload;
 mod stats;
 mod systemd;

@@ -252,6 +252,8 @@ pub enum HandshakeOutcome {
     abandoned,
     /// `--max-clients` were connected already.
     over_limit,
+    /// A `[[quota]]`'s `max_clients` for the user or vhost was reached.
+    quota,
     /// `--max-pending-handshakes-per-source` handshakes from the client's
     /// address were in progress already.
     source_limit,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::Admin;
-use crate::config::{ConsumerMode, Pattern};
+use crate::config::{ConsumerMode, Pattern, Scope};
 use crate::stats::Traffic;
 use crate::untrusted::shown;
 use crate::upstream::ChannelCounts;
@@ -129,6 +129,24 @@ pub struct RouteView {
     pools: usize,
     upstreams: usize,
     clients: usize,
+}
+
+/// One user's or vhost's usage under its quota.
+#[derive(Serialize)]
+pub struct QuotaView {
+    quota: String,
+    scope: Scope,
+    key: String,
+    mode: &'static str,
+    clients: usize,
+    max_clients: Option<u32>,
+    channels: usize,
+    max_channels: Option<u32>,
+    upstreams: usize,
+    max_upstream_connections: Option<u32>,
+    max_publish_rate: Option<u32>,
+    max_publish_bytes_rate: Option<u64>,
+    throttled_seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -303,6 +321,42 @@ pub fn clients(admin: &Admin) -> Vec<Client> {
             age_seconds: c.since.elapsed().as_secs_f64(),
             paused: c.paused.get() == 1,
             held: c.held.get() == 1,
+        })
+        .collect()
+}
+
+pub fn quotas(admin: &Admin) -> Vec<QuotaView> {
+    let pools = admin.ctx.pools.summary();
+    admin
+        .ctx
+        .quotas
+        .report()
+        .into_iter()
+        .map(|usage| {
+            let quota = usage.quota;
+            let upstreams = pools
+                .iter()
+                .filter(|p| match quota.scope {
+                    Scope::User => p.user == usage.key,
+                    Scope::Vhost => p.vhost == usage.key,
+                })
+                .map(|p| p.upstreams)
+                .sum();
+            QuotaView {
+                scope: quota.scope,
+                key: shown(&usage.key),
+                mode: if quota.observe { "observe" } else { "enforce" },
+                clients: usage.clients,
+                max_clients: quota.max_clients,
+                channels: usage.channels,
+                max_channels: quota.max_channels,
+                upstreams,
+                max_upstream_connections: quota.max_upstream_connections,
+                max_publish_rate: quota.max_publish_rate,
+                max_publish_bytes_rate: quota.max_publish_bytes_rate,
+                throttled_seconds: usage.throttled_seconds,
+                quota: quota.name,
+            }
         })
         .collect()
 }

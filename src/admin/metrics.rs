@@ -20,7 +20,9 @@ use prometheus_client::registry::Registry;
 
 use super::api::channel_counts;
 use super::Admin;
+use crate::quota::{Exceeded, QuotaUsage};
 use crate::stats::{PoolLabel, Snapshot, Stats, Traffic};
+use crate::untrusted::shown;
 use crate::upstream::ChannelCounts;
 
 pub async fn render(admin: &Admin) -> String {
@@ -36,6 +38,8 @@ pub async fn render(admin: &Admin) -> String {
             .map(|e| e.route.name.clone())
             .collect(),
         snapshot: admin.ctx.stats.snapshot(),
+        quotas: admin.ctx.quotas.report(),
+        quota_exceeded: admin.ctx.quotas.exceeded(),
         stats: admin.ctx.stats.clone(),
         held_publish_bytes: admin.ctx.held_bytes.used(),
         held_publish_limit: admin.ctx.held_bytes.limit(),
@@ -56,6 +60,8 @@ pub async fn render(admin: &Admin) -> String {
 
 /// Picks one count out of a pool's traffic.
 type TrafficCount = fn(&Traffic) -> u64;
+/// Picks one count out of a user's or vhost's usage under its quota.
+type UsageCount = fn(&QuotaUsage) -> u64;
 
 #[derive(Debug)]
 struct Exposition {
@@ -64,6 +70,8 @@ struct Exposition {
     pools: usize,
     /// Every route's name, the default first.
     routes: Vec<String>,
+    quotas: Vec<QuotaUsage>,
+    quota_exceeded: BTreeMap<Exceeded, u64>,
     stats: Arc<Stats>,
     held_publish_bytes: u64,
     held_publish_limit: u64,
@@ -78,6 +86,7 @@ impl Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), Error> {
         self.encode_connections(&mut encoder)?;
         self.encode_routes(&mut encoder)?;
+        self.encode_quotas(&mut encoder)?;
         self.encode_held(&mut encoder)?;
         self.encode_channels(&mut encoder)?;
         self.encode_traffic(&mut encoder)?;
@@ -180,6 +189,58 @@ impl Exposition {
             for (route, value) in counts {
                 ConstGauge::new(*value).encode(metric.encode_family(&[("route", *route)])?)?;
             }
+        }
+        Ok(())
+    }
+
+    /// What each user and vhost a quota covers holds, and how often a
+    /// limit was reached.
+    fn encode_quotas(&self, encoder: &mut DescriptorEncoder) -> Result<(), Error> {
+        let gauges: [(&str, &str, UsageCount); 2] = [
+            (
+                "warren_quota_clients",
+                "Clients of a user or vhost a quota covers",
+                |u| u.clients as u64,
+            ),
+            (
+                "warren_quota_channels",
+                "Channels of a user or vhost a quota covers",
+                |u| u.channels as u64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for usage in &self.quotas {
+                let key = shown(&usage.key);
+                let labels = [("quota", usage.quota.name.as_str()), ("key", key.as_str())];
+                ConstGauge::new(value(usage)).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        let mut throttled = encoder.encode_descriptor(
+            "warren_quota_throttled_seconds",
+            "Time clients of a user or vhost were not read for a publish rate quota",
+            None,
+            MetricType::Counter,
+        )?;
+        for usage in &self.quotas {
+            let key = shown(&usage.key);
+            let labels = [("quota", usage.quota.name.as_str()), ("key", key.as_str())];
+            ConstCounter::new(usage.throttled_seconds).encode(throttled.encode_family(&labels)?)?;
+        }
+        let mut exceeded = encoder.encode_descriptor(
+            "warren_quota_exceeded",
+            "Times a quota limit was reached (enforced=false: observe mode, let through)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reached, count) in &self.quota_exceeded {
+            let enforced = if reached.enforced { "true" } else { "false" };
+            let labels = [
+                ("quota", reached.quota.as_str()),
+                ("limit", reached.limit),
+                ("enforced", enforced),
+            ];
+            ConstCounter::new(*count).encode(exceeded.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -183,6 +183,7 @@ async fn route(
         "/api/clients" => json(&api::clients(admin)),
         "/api/nodes" => json(&api::nodes(admin)),
         "/api/routes" => json(&api::routes(admin)),
+        "/api/quotas" => json(&api::quotas(admin)),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

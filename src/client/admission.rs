@@ -15,7 +15,8 @@ use super::{Admission, Context};
 use crate::link::ClientId;
 use crate::logging::RateLimit;
 use crate::net::{Peer, ReadHalf, WriteHalf};
-use crate::pool::PoolRef;
+use crate::pool::{Admission as PoolAdmission, PoolRef};
+use crate::quota::QuotaPlace;
 use crate::protocol::frame::{FrameError, FrameReader};
 use crate::protocol::ids;
 use crate::protocol::limits::RABBITMQ_FRAME_MAX;
@@ -40,6 +41,8 @@ pub struct Admitted<'a> {
     pub pool: PoolRef,
     /// Held for the whole session.
     pub place: Admission<'a>,
+    /// Its share of its user's and vhost's quotas.
+    pub quota: QuotaPlace,
 }
 
 /// How a handshake step failed.
@@ -106,15 +109,7 @@ pub async fn admit<'a>(
         events,
         tokio::time::timeout_at(deadline, open).await,
     )?;
-    let (Some(place), Some(login)) = (place, login) else {
-        return Err(over_client_limit(
-            who,
-            &hello,
-            &vhost,
-            config.max_clients,
-            events,
-        ));
-    };
+    let (place, login, quota) = within_limits(who, &hello, &vhost, place.zip(login), ctx)?;
     let (upstream, pool) = ctx
         .pools
         .checkout(&hello.credentials, &vhost, login)
@@ -137,7 +132,33 @@ pub async fn admit<'a>(
         upstream,
         pool,
         place,
+        quota,
     })
+}
+
+/// A place under `--max-clients` (taken before the login, `None` if
+/// there was none) and under the user's and vhost's quotas, or the
+/// refusal RabbitMQ gives at Connection.Open for its own limits.
+fn within_limits<'a>(
+    who: Who,
+    hello: &Hello,
+    vhost: &str,
+    place_and_login: Option<(Admission<'a>, PoolAdmission)>,
+    ctx: &Context,
+) -> Result<(Admission<'a>, PoolAdmission, QuotaPlace), Refusal> {
+    let events = &ctx.stats.events;
+    let Some((place, login)) = place_and_login else {
+        let max_clients = ctx.config().max_clients;
+        return Err(over_client_limit(who, hello, vhost, max_clients, events));
+    };
+    match ctx.quotas.admit(&hello.credentials.user, vhost) {
+        Ok(quota) => Ok((place, login, quota)),
+        Err(close) => {
+            events.handshake(HandshakeOutcome::quota);
+            tracing::info!(client = who.id, peer = %who.peer, user = cut(&hello.credentials.user), vhost = cut(vhost), text = cut(&close.text), "client refused by a quota");
+            Err(Refusal::Close(close))
+        }
+    }
 }
 
 fn over_client_limit(

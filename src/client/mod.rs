@@ -38,6 +38,7 @@ use crate::held::HeldBytes;
 use crate::link::ClientId;
 use crate::pause::Pauses;
 use crate::pool::Pools;
+use crate::quota::Quotas;
 use crate::stats::Stats;
 
 /// What every client session shares.
@@ -66,6 +67,8 @@ pub struct Context {
     pub pauses: Pauses,
     /// The Connection.Start clients get.
     pub client_start: ClientStart,
+    /// `[[quota]]`s and what each user and vhost holds.
+    pub quotas: Arc<Quotas>,
 }
 
 /// A place under `--max-clients`, given back on drop.
@@ -78,8 +81,9 @@ impl Drop for Admission<'_> {
 }
 
 impl Context {
-    pub fn new(config: Config, pools: Pools, stats: Arc<Stats>) -> Self {
+    pub fn new(config: Config, pools: Pools, stats: Arc<Stats>, quotas: Arc<Quotas>) -> Self {
         Context {
+            quotas,
             held_bytes: HeldBytes::new(config.max_held_publish_bytes),
             held_deliveries: HeldBytes::new(config.max_held_delivery_bytes),
             hold_buffer: HeldBytes::new(config.hold_buffer_bytes),
@@ -100,6 +104,7 @@ impl Context {
     }
 
     pub fn set_config(&self, config: Config) {
+        self.quotas.set_rules(config.quotas.clone());
         self.held_bytes.set_limit(config.max_held_publish_bytes);
         self.held_deliveries
             .set_limit(config.max_held_delivery_bytes);

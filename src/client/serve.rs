@@ -16,7 +16,7 @@ use super::admission::{
 };
 use super::handshake::Hello;
 use super::pending::{refused_over_source_limit, PendingHandshake};
-use super::session::{ClientSide, Exit, Session};
+use super::session::{ClientSide, Exit, Seat, Session};
 use super::Context;
 use crate::link::ClientLink;
 use crate::logging::RateLimit;
@@ -166,6 +166,7 @@ async fn run_admitted(
         upstream,
         pool,
         place,
+        quota,
     } = admitted;
     let user = &hello.credentials.user;
     let (shown_user, shown_vhost) = (cut(user), cut(&vhost));
@@ -192,15 +193,13 @@ async fn run_admitted(
     let (client, writer_task) =
         client_side(who, &tune, heartbeat, &hello, write_half, record, ctx);
     upstream.attach(client.link.clone());
-    let mut session = Session::new(
-        who.id,
-        ctx,
+    let seat = Seat {
         pool,
-        vhost.clone(),
+        vhost: vhost.clone(),
         upstream,
-        tune.channel_max,
-        client,
-    );
+        quota,
+    };
+    let mut session = Session::new(who.id, ctx, seat, tune.channel_max, client);
     let exit = session.run(&mut reader, &mut events, heartbeat, ctx).await;
     // Given back before the client hears its Close-Ok, so a client that
     // reconnects at once finds its place free.

@@ -3,17 +3,27 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::options::TomlFile;
+use super::quotas::QuotaOptions;
 use super::routes::RouteOptions;
 use super::{err, redact_text, ConfigError, Options};
 
-/// What a configuration file gives: settings, and (TOML only) routes.
+/// What a configuration file gives: settings, and (TOML only) tables.
 #[derive(Debug, Default)]
 pub struct FileSettings {
-    pub route: Vec<RouteOptions>,
+    pub tables: Tables,
     pub options: Options,
+}
+
+/// The `[[route]]` and `[[quota]]` tables of a TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Tables {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub route: Vec<RouteOptions>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quota: Vec<QuotaOptions>,
 }
 
 /// Reads `path` as TOML when it ends in `.toml`, else as INI.
@@ -24,7 +34,7 @@ pub fn read(path: &Path) -> Result<FileSettings, ConfigError> {
         parse_toml(&text)
     } else {
         parse_ini(&text).map(|options| FileSettings {
-            route: Vec::new(),
+            tables: Tables::default(),
             options,
         })
     };
@@ -41,7 +51,10 @@ fn parse_toml(text: &str) -> Result<FileSettings, ConfigError> {
     let parsed: Result<TomlFile, _> = toml::from_str(text);
     parsed
         .map(|mut file| FileSettings {
-            route: std::mem::take(&mut file.route),
+            tables: Tables {
+                route: std::mem::take(&mut file.route),
+                quota: std::mem::take(&mut file.quota),
+            },
             options: file.settings(),
         })
         .map_err(|e| {
@@ -187,7 +200,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(routed.options.port, Some(1));
-        assert_eq!(routed.route[0].vhosts, ["billing"]);
+        assert_eq!(routed.tables.route[0].vhosts, ["billing"]);
         let typo = parse_toml("[[route]]\nname = \"b\"\nvhost = \"x\"\n")
             .unwrap_err()
             .0;

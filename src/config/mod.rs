@@ -8,6 +8,7 @@ mod cli;
 mod file;
 mod name_template;
 mod options;
+mod quotas;
 mod routes;
 
 use std::path::PathBuf;
@@ -16,12 +17,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
 
-use routes::RouteOptions;
 use zeroize::Zeroizing;
 
 pub use cli::Cli;
 pub use name_template::{NameTemplate, NameValues};
 pub use options::Options;
+pub use quotas::{Quota, Scope};
 pub use routes::{ConsumerMode, Pattern, Route, DEFAULT_ROUTE};
 
 /// A broker node upstream connections may go to.
@@ -78,8 +79,11 @@ pub struct Config {
     pub upstreams: Vec<UpstreamAddr>,
     /// `[[route]]`s, in file order: the first that serves a client wins.
     pub routes: Vec<Route>,
-    /// The routes as the file gave them, for `--check-config`.
-    given_routes: Vec<RouteOptions>,
+    /// `[[quota]]`s, in file order: the first of each scope that covers a
+    /// client applies.
+    pub quotas: Vec<Quota>,
+    /// The tables as the file gave them, for `--check-config` and reloads.
+    tables: file::Tables,
     pub listen: Listen,
     /// 0: no plain TCP listener.
     pub port: u16,
@@ -241,21 +245,19 @@ impl Config {
             None => file::FileSettings::default(),
         };
         let options = cli.options().or(from_file.options).or(Options::defaults());
-        Self::from_options(options, from_file.route)
+        Self::from_options(options, from_file.tables)
     }
 
-    fn from_options(
-        options: Options,
-        given_routes: Vec<RouteOptions>,
-    ) -> Result<Self, ConfigError> {
+    fn from_options(options: Options, tables: file::Tables) -> Result<Self, ConfigError> {
         let mut o = options.clone();
         let (upstreams, upstream_tls) = default_route(&mut o)?;
         let (log_level, log_format) = logging(&mut o)?;
         let (listen, tls, socket_mode) = listeners(&mut o)?;
         let seconds = |value: Option<u64>| Duration::from_secs(value.unwrap_or_default());
         Ok(Config {
-            routes: routes::check(&given_routes, &upstream_tls)?,
-            given_routes,
+            routes: routes::check(&tables.route, &upstream_tls)?,
+            quotas: quotas::check(&tables.quota)?,
+            tables,
             upstreams,
             listen,
             port: o.port.unwrap_or_default(),
@@ -331,12 +333,15 @@ impl Config {
         struct Shown {
             #[serde(flatten)]
             options: Options,
-            #[serde(skip_serializing_if = "Vec::is_empty")]
-            route: Vec<RouteOptions>,
+            #[serde(flatten)]
+            tables: file::Tables,
         }
         let shown = Shown {
             options: shown,
-            route: routes::redacted(&self.given_routes),
+            tables: file::Tables {
+                route: routes::redacted(&self.tables.route),
+                quota: self.tables.quota.clone(),
+            },
         };
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
@@ -350,8 +355,11 @@ impl Config {
             .copied()
             .filter(|key| ours.get(*key) != theirs.get(*key))
             .collect();
-        if self.given_routes != other.given_routes {
+        if self.tables.route != other.tables.route {
             changed.push("route");
+        }
+        if self.tables.quota != other.tables.quota {
+            changed.push("quota");
         }
         changed
     }

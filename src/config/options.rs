@@ -11,6 +11,7 @@
 use clap::{value_parser, Arg, ArgAction, ArgMatches};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::quotas::QuotaOptions;
 use super::routes::RouteOptions;
 use crate::protocol::limits::{PROTOCOL_CHANNEL_MAX, RABBITMQ_CHANNEL_MAX};
 
@@ -240,6 +241,8 @@ macro_rules! options {
         pub struct TomlFile {
             #[serde(default)]
             pub route: Vec<RouteOptions>,
+            #[serde(default)]
+            pub quota: Vec<QuotaOptions>,
             $(
                 $(#[serde($($serde)*)])?
                 $name: Option<$ty>,

@@ -6,7 +6,10 @@ fn cli(args: &[&str]) -> Cli {
 
 fn load(args: &[&str]) -> Result<Config, ConfigError> {
     let cli = cli(args);
-    Config::from_options(cli.options().or(Options::defaults()), Vec::new())
+    Config::from_options(
+        cli.options().or(Options::defaults()),
+        file::Tables::default(),
+    )
 }
 
 #[test]
@@ -125,14 +128,14 @@ fn printed_config_hides_passwords_and_reads_back_the_same() {
     let printed = config.to_toml();
     assert!(!printed.contains("hunter2"), "{printed}");
     let again: Options = toml::from_str(&printed).unwrap();
-    let reloaded = Config::from_options(again, Vec::new()).unwrap();
+    let reloaded = Config::from_options(again, file::Tables::default()).unwrap();
     assert_eq!(reloaded.max_clients, 7);
     assert_eq!(reloaded.changed_from(&config), vec!["upstream"]);
 }
 
 #[test]
 fn missing_upstream_is_a_clear_error() {
-    let e = Config::from_options(Options::defaults(), Vec::new())
+    let e = Config::from_options(Options::defaults(), file::Tables::default())
         .unwrap_err()
         .0;
     assert!(e.contains("missing upstream"), "{e}");

@@ -48,10 +48,11 @@ pub enum Listing {
     Upstreams,
     Nodes,
     Routes,
+    Quotas,
 }
 
 impl Listing {
-    const NAMES: [&'static str; 5] = ["clients", "pools", "upstreams", "nodes", "routes"];
+    const NAMES: [&'static str; 6] = ["clients", "pools", "upstreams", "nodes", "routes", "quotas"];
 
     fn from_name(name: &str) -> Self {
         match name {
@@ -60,6 +61,7 @@ impl Listing {
             "upstreams" => Listing::Upstreams,
             "nodes" => Listing::Nodes,
             "routes" => Listing::Routes,
+            "quotas" => Listing::Quotas,
             other => unreachable!("clap allows only Listing::NAMES, got {other}"),
         }
     }
@@ -71,6 +73,7 @@ impl Listing {
             Listing::Upstreams => "/api/upstreams",
             Listing::Nodes => "/api/nodes",
             Listing::Routes => "/api/routes",
+            Listing::Quotas => "/api/quotas",
         }
     }
 }
@@ -131,7 +134,7 @@ fn actions() -> [Command; 7] {
              and exit 1; for container health checks",
         ),
         Command::new("list")
-            .about("Show clients, pools, upstream connections, broker nodes or routes")
+            .about("Show clients, pools, upstream connections, broker nodes, routes or quotas")
             .arg(Arg::new("what").required(true).value_parser(Listing::NAMES))
             .arg(
                 Arg::new("json")

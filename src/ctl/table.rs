@@ -63,6 +63,19 @@ fn columns(what: Listing) -> &'static [Column] {
             ("UPSTREAMS", "/upstreams"),
             ("CLIENTS", "/clients"),
         ],
+        Listing::Quotas => &[
+            ("QUOTA", "/quota"),
+            ("SCOPE", "/scope"),
+            ("KEY", "/key"),
+            ("MODE", "/mode"),
+            ("CLIENTS", "/clients"),
+            ("MAX", "/max_clients"),
+            ("CHANNELS", "/channels"),
+            ("MAX", "/max_channels"),
+            ("UPSTREAMS", "/upstreams"),
+            ("MAX", "/max_upstream_connections"),
+            ("THROTTLED_S", "/throttled_seconds"),
+        ],
     }
 }
 

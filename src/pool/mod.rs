@@ -19,8 +19,10 @@ use connections::Connections;
 pub use routes::{RouteEntry, Routes};
 
 use crate::auth::{Credentials, Fingerprint, Salt};
+use crate::config::Scope;
 use crate::protocol::limits::RABBITMQ_FRAME_MAX;
 use crate::protocol::reply::{self, NOT_ALLOWED};
+use crate::quota::Quotas;
 use crate::upstream::{ConnectError, PendingUpstream, Room, Upstream, UpstreamSettings};
 
 struct Pool {
@@ -161,11 +163,14 @@ pub struct Pools {
     broker_frame_max: AtomicU32,
     /// Per user: held while a login of that user is under way.
     login_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// For `max_upstream_connections` per user and per vhost.
+    quotas: Arc<Quotas>,
 }
 
 impl Pools {
-    pub fn new(routes: Routes) -> Self {
+    pub fn new(routes: Routes, quotas: Arc<Quotas>) -> Self {
         Pools {
+            quotas,
             routes: RwLock::new(Arc::new(routes)),
             salt: Salt::random(),
             pools: Mutex::new(HashMap::new()),
@@ -347,7 +352,7 @@ impl Pools {
         // Logins run in parallel (one waits for another only so long); the
         // pool may have filled meanwhile.
         let _opening = pool.opening.lock().await;
-        if let Err(full) = Self::has_room_for_another(&pool, &settings, vhost) {
+        if let Err(full) = self.has_room_for_another(&pool, &settings, vhost) {
             pending.discard(&settings, vhost);
             return match pool.try_pin(Room::Any) {
                 Some(upstream) => Ok((upstream, PoolRef(pool.clone()))),
@@ -444,7 +449,7 @@ impl Pools {
             return Err(error);
         }
         let settings = self.settings_of(pool);
-        Self::has_room_for_another(pool, &settings, vhost)?;
+        self.has_room_for_another(pool, &settings, vhost)?;
         let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
         let opened = Upstream::connect(&settings, &pool.credentials, vhost, id).await;
         pool.remember(&opened);
@@ -453,8 +458,10 @@ impl Pools {
         Ok(upstream)
     }
 
-    /// `--max-upstream-connections` allows one more connection in `pool`.
+    /// `--max-upstream-connections` allows one more connection in `pool`,
+    /// and so do the quotas of its user and vhost.
     fn has_room_for_another(
+        &self,
         pool: &Pool,
         settings: &UpstreamSettings,
         vhost: &str,
@@ -469,7 +476,24 @@ impl Pools {
                 ),
             )));
         }
-        Ok(())
+        let user = &pool.credentials.user;
+        self.quotas
+            .upstream_room(user, vhost, |scope, key| self.live_connections(scope, key))
+            .map_err(ConnectError::Refused)
+    }
+
+    /// Live upstream connections of every pool of this user (or vhost).
+    fn live_connections(&self, scope: Scope, key: &str) -> usize {
+        let pools = self.pools.lock().expect("pools lock");
+        pools
+            .iter()
+            .filter(|((_, vhost, user), _)| match scope {
+                Scope::User => user == key,
+                Scope::Vhost => vhost == key,
+            })
+            .flat_map(|(_, candidates)| candidates)
+            .map(|pool| pool.upstreams().live().count())
+            .sum()
     }
 
     /// Adds a new connection to `pool`, pinned by its first client.

@@ -36,7 +36,7 @@ return {
   updated: Number(document.body.dataset.updated),
   tiles: Object.fromEntries(Array.from(document.querySelectorAll('[data-metric]')).map(e =>
     [e.dataset.metric, e.getAttribute('data-value')])),
-  routes: rows('routes'), pools: rows('pools'), upstreams: rows('upstreams'), nodes: rows('nodes'),
+  routes: rows('routes'), quotas: rows('quotas'), pools: rows('pools'), upstreams: rows('upstreams'), nodes: rows('nodes'),
   clients: rows('clients'),
   paused: document.getElementById('paused').hidden ? null : document.getElementById('paused').textContent,
   shown: Number(note.dataset.shown), total: Number(note.dataset.total),
@@ -48,6 +48,7 @@ return {
 CLIENT_FIELDS = ["user", "vhost", "connection_name", "channels", "upstream", "paused"]
 NODE_FIELDS = ["route", "node", "tls", "state", "failures", "upstreams"]
 ROUTE_FIELDS = ["name", "upstream_vhost", "consumer_mode", "pools", "upstreams", "clients"]
+QUOTA_FIELDS = ["quota", "scope", "key", "mode", "clients", "max_clients", "channels", "max_channels"]
 UPSTREAM_FIELDS = ["route", "node", "vhost", "user", "state", "clients", "channels.open", "channels.kept",
                    "channels.closing"]
 POOL_FIELDS = ["route", "vhost", "user", "upstreams", "clients"]
@@ -173,6 +174,7 @@ def page_vs_api(browser, warren, since=0):
     upstreams = warren.get_json("/api/upstreams")
     nodes = warren.get_json("/api/nodes")
     routes = warren.get_json("/api/routes")
+    quotas = warren.get_json("/api/quotas")
     clients = warren.get_json("/api/clients")
     out = []
     paused = overview["paused"]
@@ -196,6 +198,7 @@ def page_vs_api(browser, warren, since=0):
                         lambda u: str(u["id"]), UPSTREAM_FIELDS)
     out += compare_rows("nodes", page["nodes"], nodes, lambda n: f"{n['route']}|{n['node']}", NODE_FIELDS)
     out += compare_rows("routes", page["routes"], routes, lambda r: r["name"], ROUTE_FIELDS)
+    out += compare_rows("quotas", page["quotas"], quotas, lambda q: f"{q['quota']}|{q['key']}", QUOTA_FIELDS)
     pool_key = lambda p: f"{p['route']}|{p['vhost']}|{p['user']}"  # noqa: E731
     out += compare_rows("pools", page["pools"], sorted(pools, key=pool_key), pool_key, POOL_FIELDS)
     return out
@@ -225,7 +228,16 @@ def console_errors(browser):
     return [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
 
 
-def test_status_page_shows_what_the_api_says(warren, queue, browser):
+@pytest.fixture
+def quota_warren(warren_factory, tmp_path):
+    """A warren with a quota, so the page has a quota row to show."""
+    cfg = tmp_path / "warren.toml"
+    cfg.write_text('[[quota]]\nname = "everyone"\nusers = "*"\nmax_clients = 100\nmax_channels = 1000\n')
+    return warren_factory("-c", str(cfg))
+
+
+def test_status_page_shows_what_the_api_says(quota_warren, queue, browser):
+    warren = quota_warren
     tag = uuid.uuid4().hex[:8]
     names = [f"status-{tag}-{i}" for i in range(3)]
     published = 7

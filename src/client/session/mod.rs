@@ -22,6 +22,7 @@ mod frames;
 mod moving;
 mod outage;
 mod settling;
+mod throttle;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::net::ReadHalf;
 use crate::outbox::Outbox;
 use crate::pool::PoolRef;
+use crate::quota::QuotaPlace;
 use crate::protocol::frame::{Frame, FrameError, FrameReader};
 use crate::protocol::ids;
 use crate::protocol::method::{self, Close};
@@ -163,6 +165,15 @@ struct Turn {
     /// Not read while a drained node's move waits for the broker.
     pausing: bool,
     awaits_settlement: bool,
+    /// Over its rate quota: not read until then.
+    throttled: Option<tokio::time::Instant>,
+}
+
+impl Turn {
+    /// The client is not read for warren's own reasons (a move, a rate).
+    fn reads_paused(&self) -> bool {
+        self.pausing || self.throttled.is_some()
+    }
 }
 
 /// How the session reaches its client: the link the router writes to, the
@@ -171,6 +182,15 @@ pub struct ClientSide {
     pub link: Arc<ClientLink>,
     pub outbox: Outbox,
     pub record: Listed<ClientRecord>,
+}
+
+/// Where an admitted client sits: its pool and vhost, the upstream
+/// connection it is pinned to, and its place under the quotas.
+pub struct Seat {
+    pub pool: PoolRef,
+    pub vhost: String,
+    pub upstream: Upstream,
+    pub quota: QuotaPlace,
 }
 
 pub struct Session {
@@ -219,6 +239,9 @@ pub struct Session {
     told_blocked: bool,
     /// Its node was drained at this time: it moves at a message boundary.
     moving: Option<std::time::Instant>,
+    quota: QuotaPlace,
+    /// Over its rate quota: not read until then.
+    throttled_until: Option<tokio::time::Instant>,
     record: Listed<ClientRecord>,
 }
 
@@ -226,9 +249,7 @@ impl Session {
     pub fn new(
         id: ClientId,
         ctx: &Arc<Context>,
-        pool: PoolRef,
-        vhost: String,
-        upstream: Upstream,
+        seat: Seat,
         channel_max: u16,
         client: ClientSide,
     ) -> Self {
@@ -236,9 +257,9 @@ impl Session {
         Session {
             id,
             ctx: ctx.clone(),
-            pool,
-            vhost,
-            upstream,
+            pool: seat.pool,
+            vhost: seat.vhost,
+            upstream: seat.upstream,
             upstream_alive: true,
             link: client.link,
             outbox: client.outbox,
@@ -258,6 +279,8 @@ impl Session {
             settling: Vec::new(),
             told_blocked: false,
             moving: None,
+            quota: seat.quota,
+            throttled_until: None,
             record: client.record,
         }
     }
@@ -301,7 +324,7 @@ impl Session {
                     self.flush_batch().await;
                     self.on_event(event).await
                 }
-                read = reader.read_frame(), if held.is_none() && !turn.full && !turn.pausing => {
+                read = reader.read_frame(), if held.is_none() && !turn.full && !turn.reads_paused() => {
                     if read.is_ok() {
                         quiet_quarters = 0;
                     }
@@ -319,13 +342,14 @@ impl Session {
                     self.trim_logs();
                     None
                 }
+                _ = Self::throttle_ends(turn.throttled), if turn.throttled.is_some() => self.end_throttle(),
                 _ = trim.fired(), if trim.armed => {
                     self.trim_logs();
                     None
                 }
                 _ = liveness.tick() => {
                     // Nothing is read while a frame is held or a move waits: silence is ours.
-                    quiet_quarters = if held.is_some() || turn.pausing { 0 } else { quiet_quarters + 1 };
+                    quiet_quarters = if held.is_some() || turn.reads_paused() { 0 } else { quiet_quarters + 1 };
                     missed_heartbeats(heartbeat, quiet_quarters)
                 }
                 _ = &mut writer_stopped => {
@@ -351,17 +375,21 @@ impl Session {
         let full = self.hold_share_full();
         let in_outage = self.outage.is_some();
         let pausing = self.pauses_reads_to_move();
-        self.tell_blocked(full && in_outage);
+        let throttled = self.throttled_until;
+        // A rate pause that was told stays told until it ends.
+        self.tell_blocked((full && in_outage) || (throttled.is_some() && self.told_blocked));
         Ok(Turn {
             full,
             in_outage,
             pausing,
             awaits_settlement: full || pausing || !self.settling.is_empty(),
+            throttled,
         })
     }
 
     fn after_step(&mut self, trim: &mut TrimTimer) {
         self.record.channels.set(self.channels.len() as u64);
+        self.quota.set_channels(self.channels.len());
         self.update_reservation();
         trim.arm_if(self.client_hold_share.used() > 0);
     }
@@ -384,6 +412,7 @@ impl Session {
                     self.record.paused.set(u64::from(paused));
                     None
                 } else {
+                    self.charge_rate(&frame);
                     self.on_read(frame, more_buffered).await
                 }
             }
@@ -420,6 +449,8 @@ impl Session {
         ctx: &Context,
     ) {
         self.flush_batch().await;
+        // Given back before the client hears it closed, so it can reconnect.
+        self.quota.leave();
         if self.upstream_alive {
             // Gone before the client hears it closed, as the broker does.
             self.await_exclusive_declares(events, CLOSE_OK_WAIT).await;
