@@ -6,9 +6,7 @@ use std::sync::{Arc, Weak};
 use tokio::signal::unix::Signal;
 
 use crate::client::Context;
-use crate::config::{
-    Cli, Config, ConfigError, ConsumerMode, Route, UpstreamAddr, UpstreamTls, DEFAULT_ROUTE,
-};
+use crate::config::{Cli, Config, ConfigError, Route, UpstreamAddr, UpstreamTls, DEFAULT_ROUTE};
 use crate::listener::Listeners;
 use crate::logging::SetLevel;
 use crate::pool::{RouteEntry, Routes};
@@ -38,7 +36,7 @@ impl Loaded {
             upstreams: config.upstreams.clone(),
             upstream_vhost: None,
             tls: config.upstream_tls.clone(),
-            consumer_mode: ConsumerMode::Shared,
+            consumer_mode: config.consumer_mode,
         };
         let routes = std::iter::once(default)
             .chain(config.routes.iter().cloned())
@@ -107,6 +105,7 @@ fn upstream_settings(
         route: route.name.clone(),
         nodes,
         upstream_vhost: route.upstream_vhost.clone(),
+        consumer_mode: route.consumer_mode,
         connect_timeout: config.upstream_connect_timeout,
         max_lifetime: config.upstream_max_lifetime,
         hold: config.hold,

@@ -93,6 +93,8 @@ pub struct Upstream {
     route: String,
     vhost: String,
     user: String,
+    /// "shared", or "dedicated" (one client at a time).
+    kind: &'static str,
     age_seconds: f64,
     state: &'static str,
     clients: usize,
@@ -264,12 +266,12 @@ pub fn pools(admin: &Admin) -> Vec<Pool> {
 
 pub async fn upstreams(admin: &Admin) -> Vec<Upstream> {
     let channels = channel_counts(admin).await;
-    let clients: HashMap<u64, usize> = admin
+    let live: HashMap<u64, (usize, bool)> = admin
         .ctx
         .pools
         .upstreams()
         .iter()
-        .map(|u| (u.id(), u.client_count()))
+        .map(|u| (u.id(), (u.client_count(), u.is_dedicated())))
         .collect();
     let mut client_ids: HashMap<u64, Vec<u64>> = HashMap::new();
     for client in admin.ctx.stats.clients() {
@@ -289,9 +291,13 @@ pub async fn upstreams(admin: &Admin) -> Vec<Upstream> {
             route: u.route.clone(),
             vhost: u.pool.vhost.clone(),
             user: u.pool.user.clone(),
+            kind: match live.get(&u.id) {
+                Some((_, true)) => "dedicated",
+                _ => "shared",
+            },
             age_seconds: u.since.elapsed().as_secs_f64(),
             state: if u.is_blocked() { "blocked" } else { "open" },
-            clients: clients.get(&u.id).copied().unwrap_or(0),
+            clients: live.get(&u.id).map_or(0, |(clients, _)| *clients),
             client_ids: client_ids.remove(&u.id).unwrap_or_default(),
             channels: channels.get(&u.id).copied().unwrap_or_default(),
             delivered: u.delivered.get(),

@@ -29,6 +29,13 @@ pub async fn render(admin: &Admin) -> String {
     let exposition = Exposition {
         channels: channel_counts(admin).await,
         pools: admin.ctx.pools.summary().len(),
+        dedicated_upstreams: admin
+            .ctx
+            .pools
+            .upstreams()
+            .iter()
+            .filter(|u| u.is_dedicated())
+            .count(),
         routes: admin
             .ctx
             .pools
@@ -68,6 +75,7 @@ struct Exposition {
     snapshot: Snapshot,
     channels: HashMap<u64, ChannelCounts>,
     pools: usize,
+    dedicated_upstreams: usize,
     /// Every route's name, the default first.
     routes: Vec<String>,
     quotas: Vec<QuotaUsage>,
@@ -142,6 +150,12 @@ impl Exposition {
             "warren_pools",
             "Pools (vhost, user and password) warren holds; one whose connections all closed is forgotten within 5 s",
             self.pools as u64,
+        )?;
+        gauge(
+            encoder,
+            "warren_dedicated_upstream_connections",
+            "Upstream connections that serve one client at a time (consumer_mode dedicated)",
+            self.dedicated_upstreams as u64,
         )?;
         gauge(
             encoder,

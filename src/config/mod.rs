@@ -79,6 +79,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamAddr>,
     /// `[[route]]`s, in file order: the first that serves a client wins.
     pub routes: Vec<Route>,
+    /// The default route's, and that of routes that do not say.
+    pub consumer_mode: ConsumerMode,
     /// `[[quota]]`s, in file order: the first of each scope that covers a
     /// client applies.
     pub quotas: Vec<Quota>,
@@ -251,11 +253,14 @@ impl Config {
     fn from_options(options: Options, tables: file::Tables) -> Result<Self, ConfigError> {
         let mut o = options.clone();
         let (upstreams, upstream_tls) = default_route(&mut o)?;
+        let consumer_mode =
+            routes::consumer_mode(&o.consumer_mode.take().unwrap_or_default()).map_err(err)?;
         let (log_level, log_format) = logging(&mut o)?;
         let (listen, tls, socket_mode) = listeners(&mut o)?;
         let seconds = |value: Option<u64>| Duration::from_secs(value.unwrap_or_default());
         Ok(Config {
-            routes: routes::check(&tables.route, &upstream_tls)?,
+            routes: routes::check(&tables.route, (&upstream_tls, consumer_mode))?,
+            consumer_mode,
             quotas: quotas::check(&tables.quota)?,
             tables,
             upstreams,

@@ -369,6 +369,11 @@ options! {
     /// shows it): text with {version} {listen} {host} {pid} {route} {node}
     /// {user} {vhost}
     upstream_connection_name: String = Some("warren {version} on {listen}".into()), Flag::value("UPSTREAM_CONNECTION_NAME", "TEMPLATE");
+    /// Where a client that starts consuming, declares an exclusive queue or
+    /// selects a transaction is served: shared (on the connection it shares
+    /// with other clients) or dedicated (an upstream connection of its own,
+    /// pooled and reused); routes may say otherwise
+    consumer_mode: String = Some("shared".into()), Flag::value("CONSUMER_MODE", "MODE");
     /// Seconds an upstream connection with no clients stays open
     idle_connection_timeout: u64 = Some(5), Flag::value("IDLE_CONNECTION_TIMEOUT", "SECONDS").short('t');
     /// Most client connections at once; beyond it a client is refused with

@@ -125,15 +125,27 @@ impl Route {
     }
 }
 
-/// Checks the file's routes; `global_tls` is what a route without TLS
-/// settings of its own uses.
+/// `shared` or `dedicated`, from a route or `--consumer-mode`.
+pub fn consumer_mode(given: &str) -> Result<ConsumerMode, String> {
+    match given {
+        "shared" => Ok(ConsumerMode::Shared),
+        "dedicated" => Ok(ConsumerMode::Dedicated),
+        other => Err(format!(
+            "invalid consumer_mode '{}': expected shared or dedicated",
+            other.chars().take(32).collect::<String>()
+        )),
+    }
+}
+
+/// Checks the file's routes; what a route does not say it takes from the
+/// top-level settings (`global`: TLS and consumer mode).
 pub fn check(
     given_routes: &[RouteOptions],
-    global_tls: &UpstreamTls,
+    global: (&UpstreamTls, ConsumerMode),
 ) -> Result<Vec<Route>, ConfigError> {
     let mut routes: Vec<Route> = Vec::with_capacity(given_routes.len());
     for options in given_routes {
-        let route = check_one(options, global_tls)?;
+        let route = check_one(options, global)?;
         if routes.iter().any(|r| r.name == route.name) {
             return Err(err(format!("route '{}' is defined twice", route.name)));
         }
@@ -142,7 +154,10 @@ pub fn check(
     Ok(routes)
 }
 
-fn check_one(options: &RouteOptions, global_tls: &UpstreamTls) -> Result<Route, ConfigError> {
+fn check_one(
+    options: &RouteOptions,
+    (global_tls, global_mode): (&UpstreamTls, ConsumerMode),
+) -> Result<Route, ConfigError> {
     let name = options.name.trim().to_string();
     let valid_name = !name.is_empty()
         && name.len() <= 64
@@ -202,14 +217,8 @@ fn check_one(options: &RouteOptions, global_tls: &UpstreamTls) -> Result<Route, 
         other => other.clone(),
     };
     let consumer_mode = match options.consumer_mode.as_deref() {
-        None | Some("shared") => ConsumerMode::Shared,
-        Some("dedicated") => ConsumerMode::Dedicated,
-        Some(other) => {
-            return Err(in_route(format!(
-                "invalid consumer_mode '{}': expected shared or dedicated",
-                other.chars().take(32).collect::<String>()
-            )))
-        }
+        None => global_mode,
+        Some(given) => consumer_mode(given).map_err(in_route)?,
     };
     Ok(Route {
         vhosts: patterns(&options.vhosts, "vhost")?,
@@ -271,7 +280,7 @@ mod tests {
             insecure: true,
             ..UpstreamTls::default()
         };
-        let [route]: [Route; 1] = check(&[options("billing")], &global)
+        let [route]: [Route; 1] = check(&[options("billing")], (&global, ConsumerMode::Shared))
             .unwrap()
             .try_into()
             .unwrap();
@@ -283,37 +292,42 @@ mod tests {
             upstream_ca: Some("/ca.pem".into()),
             ..options("b")
         };
-        assert!(!check(&[own], &global).unwrap()[0].tls.insecure);
+        assert!(
+            !check(&[own], (&global, ConsumerMode::Shared)).unwrap()[0]
+                .tls
+                .insecure
+        );
         let both = RouteOptions {
             users: vec!["svc-*".into()],
             ..options("c")
         };
-        let route = &check(&[both], &global).unwrap()[0];
+        let route = &check(&[both], (&global, ConsumerMode::Dedicated)).unwrap()[0];
         assert!(route.serves("svc-a", "billing"));
         assert!(!route.serves("other", "billing"));
         assert_eq!(route.may_serve_user("svc-a"), (true, true));
+        assert_eq!(route.consumer_mode, ConsumerMode::Dedicated, "inherited");
     }
 
     #[test]
     fn mistakes_name_the_route_and_never_a_password() {
-        let global = UpstreamTls::default();
-        let twice = check(&[options("a"), options("a")], &global).unwrap_err().0;
+        let global = (&UpstreamTls::default(), ConsumerMode::Shared);
+        let twice = check(&[options("a"), options("a")], global).unwrap_err().0;
         assert!(twice.contains("defined twice"), "{twice}");
         let nothing = RouteOptions {
             vhosts: vec![],
             ..options("a")
         };
-        assert!(check(&[nothing], &global)
+        assert!(check(&[nothing], global)
             .unwrap_err()
             .0
             .contains("route 'a'"));
-        let default = check(&[options("default")], &global).unwrap_err().0;
+        let default = check(&[options("default")], global).unwrap_err().0;
         assert!(default.contains("invalid route name"), "{default}");
         let bad_url = RouteOptions {
             upstream: vec!["amqp://u:hunter2@".into()],
             ..options("a")
         };
-        let bad = check(&[bad_url], &global).unwrap_err().0;
+        let bad = check(&[bad_url], global).unwrap_err().0;
         assert!(
             bad.contains("route 'a'") && !bad.contains("hunter2"),
             "{bad}"
@@ -322,7 +336,7 @@ mod tests {
             consumer_mode: Some("solo".into()),
             ..options("a")
         };
-        assert!(check(&[mode], &global)
+        assert!(check(&[mode], global)
             .unwrap_err()
             .0
             .contains("consumer_mode"));

@@ -76,9 +76,10 @@ impl<C: Candidate> Connections<C> {
             .count()
     }
 
-    /// Whether `limit` (0: none) allows one more connection.
-    pub fn may_open(&self, limit: usize) -> bool {
-        limit == 0 || self.current() < limit
+    /// Whether `limit` (0: none) allows one more connection, with `beside`
+    /// more the pool holds elsewhere.
+    pub fn may_open(&self, limit: usize, beside: usize) -> bool {
+        limit == 0 || self.current() + beside < limit
     }
 
     /// Adds a new connection, already pinned by its first client.
@@ -236,7 +237,8 @@ mod tests {
             "a retired one takes no one"
         );
         assert_eq!(pool.current(), 1);
-        assert!(pool.may_open(2) && !pool.may_open(1) && pool.may_open(0));
+        assert!(pool.may_open(2, 0) && !pool.may_open(1, 0) && pool.may_open(0, 0));
+        assert!(!pool.may_open(2, 1));
         a.occupancy.lock().unwrap().closed = true;
         assert_eq!(pool.live().count(), 1);
         assert!(!pool.is_empty(), "the retired one still serves its clients");
@@ -287,7 +289,7 @@ mod tests {
                             }
                             None => {
                                 prop_assert!(!room_somewhere, "a connection with room was passed over");
-                                if pool.may_open(limit) {
+                                if pool.may_open(limit, 0) {
                                     opened += 1;
                                     let fresh = Model::new(opened, capacity);
                                     prop_assert!(fresh.try_pin(Room::Any));

@@ -8,89 +8,24 @@
 //! credentials, on the nodes of its route ([`routes`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 mod connections;
+mod one;
 mod routes;
 
-use connections::Connections;
+pub use one::Kind;
+use one::Pool;
 pub use routes::{RouteEntry, Routes};
 
 use crate::auth::{Credentials, Fingerprint, Salt};
-use crate::config::Scope;
+use crate::config::{ConsumerMode, Scope};
 use crate::protocol::limits::RABBITMQ_FRAME_MAX;
 use crate::protocol::reply::{self, NOT_ALLOWED};
 use crate::quota::Quotas;
 use crate::upstream::{ConnectError, PendingUpstream, Room, Upstream, UpstreamSettings};
-
-struct Pool {
-    /// The route it opens connections on.
-    route: String,
-    /// Its route was removed or now goes elsewhere (a reload): no new
-    /// clients; its connections close as their clients leave.
-    retired: AtomicBool,
-    fingerprint: Fingerprint,
-    /// Kept to open more connections for this pool; zeroized on drop.
-    credentials: Credentials,
-    upstreams: Mutex<Connections<Upstream>>,
-    /// Serialises connection opening so a burst of new clients opens one
-    /// upstream connection, not one each.
-    opening: tokio::sync::Mutex<()>,
-    /// The last attempt to open a connection that failed, and when it
-    /// ended: clients that waited for it take its answer rather than try
-    /// again each (a broker outage holds many clients of one pool).
-    failed: Mutex<Option<(Instant, ConnectError)>>,
-}
-
-impl Pool {
-    fn upstreams(&self) -> std::sync::MutexGuard<'_, Connections<Upstream>> {
-        self.upstreams.lock().expect("pool lock")
-    }
-
-    /// Pins the client to a live connection with `room` (see
-    /// [`Connections::pin`]).
-    fn try_pin(&self, room: Room) -> Option<Upstream> {
-        self.upstreams().pin(room)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.upstreams().is_empty()
-    }
-
-    fn vouches_through_outage(&self, settings: &UpstreamSettings) -> bool {
-        settings.hold.is_some_and(|hold| {
-            self.upstreams()
-                .vouches_through_outage(settings.max_lifetime, hold, Instant::now())
-        })
-    }
-
-    /// The failure of an attempt that ended after `since`, or less than
-    /// [`FAILURE_SHARED`] ago, if any.
-    fn failed_after(&self, since: Instant) -> Option<ConnectError> {
-        let recent = Instant::now().checked_sub(FAILURE_SHARED).unwrap_or(since);
-        let since = since.min(recent);
-        match &*self.failed.lock().expect("pool failure lock") {
-            Some((at, error)) if *at > since => Some(error.clone()),
-            _ => None,
-        }
-    }
-
-    fn remember(&self, outcome: &Result<Upstream, ConnectError>) {
-        let mut failed = self.failed.lock().expect("pool failure lock");
-        *failed = outcome
-            .as_ref()
-            .err()
-            .map(|error| (Instant::now(), error.clone()));
-    }
-
-    /// Has a connection that still takes clients: the broker accepted these
-    /// credentials less than `--upstream-max-lifetime` ago.
-    fn vouches(&self) -> bool {
-        self.upstreams().current() > 0
-    }
-}
 
 /// Route, vhost, user.
 type PoolKey = (String, String, String);
@@ -106,11 +41,6 @@ fn matching<'a>(candidates: &'a [Arc<Pool>], fingerprint: &Fingerprint) -> Optio
         .iter()
         .find(|p| !p.retired.load(Ordering::Relaxed) && p.fingerprint.matches(fingerprint))
 }
-
-/// A failed attempt to open a pool's connection answers the pool's other
-/// clients for this long: held clients retry on timers of their own, and
-/// a refused connection fails in microseconds.
-const FAILURE_SHARED: Duration = Duration::from_millis(50);
 
 /// A pool as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +137,12 @@ impl Pools {
                 pool.retired.store(true, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Whether clients of this pool's route that start consuming get a
+    /// connection of their own.
+    pub fn consumer_mode_of(&self, pool: &PoolRef) -> ConsumerMode {
+        self.settings_of(&pool.0).consumer_mode
     }
 
     /// The nodes of the client's route.
@@ -322,7 +258,7 @@ impl Pools {
             Admission::Held(unreachable) => Err(unreachable),
             Admission::Known | Admission::AtOpen => {
                 let pool = self.pool_for(credentials, vhost);
-                self.pin_or_open(&pool, vhost, Room::Any)
+                self.pin_or_open(&pool, vhost, Kind::Shared, Room::Any)
                     .await
                     .map(|u| (u, PoolRef(pool)))
             }
@@ -354,7 +290,7 @@ impl Pools {
         let _opening = pool.opening.lock().await;
         if let Err(full) = self.has_room_for_another(&pool, &settings, vhost) {
             pending.discard(&settings, vhost);
-            return match pool.try_pin(Room::Any) {
+            return match pool.try_pin(Kind::Shared, Room::Any) {
                 Some(upstream) => Ok((upstream, PoolRef(pool.clone()))),
                 None => Err(full),
             };
@@ -362,7 +298,7 @@ impl Pools {
         let id = self.next_upstream_id.fetch_add(1, Ordering::Relaxed);
         match pending.open(&settings, &credentials.user, vhost, id).await {
             Ok(upstream) => {
-                self.adopt(&pool, &upstream);
+                adopt(&pool, Kind::Shared, &upstream);
                 Ok((upstream, PoolRef(pool.clone())))
             }
             Err(e) => {
@@ -408,7 +344,10 @@ impl Pools {
         if !current.is_crowded() || pool.0.retired.load(Ordering::Relaxed) {
             return None;
         }
-        match self.pin_or_open(&pool.0, vhost, Room::HalfFree).await {
+        match self
+            .pin_or_open(&pool.0, vhost, Kind::Shared, Room::HalfFree)
+            .await
+        {
             Ok(upstream) => Some(upstream),
             Err(e) => {
                 tracing::warn!(error = %e, "could not open a quieter upstream connection");
@@ -417,17 +356,19 @@ impl Pools {
         }
     }
 
-    /// Pins a client whose upstream connection was lost to another one of
-    /// its pool, opening one if none has room. The pool is looked up again
-    /// by its credentials: the client's may have been pruned with its last
-    /// connection.
+    /// Pins a client to another connection of its pool, of `kind`, opening
+    /// one if none has room: one whose upstream connection was lost, moves
+    /// off a drained node, or is given one of its own. The pool is looked
+    /// up again by its credentials: the client's may have been pruned with
+    /// its last connection, or retired by a reload.
     pub async fn reconnect(
         &self,
         pool: &PoolRef,
         vhost: &str,
+        kind: Kind,
     ) -> Result<(Upstream, PoolRef), ConnectError> {
         let pool = self.pool_for(&pool.0.credentials, vhost);
-        let upstream = self.pin_or_open(&pool, vhost, Room::Any).await?;
+        let upstream = self.pin_or_open(&pool, vhost, kind, Room::Any).await?;
         Ok((upstream, PoolRef(pool)))
     }
 
@@ -435,14 +376,15 @@ impl Pools {
         &self,
         pool: &Arc<Pool>,
         vhost: &str,
+        kind: Kind,
         room: Room,
     ) -> Result<Upstream, ConnectError> {
-        if let Some(upstream) = pool.try_pin(room) {
+        if let Some(upstream) = pool.try_pin(kind, room) {
             return Ok(upstream);
         }
         let asked = Instant::now();
         let _opening = pool.opening.lock().await;
-        if let Some(upstream) = pool.try_pin(room) {
+        if let Some(upstream) = pool.try_pin(kind, room) {
             return Ok(upstream);
         }
         if let Some(error) = pool.failed_after(asked) {
@@ -454,7 +396,7 @@ impl Pools {
         let opened = Upstream::connect(&settings, &pool.credentials, vhost, id).await;
         pool.remember(&opened);
         let upstream = opened?;
-        self.adopt(pool, &upstream);
+        adopt(pool, kind, &upstream);
         Ok(upstream)
     }
 
@@ -467,7 +409,7 @@ impl Pools {
         vhost: &str,
     ) -> Result<(), ConnectError> {
         let limit = settings.max_connections;
-        if !pool.upstreams().may_open(limit) {
+        if !pool.may_open(limit) {
             return Err(ConnectError::Refused(reply::close(
                 NOT_ALLOWED,
                 format!(
@@ -492,15 +434,8 @@ impl Pools {
                 Scope::Vhost => vhost == key,
             })
             .flat_map(|(_, candidates)| candidates)
-            .map(|pool| pool.upstreams().live().count())
+            .map(|pool| pool.live().len())
             .sum()
-    }
-
-    /// Adds a new connection to `pool`, pinned by its first client.
-    fn adopt(&self, pool: &Pool, upstream: &Upstream) {
-        let pinned = upstream.try_pin(Room::Any);
-        debug_assert!(pinned, "a new connection has room");
-        pool.upstreams().adopt(upstream.clone(), Instant::now());
     }
 
     /// The pool of the client's route, vhost, user and password; a new one
@@ -519,15 +454,7 @@ impl Pools {
         if let Some(pool) = matching(candidates, &fingerprint) {
             return pool.clone();
         }
-        let pool = Arc::new(Pool {
-            route,
-            retired: AtomicBool::new(false),
-            fingerprint,
-            credentials: credentials.clone(),
-            upstreams: Mutex::default(),
-            opening: tokio::sync::Mutex::new(()),
-            failed: Mutex::default(),
-        });
+        let pool = Arc::new(Pool::new(route, fingerprint, credentials.clone()));
         candidates.push(pool.clone());
         pool
     }
@@ -570,8 +497,7 @@ impl Pools {
             .iter()
             .flat_map(|((route, vhost, user), candidates)| {
                 candidates.iter().map(move |pool| {
-                    let upstreams = pool.upstreams();
-                    let live: Vec<&Upstream> = upstreams.live().collect();
+                    let live = pool.live();
                     PoolSummary {
                         route: route.clone(),
                         vhost: vhost.clone(),
@@ -589,10 +515,16 @@ impl Pools {
     /// Every live upstream connection.
     pub fn upstreams(&self) -> Vec<Upstream> {
         let pools = self.pools.lock().expect("pools lock");
-        pools
-            .values()
-            .flatten()
-            .flat_map(|p| p.upstreams().live().cloned().collect::<Vec<_>>())
-            .collect()
+        pools.values().flatten().flat_map(|p| p.live()).collect()
     }
+}
+
+/// Adds a new connection to `pool`, pinned by its first client.
+fn adopt(pool: &Pool, kind: Kind, upstream: &Upstream) {
+    if kind == Kind::Dedicated {
+        upstream.set_dedicated();
+    }
+    let pinned = upstream.try_pin(Room::Any);
+    debug_assert!(pinned, "a new connection has room");
+    pool.adopt(kind, upstream.clone());
 }

@@ -128,6 +128,7 @@ mod tests {
                 route: route.name.clone(),
                 nodes: Nodes::new(route.upstreams.clone(), None, Duration::from_secs(1)),
                 upstream_vhost: None,
+                consumer_mode: ConsumerMode::Shared,
                 connect_timeout: Duration::from_secs(1),
                 max_lifetime: None,
                 hold: None,

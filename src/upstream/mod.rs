@@ -36,7 +36,7 @@ pub use nodes::Nodes;
 
 use crate::auth::Credentials;
 use crate::channel::{Delivered, Inherited, UpstreamChannel};
-use crate::config::{NameTemplate, NameValues, UpstreamAddr};
+use crate::config::{ConsumerMode, NameTemplate, NameValues, UpstreamAddr};
 use crate::confirms::ConfirmTags;
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::net::{ReadHalf, WriteHalf};
@@ -65,6 +65,8 @@ pub struct UpstreamSettings {
     /// After this a connection takes no new clients (see `is_retired`),
     /// and the broker's word on a password is no longer taken.
     pub max_lifetime: Option<Duration>,
+    /// Whether a client that starts consuming gets a connection of its own.
+    pub consumer_mode: ConsumerMode,
     /// `--hold-seconds`: how long clients are held through a lost
     /// connection, and how long after one a pool admits new clients
     /// while the broker is unreachable.
@@ -138,6 +140,8 @@ struct Inner {
     retire_at: Option<Instant>,
     /// Its node was drained by an operator: no new clients either.
     drained: AtomicBool,
+    /// Serves one client at a time (`consumer_mode = "dedicated"`).
+    dedicated: AtomicBool,
     /// Exclusive queues by the client that declared them. The broker scopes
     /// exclusivity to this connection, which many clients share; warren
     /// scopes it to the client, as a direct connection would.
@@ -331,6 +335,7 @@ impl Upstream {
             // node only when no other node answers (`Nodes::order`), and
             // then it serves.
             drained: AtomicBool::new(false),
+            dedicated: AtomicBool::new(false),
             node,
             route: settings.route.clone(),
             exclusive: Mutex::default(),
@@ -401,6 +406,7 @@ impl Upstream {
             route: settings.route.clone(),
             retire_at: None,
             drained: AtomicBool::new(false),
+            dedicated: AtomicBool::new(false),
             exclusive: Mutex::default(),
             queue_order: Arc::default(),
             lost: AtomicBool::new(true),
@@ -433,6 +439,15 @@ impl Upstream {
 
     pub fn route(&self) -> &str {
         &self.0.route
+    }
+
+    /// It serves one client at a time, from a pool's dedicated set.
+    pub fn set_dedicated(&self) {
+        self.0.dedicated.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_dedicated(&self) -> bool {
+        self.0.dedicated.load(Ordering::Relaxed)
     }
 
     /// Clients pinned to this connection.

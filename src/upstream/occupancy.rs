@@ -17,13 +17,16 @@ pub enum Room {
     Any,
     /// At least half of its channels free.
     HalfFree,
+    /// No client at all (a dedicated connection).
+    Alone,
 }
 
 impl Room {
-    fn fits(self, used: usize, capacity: usize) -> bool {
+    fn fits(self, clients: usize, used: usize, capacity: usize) -> bool {
         match self {
             Room::Any => used < capacity,
             Room::HalfFree => used * 2 < capacity,
+            Room::Alone => clients == 0 && used < capacity,
         }
     }
 }
@@ -74,7 +77,7 @@ impl Occupancy {
     /// room for it by `room` (a client is counted as needing a channel
     /// until it has one).
     pub fn try_pin(&mut self, room: Room) -> bool {
-        if self.closed || !room.fits(self.channels + self.reserved, self.capacity) {
+        if self.closed || !room.fits(self.clients, self.channels + self.reserved, self.capacity) {
             return false;
         }
         self.clients += 1;
@@ -110,7 +113,7 @@ impl Occupancy {
     /// many channels do not crowd each other out.
     pub fn is_crowded(&self) -> bool {
         let taken = self.channels + self.reserved;
-        !Room::HalfFree.fits(taken, self.capacity)
+        !Room::HalfFree.fits(self.clients, taken, self.capacity)
             || taken.saturating_sub(1) + self.guaranteed > self.capacity
     }
 

@@ -49,7 +49,7 @@ CLIENT_FIELDS = ["user", "vhost", "connection_name", "channels", "upstream", "pa
 NODE_FIELDS = ["route", "node", "tls", "state", "failures", "upstreams"]
 ROUTE_FIELDS = ["name", "upstream_vhost", "consumer_mode", "pools", "upstreams", "clients"]
 QUOTA_FIELDS = ["quota", "scope", "key", "mode", "clients", "max_clients", "channels", "max_channels"]
-UPSTREAM_FIELDS = ["route", "node", "vhost", "user", "state", "clients", "channels.open", "channels.kept",
+UPSTREAM_FIELDS = ["route", "kind", "node", "vhost", "user", "state", "clients", "channels.open", "channels.kept",
                    "channels.closing"]
 POOL_FIELDS = ["route", "vhost", "user", "upstreams", "clients"]
 STABLE_TILES = ["clients", "upstreams", "pools", "channels.client"]

@@ -46,7 +46,7 @@ use crate::held::HeldBytes;
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::net::ReadHalf;
 use crate::outbox::Outbox;
-use crate::pool::PoolRef;
+use crate::pool::{Kind, PoolRef};
 use crate::quota::QuotaPlace;
 use crate::protocol::frame::{Frame, FrameError, FrameReader};
 use crate::protocol::ids;
@@ -199,6 +199,8 @@ pub struct Session {
     pool: PoolRef,
     vhost: String,
     upstream: Upstream,
+    /// Whether its upstream connection is its own (see [`dedicated`]).
+    kind: Kind,
     upstream_alive: bool,
     link: Arc<ClientLink>,
     outbox: Outbox,
@@ -237,8 +239,9 @@ pub struct Session {
     settling: Vec<Settling>,
     /// warren told the client Connection.Blocked (see `tell_blocked`).
     told_blocked: bool,
-    /// Its node was drained at this time: it moves at a message boundary.
-    moving: Option<std::time::Instant>,
+    /// A move to another upstream connection it is due for (its node was
+    /// drained, or it gets one of its own), at a message boundary.
+    moving: Option<moving::Move>,
     quota: QuotaPlace,
     /// Over its rate quota: not read until then.
     throttled_until: Option<tokio::time::Instant>,
@@ -260,6 +263,7 @@ impl Session {
             pool: seat.pool,
             vhost: seat.vhost,
             upstream: seat.upstream,
+            kind: Kind::Shared,
             upstream_alive: true,
             link: client.link,
             outbox: client.outbox,
@@ -330,7 +334,7 @@ impl Session {
                     }
                     self.on_client_read(read, &mut held, reader.has_buffered_frame(), ctx).await
                 }
-                _ = ctx.pauses.resumed(&self.vhost), if held.is_some() && !turn.in_outage => {
+                _ = ctx.pauses.resumed(&self.vhost), if held.is_some() && !turn.in_outage && !turn.pausing => {
                     let frame = held.take().expect("held");
                     self.record.paused.set(0);
                     self.on_read(frame, reader.has_buffered_frame()).await
@@ -406,7 +410,7 @@ impl Session {
         match read {
             Ok(frame) => {
                 let paused = waits_for_resume(&frame) && ctx.pauses.holds(&self.vhost);
-                if paused || self.outage_holds(&frame) {
+                if paused || self.outage_holds(&frame) || self.moves_before(&frame) {
                     self.flush_batch().await;
                     *held = Some(frame);
                     self.record.paused.set(u64::from(paused));

@@ -24,7 +24,7 @@ use crate::channel::Inherited;
 use crate::client::channel_table::OpenChannel;
 use crate::client::Context;
 use crate::confirms::ConfirmTags;
-use crate::pool::PoolRef;
+use crate::pool::{Kind, PoolRef};
 use crate::protocol::frame::{Frame, FRAME_HEARTBEAT};
 use crate::protocol::ids;
 use crate::protocol::method::{self, Close};
@@ -63,14 +63,14 @@ pub(super) async fn reconnected(
 /// credentials or the vhost is final: waiting would not change it.
 async fn reconnect(
     ctx: Arc<Context>,
-    pool: PoolRef,
+    (pool, kind): (PoolRef, Kind),
     vhost: String,
     hold: Duration,
 ) -> Result<(Upstream, PoolRef), ConnectError> {
     let deadline = tokio::time::Instant::now() + hold;
     let mut pause = RETRY_FIRST;
     loop {
-        let error = match tokio::time::timeout_at(deadline, ctx.pools.reconnect(&pool, &vhost)).await
+        let error = match tokio::time::timeout_at(deadline, ctx.pools.reconnect(&pool, &vhost, kind)).await
         {
             Err(_) => return Err(ConnectError::Timeout),
             Ok(Ok(pinned)) => return Ok(pinned),
@@ -168,7 +168,7 @@ impl Session {
             since: Instant::now(),
             reconnect: Box::pin(reconnect(
                 self.ctx.clone(),
-                self.pool.clone(),
+                (self.pool.clone(), self.kind),
                 self.vhost.clone(),
                 hold,
             )),
