@@ -109,12 +109,10 @@ pub async fn admit<'a>(
         events,
         tokio::time::timeout_at(deadline, open).await,
     )?;
-    let (place, login, quota) = within_limits(who, &hello, &vhost, place.zip(login), ctx)?;
-    let (upstream, pool) = ctx
-        .pools
-        .checkout(&hello.credentials, &vhost, login)
-        .await
-        .map_err(|e| refusal(who, &hello, Some(&vhost), events, e))?;
+    let Some((place, login)) = place.zip(login) else {
+        return Err(over_client_limit(who, &hello, &vhost, config.max_clients, events));
+    };
+    let (upstream, pool, quota) = seat(who, &hello, &vhost, login, ctx).await?;
     if writer
         .write_all(&method::connection_open_ok())
         .await
@@ -136,24 +134,27 @@ pub async fn admit<'a>(
     })
 }
 
-/// A place under `--max-clients` (taken before the login, `None` if
-/// there was none) and under the user's and vhost's quotas, or the
-/// refusal RabbitMQ gives at Connection.Open for its own limits.
-fn within_limits<'a>(
+/// An upstream connection for the client, and its place under its user's
+/// and vhost's quotas (taken only now, once the broker has vouched for the
+/// credentials, so a stranger naming a user cannot take that user's
+/// places), or the refusal RabbitMQ gives at Connection.Open.
+async fn seat(
     who: Who,
     hello: &Hello,
     vhost: &str,
-    place_and_login: Option<(Admission<'a>, PoolAdmission)>,
+    login: PoolAdmission,
     ctx: &Context,
-) -> Result<(Admission<'a>, PoolAdmission, QuotaPlace), Refusal> {
+) -> Result<(Upstream, PoolRef, QuotaPlace), Refusal> {
     let events = &ctx.stats.events;
-    let Some((place, login)) = place_and_login else {
-        let max_clients = ctx.config().max_clients;
-        return Err(over_client_limit(who, hello, vhost, max_clients, events));
-    };
+    let (upstream, pool) = ctx
+        .pools
+        .checkout(&hello.credentials, vhost, login)
+        .await
+        .map_err(|e| refusal(who, hello, Some(vhost), events, e))?;
     match ctx.quotas.admit(&hello.credentials.user, vhost) {
-        Ok(quota) => Ok((place, login, quota)),
+        Ok(quota) => Ok((upstream, pool, quota)),
         Err(close) => {
+            upstream.unpin(who.id, 1);
             events.handshake(HandshakeOutcome::quota);
             tracing::info!(client = who.id, peer = %who.peer, user = cut(&hello.credentials.user), vhost = cut(vhost), text = cut(&close.text), "client refused by a quota");
             Err(Refusal::Close(close))

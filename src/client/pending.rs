@@ -42,6 +42,10 @@ pub struct PendingHandshake {
     owner: Arc<PendingHandshakes>,
     /// The address counted per source, if any.
     source: Option<IpAddr>,
+    /// It came from a load balancer: its client is named by a PROXY header,
+    /// and counted per source once that is read (decided once, at accept,
+    /// so a reload in between cannot split the decision).
+    awaits_header: bool,
 }
 
 /// The address a peer is counted under, if the per-source cap applies to it.
@@ -76,6 +80,7 @@ impl PendingHandshakes {
     /// are pending from its address already.
     pub fn enter(self: &Arc<Self>, peer: Peer, per_source: usize) -> Option<PendingHandshake> {
         let mut pending = self.enter_unattributed();
+        pending.awaits_header = false;
         pending.attribute(peer, per_source).then_some(pending)
     }
 
@@ -87,15 +92,23 @@ impl PendingHandshakes {
         PendingHandshake {
             owner: self.clone(),
             source: None,
+            awaits_header: true,
         }
     }
 }
 
 impl PendingHandshake {
+    /// Whether the connection starts with a PROXY header (it was entered
+    /// unattributed).
+    pub fn awaits_header(&self) -> bool {
+        self.awaits_header
+    }
+
     /// Counts this handshake under `peer`'s address as well, unless
     /// `per_source` (0: no limit) are pending from it already. Once only.
     pub fn attribute(&mut self, peer: Peer, per_source: usize) -> bool {
         debug_assert!(self.source.is_none(), "attributed once");
+        self.awaits_header = false;
         let Some(ip) = counted_source(peer) else {
             return true;
         };
@@ -186,6 +199,7 @@ mod tests {
         let pending = Arc::new(PendingHandshakes::default());
         let _direct = pending.enter(tcp("10.0.0.1:1000"), 1).unwrap();
         let mut proxied = pending.enter_unattributed();
+        assert!(proxied.awaits_header());
         assert_eq!(pending.total(), 2);
         assert!(!proxied.attribute(tcp("10.0.0.1:2000"), 1));
         let mut other = pending.enter_unattributed();

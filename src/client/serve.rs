@@ -51,7 +51,7 @@ pub async fn serve(mut accepted: Accepted, mut pending: PendingHandshake, ctx: A
     let config = ctx.config();
     let limit = config.client_handshake_timeout;
     let deadline = tokio::time::Instant::now() + limit;
-    let who = match proxy_protocol::expected_from(&config.proxy_protocol_from, who.peer) {
+    let who = match pending.awaits_header() {
         true => match through_balancer(&mut accepted, who, &mut pending, deadline, &ctx).await {
             Some(client) => client,
             None => return,
@@ -99,6 +99,12 @@ async fn through_balancer(
     let client = match tokio::time::timeout_at(deadline, proxy_protocol::read_header(stream)).await
     {
         Ok(Ok(client)) => client,
+        // A balancer's own health check that sends nothing and leaves.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            events.handshake(HandshakeOutcome::abandoned);
+            tracing::debug!(client = balancer.id, balancer = %balancer.peer, "connection from a load balancer closed before its PROXY header");
+            return None;
+        }
         Ok(Err(e)) => {
             events.handshake(HandshakeOutcome::proxy_header);
             static BAD_HEADER: RateLimit = RateLimit::new(REPEATED_ERRORS_EVERY);

@@ -10,6 +10,7 @@ mod name_template;
 mod options;
 mod quotas;
 mod routes;
+mod urls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub use name_template::{NameTemplate, NameValues};
 pub use options::Options;
 pub use quotas::{Quota, Scope};
 pub use routes::{ConsumerMode, Pattern, Route, DEFAULT_ROUTE};
+pub use urls::{parse_upstream_url, redact_text, redact_url};
 
 /// A broker node upstream connections may go to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -253,13 +255,12 @@ impl Config {
     fn from_options(options: Options, tables: file::Tables) -> Result<Self, ConfigError> {
         let mut o = options.clone();
         let (upstreams, upstream_tls) = default_route(&mut o)?;
-        let consumer_mode =
-            routes::consumer_mode(&o.consumer_mode.take().unwrap_or_default()).map_err(err)?;
         let (log_level, log_format) = logging(&mut o)?;
         let (listen, tls, socket_mode) = listeners(&mut o)?;
         let seconds = |value: Option<u64>| Duration::from_secs(value.unwrap_or_default());
+        let (routes, consumer_mode) = checked_routes(&mut o, &tables, &upstream_tls)?;
         Ok(Config {
-            routes: routes::check(&tables.route, (&upstream_tls, consumer_mode))?,
+            routes,
             consumer_mode,
             quotas: quotas::check(&tables.quota)?,
             tables,
@@ -388,6 +389,27 @@ fn default_route(o: &mut Options) -> Result<(Vec<UpstreamAddr>, UpstreamTls), Co
     Ok((upstreams, tls))
 }
 
+/// The `[[route]]`s and the top-level `--consumer-mode`: a dedicated mode
+/// anywhere needs confirms upstream (`--hold-seconds`).
+fn checked_routes(
+    o: &mut Options,
+    tables: &file::Tables,
+    upstream_tls: &UpstreamTls,
+) -> Result<(Vec<Route>, ConsumerMode), ConfigError> {
+    let consumer_mode =
+        routes::consumer_mode(&o.consumer_mode.take().unwrap_or_default()).map_err(err)?;
+    let routes = routes::check(&tables.route, (upstream_tls, consumer_mode))?;
+    let dedicated = std::iter::once(consumer_mode)
+        .chain(routes.iter().map(|r| r.consumer_mode))
+        .any(|mode| mode == ConsumerMode::Dedicated);
+    if dedicated && o.hold_seconds == Some(0) {
+        return Err(err(
+            "consumer_mode dedicated needs --hold-seconds above 0: a client moves to its own connection once the broker confirmed what it published",
+        ));
+    }
+    Ok((routes, consumer_mode))
+}
+
 /// `--log-level` and `--log-format`, checked.
 fn logging(o: &mut Options) -> Result<(String, LogFormat), ConfigError> {
     let log_level = o.log_level.take().unwrap_or_default();
@@ -514,72 +536,6 @@ fn cert_and_key(
         (Some(_), None) => Err(err(format!("--{prefix}-cert needs --{prefix}-key"))),
         (None, Some(_)) => Err(err(format!("--{prefix}-key needs --{prefix}-cert"))),
     }
-}
-
-/// A URL with its password replaced, for logs, errors and
-/// `--check-config`; works on URLs too broken to parse. Everything up to the
-/// last `@` counts as user information, since a password may hold `/`, `?`
-/// or `#` unescaped.
-pub fn redact_url(raw: &str) -> String {
-    let Some((scheme, rest)) = raw.split_once("://") else {
-        return raw.to_string();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:redacted@{host}")
-        }
-        _ => raw.to_string(),
-    }
-}
-
-/// `text` with every URL in it redacted (see [`redact_url`]): for error
-/// messages that may quote a configuration value.
-pub fn redact_text(text: &str) -> String {
-    text.split_inclusive(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '`' | ','))
-        .map(|word| {
-            let end = word.len()
-                - word.chars().last().map_or(0, |c| {
-                    if c.is_whitespace() || matches!(c, '\'' | '"' | '`' | ',') {
-                        c.len_utf8()
-                    } else {
-                        0
-                    }
-                });
-            let (token, separator) = word.split_at(end);
-            format!("{}{separator}", redact_url(token))
-        })
-        .collect()
-}
-
-/// Parses `amqp[s]://[user:pass@]host[:port][/vhost]`. Only scheme, host
-/// and port are used; credentials and vhost belong to each client.
-pub fn parse_upstream_url(raw: &str) -> Result<UpstreamAddr, ConfigError> {
-    let shown = redact_url(raw);
-    let url =
-        url::Url::parse(raw).map_err(|e| err(format!("invalid upstream URL '{shown}': {e}")))?;
-    let (tls, default_port) = match url.scheme() {
-        "amqp" => (false, 5672),
-        "amqps" => (true, 5671),
-        other => {
-            return Err(err(format!(
-                "invalid upstream URL '{shown}': scheme '{other}' is not amqp:// or amqps://"
-            )))
-        }
-    };
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| err(format!("invalid upstream URL '{shown}': no host")))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    Ok(UpstreamAddr {
-        host,
-        port: url.port().unwrap_or(default_port),
-        tls,
-    })
 }
 
 #[cfg(test)]

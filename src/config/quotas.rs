@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::options::strings;
-use super::routes::Pattern;
+use super::routes::{self, table_name, Pattern};
 use super::{err, ConfigError};
 
 /// A quota as the file gives it.
@@ -100,18 +100,7 @@ pub fn check(given: &[QuotaOptions]) -> Result<Vec<Quota>, ConfigError> {
 }
 
 fn check_one(options: &QuotaOptions) -> Result<Quota, ConfigError> {
-    let name = options.name.trim().to_string();
-    let valid_name = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !valid_name {
-        return Err(err(format!(
-            "invalid quota name '{}': 1 to 64 letters, digits, '-', '_' or '.'",
-            name.chars().take(64).collect::<String>()
-        )));
-    }
+    let name = table_name("quota", &options.name)?;
     let in_quota = |what: &str| err(format!("quota '{name}': {what}"));
     let (scope, patterns) = match (options.users.is_empty(), options.vhosts.is_empty()) {
         (false, true) => (Scope::User, &options.users),
@@ -122,9 +111,7 @@ fn check_one(options: &QuotaOptions) -> Result<Quota, ConfigError> {
             ))
         }
     };
-    if patterns.iter().any(|p| p.is_empty() || p.len() > 255) {
-        return Err(in_quota("a pattern must be 1 to 255 bytes"));
-    }
+    let patterns = routes::patterns(patterns).map_err(|why| in_quota(&why))?;
     let observe = match options.mode.as_deref() {
         None | Some("enforce") => false,
         Some("observe") => true,
@@ -146,7 +133,7 @@ fn check_one(options: &QuotaOptions) -> Result<Quota, ConfigError> {
     positive(options.max_publish_bytes_rate, "max_publish_bytes_rate")?;
     Ok(Quota {
         scope,
-        patterns: patterns.iter().map(|p| Pattern::new(p)).collect(),
+        patterns,
         max_clients: options.max_clients,
         max_channels: options.max_channels,
         max_upstream_connections: options.max_upstream_connections,

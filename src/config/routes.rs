@@ -84,6 +84,35 @@ impl Pattern {
     }
 }
 
+/// A `[[route]]` or `[[quota]]` name: what the API, the metrics and
+/// refusals show.
+pub fn table_name(table: &str, given: &str) -> Result<String, ConfigError> {
+    let name = given.trim();
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    match valid {
+        true => Ok(name.to_string()),
+        false => Err(err(format!(
+            "invalid {table} name '{}': 1 to 64 letters, digits, '-', '_' or '.'",
+            name.chars().take(64).collect::<String>()
+        ))),
+    }
+}
+
+/// Vhost or user patterns as given, each 1 to 255 bytes (a short string).
+pub fn patterns(given: &[String]) -> Result<Vec<Pattern>, String> {
+    given
+        .iter()
+        .map(|p| match p.is_empty() || p.len() > 255 {
+            true => Err("a pattern must be 1 to 255 bytes".to_string()),
+            false => Ok(Pattern::new(p)),
+        })
+        .collect()
+}
+
 /// A route, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -158,16 +187,10 @@ fn check_one(
     options: &RouteOptions,
     (global_tls, global_mode): (&UpstreamTls, ConsumerMode),
 ) -> Result<Route, ConfigError> {
-    let name = options.name.trim().to_string();
-    let valid_name = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !valid_name || name == DEFAULT_ROUTE {
+    let name = table_name("route", &options.name)?;
+    if name == DEFAULT_ROUTE {
         return Err(err(format!(
-            "invalid route name '{}': 1 to 64 letters, digits, '-', '_' or '.', and not '{DEFAULT_ROUTE}'",
-            name.chars().take(64).collect::<String>()
+            "invalid route name '{DEFAULT_ROUTE}': it names the top-level upstream"
         )));
     }
     let in_route = |what: String| err(format!("route '{name}': {what}"));
@@ -176,15 +199,6 @@ fn check_one(
             "give vhosts, users or both (the default route takes the rest)".into(),
         ));
     }
-    let patterns = |given: &[String], what: &str| -> Result<Vec<Pattern>, ConfigError> {
-        given
-            .iter()
-            .map(|p| match p.is_empty() || p.len() > 255 {
-                true => Err(in_route(format!("a {what} pattern must be 1 to 255 bytes"))),
-                false => Ok(Pattern::new(p)),
-            })
-            .collect()
-    };
     if options.upstream.is_empty() {
         return Err(in_route("no upstream: give the route's broker URLs".into()));
     }
@@ -221,8 +235,8 @@ fn check_one(
         Some(given) => consumer_mode(given).map_err(in_route)?,
     };
     Ok(Route {
-        vhosts: patterns(&options.vhosts, "vhost")?,
-        users: patterns(&options.users, "user")?,
+        vhosts: patterns(&options.vhosts).map_err(in_route)?,
+        users: patterns(&options.users).map_err(in_route)?,
         name,
         upstreams,
         upstream_vhost,

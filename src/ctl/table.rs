@@ -60,6 +60,7 @@ fn columns(what: Listing) -> &'static [Column] {
             ("UPSTREAM", "/upstream"),
             ("UPSTREAM_VHOST", "/upstream_vhost"),
             ("CONSUMERS", "/consumer_mode"),
+            ("POOLS", "/pools"),
             ("UPSTREAMS", "/upstreams"),
             ("CLIENTS", "/clients"),
         ],

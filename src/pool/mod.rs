@@ -151,11 +151,15 @@ impl Pools {
     }
 
     /// The settings a pool opens connections with: its route's current ones.
+    /// A retired pool keeps what it was made with: its clients stay on the
+    /// brokers they came to.
     fn settings_of(&self, pool: &Pool) -> Arc<UpstreamSettings> {
-        let routes = self.routes();
-        routes
+        if pool.retired.load(Ordering::Relaxed) {
+            return pool.settings.clone();
+        }
+        self.routes()
             .named(&pool.route)
-            .unwrap_or(routes.default_route())
+            .unwrap_or(&pool.settings)
             .clone()
     }
 
@@ -367,7 +371,10 @@ impl Pools {
         vhost: &str,
         kind: Kind,
     ) -> Result<(Upstream, PoolRef), ConnectError> {
-        let pool = self.pool_for(&pool.0.credentials, vhost);
+        let pool = match pool.0.retired.load(Ordering::Relaxed) {
+            true => pool.0.clone(),
+            false => self.pool_for(&pool.0.credentials, vhost),
+        };
         let upstream = self.pin_or_open(&pool, vhost, kind, Room::Any).await?;
         Ok((upstream, PoolRef(pool)))
     }
@@ -442,19 +449,15 @@ impl Pools {
     /// if there is none.
     fn pool_for(&self, credentials: &Credentials, vhost: &str) -> Arc<Pool> {
         let fingerprint = Fingerprint::of(&self.salt, &credentials.password);
-        let route = self
-            .routes()
-            .for_client(&credentials.user, vhost)
-            .route
-            .clone();
+        let settings = self.routes().for_client(&credentials.user, vhost).clone();
         let mut pools = self.pools.lock().expect("pools lock");
         let candidates = pools
-            .entry(key(&route, vhost, &credentials.user))
+            .entry(key(&settings.route, vhost, &credentials.user))
             .or_default();
         if let Some(pool) = matching(candidates, &fingerprint) {
             return pool.clone();
         }
-        let pool = Arc::new(Pool::new(route, fingerprint, credentials.clone()));
+        let pool = Arc::new(Pool::new(settings, fingerprint, credentials.clone()));
         candidates.push(pool.clone());
         pool
     }
@@ -484,6 +487,8 @@ impl Pools {
                 !p.is_empty()
                     || p.opening.try_lock().is_err()
                     || p.vouches_through_outage(&settings)
+                    // Its clients reconnect within it (see `reconnect`).
+                    || (p.retired.load(Ordering::Relaxed) && Arc::strong_count(p) > 1)
             });
         }
         pools.retain(|_, candidates| !candidates.is_empty());

@@ -5,7 +5,7 @@
 //! "dedicated"`), reused by the next such client once it is free.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::connections::Connections;
@@ -28,6 +28,9 @@ const FAILURE_SHARED: Duration = Duration::from_millis(50);
 pub struct Pool {
     /// The route it opens connections on.
     pub route: String,
+    /// Its route's settings when it was made: what it opens connections
+    /// with once retired.
+    pub settings: Arc<UpstreamSettings>,
     /// Its route was removed or now goes elsewhere (a reload): no new
     /// clients; its connections close as their clients leave.
     pub retired: AtomicBool,
@@ -46,9 +49,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(route: String, fingerprint: Fingerprint, credentials: Credentials) -> Self {
+    pub fn new(
+        settings: Arc<UpstreamSettings>,
+        fingerprint: Fingerprint,
+        credentials: Credentials,
+    ) -> Self {
         Pool {
-            route,
+            route: settings.route.clone(),
+            settings,
             retired: AtomicBool::new(false),
             fingerprint,
             credentials,

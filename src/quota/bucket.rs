@@ -26,10 +26,6 @@ impl Bucket {
         }
     }
 
-    pub fn rate(&self) -> u64 {
-        self.rate as u64
-    }
-
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
@@ -45,6 +41,11 @@ impl Bucket {
         self.tokens -= amount as f64;
         (self.tokens < 0.0)
             .then(|| Duration::from_secs_f64((self.burst / 2.0 - self.tokens) / self.rate))
+    }
+
+    /// Forgets any debt: for a bucket that only measures.
+    pub fn forgive(&mut self) {
+        self.tokens = self.tokens.max(0.0);
     }
 
     /// Back to a full burst: nothing of the past is owed.

@@ -33,25 +33,44 @@ struct Usage {
     throttled_micros: AtomicU64,
 }
 
+/// A user's or vhost's rate buckets, one per meter: clients keep the rate
+/// they came with, so after a reload that changes it old and new clients
+/// are each held to their own instead of resetting one bucket in turn.
 #[derive(Default)]
 struct Rates {
-    messages: Option<Bucket>,
-    bytes: Option<Bucket>,
+    buckets: Vec<(Meter, Bucket)>,
+}
+
+/// What a bucket measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meter {
+    bytes: bool,
+    per_second: u64,
+    /// Observe mode: the bucket measures, holds nothing back, and so
+    /// carries no debt.
+    observe: bool,
 }
 
 impl Rates {
-    /// The bucket for `per_second`, made (or remade for a new rate) as needed.
-    fn bucket(slot: &mut Option<Bucket>, per_second: u64, now: Instant) -> &mut Bucket {
-        if slot.as_ref().is_none_or(|b| b.rate() != per_second) {
-            *slot = Some(Bucket::new(per_second, now));
+    fn take(&mut self, meter: Meter, amount: u64, now: Instant) -> Option<Duration> {
+        let index = match self.buckets.iter().position(|(m, _)| *m == meter) {
+            Some(index) => index,
+            None => {
+                self.buckets
+                    .push((meter, Bucket::new(meter.per_second, now)));
+                self.buckets.len() - 1
+            }
+        };
+        let bucket = &mut self.buckets[index].1;
+        let wait = bucket.take(amount, now);
+        if meter.observe {
+            bucket.forgive();
         }
-        slot.as_mut().expect("just made")
+        wait
     }
 
     fn rested(&mut self, now: Instant) -> bool {
-        [&mut self.messages, &mut self.bytes]
-            .into_iter()
-            .all(|b| b.as_mut().is_none_or(|b| b.is_rested(now)))
+        self.buckets.iter_mut().all(|(_, b)| b.is_rested(now))
     }
 }
 
@@ -209,7 +228,10 @@ impl Quotas {
     pub fn prune(&self) {
         let now = Instant::now();
         self.usage.lock().expect("quota usage").retain(|_, usage| {
-            usage.clients.load(Ordering::Relaxed) > 0
+            // Held by a client being admitted or leaving: kept, so its
+            // counts never go to an entry the map no longer has.
+            Arc::strong_count(usage) > 1
+                || usage.clients.load(Ordering::Relaxed) > 0
                 || usage.channels.load(Ordering::Relaxed) > 0
                 || !usage.rates.lock().expect("quota rates").rested(now)
         });
@@ -333,17 +355,17 @@ impl QuotaPlace {
             let Some(quota) = &held.rate else { continue };
             let wait = {
                 let mut rates = held.usage.rates.lock().expect("quota rates");
-                let rates = &mut *rates;
-                let by_count = quota
-                    .max_publish_rate
-                    .filter(|_| messages > 0)
-                    .and_then(|r| {
-                        Rates::bucket(&mut rates.messages, r.into(), now).take(messages, now)
-                    });
-                let by_size = quota
-                    .max_publish_bytes_rate
-                    .filter(|_| bytes > 0)
-                    .and_then(|r| Rates::bucket(&mut rates.bytes, r, now).take(bytes, now));
+                let mut charge = |bytes: bool, rate: Option<u64>, amount: u64| {
+                    let per_second = rate.filter(|_| amount > 0)?;
+                    let meter = Meter {
+                        bytes,
+                        per_second,
+                        observe: quota.observe,
+                    };
+                    rates.take(meter, amount, now)
+                };
+                let by_count = charge(false, quota.max_publish_rate.map(u64::from), messages);
+                let by_size = charge(true, quota.max_publish_bytes_rate, bytes);
                 by_count.max(by_size)
             };
             let Some(wait) = wait else { continue };
@@ -483,6 +505,26 @@ mod tests {
         assert_eq!(waits, 1);
         let unlimited = Quotas::new(Vec::new()).admit("u", "/").unwrap();
         assert!(!unlimited.limits_rate());
+    }
+
+    #[test]
+    fn observing_a_rate_holds_nothing_back_and_owes_nothing_later() {
+        let observed = Quotas::new(vec![Quota {
+            max_publish_rate: Some(10),
+            observe: true,
+            ..quota("watch", Scope::User, "*")
+        }]);
+        let client = observed.admit("u", "/").unwrap();
+        assert!((0..1000).all(|_| client.charge(1, 0).is_none()));
+        let over = observed.exceeded().values().sum::<u64>();
+        assert!(over >= 990, "{over}");
+        // Enforced from now on: no debt left from the observed burst.
+        observed.set_rules(vec![Quota {
+            max_publish_rate: Some(10),
+            ..quota("watch", Scope::User, "*")
+        }]);
+        let enforced = observed.admit("u", "/").unwrap();
+        assert_eq!(enforced.charge(1, 0), None);
     }
 
     #[test]

@@ -14,9 +14,11 @@ mod hello;
 mod nodes;
 mod occupancy;
 mod router;
+mod settings;
 mod slots;
 
 pub use occupancy::{Occupancy, Room};
+pub use settings::UpstreamSettings;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,7 +38,7 @@ pub use nodes::Nodes;
 
 use crate::auth::Credentials;
 use crate::channel::{Delivered, Inherited, UpstreamChannel};
-use crate::config::{ConsumerMode, NameTemplate, NameValues, UpstreamAddr};
+use crate::config::{NameValues, UpstreamAddr};
 use crate::confirms::ConfirmTags;
 use crate::link::{ClientEvent, ClientId, ClientLink};
 use crate::net::{ReadHalf, WriteHalf};
@@ -45,50 +47,11 @@ use crate::protocol::frame::FrameReader;
 use crate::protocol::ids::MethodId;
 use crate::protocol::limits::RABBITMQ_FRAME_MAX;
 use crate::protocol::reply::{self, CONNECTION_FORCED};
-use crate::stats::{LoginOutcome, PoolLabel, Stats, UpstreamRecord};
+use crate::stats::{LoginOutcome, PoolLabel, UpstreamRecord};
 use crate::writer;
 
 /// Bytes queued for one upstream socket before clients wait.
 const WRITE_QUEUE_BYTES: usize = 4 << 20;
-
-/// How upstream connections are opened and kept.
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    /// The route these settings are for (`[[route]]`, or the default).
-    pub route: String,
-    pub nodes: Arc<Nodes>,
-    /// The vhost opened on the broker instead of the client's (a route's
-    /// `upstream_vhost`).
-    pub upstream_vhost: Option<String>,
-    /// Per node tried.
-    pub connect_timeout: Duration,
-    /// After this a connection takes no new clients (see `is_retired`),
-    /// and the broker's word on a password is no longer taken.
-    pub max_lifetime: Option<Duration>,
-    /// Whether a client that starts consuming gets a connection of its own.
-    pub consumer_mode: ConsumerMode,
-    /// `--hold-seconds`: how long clients are held through a lost
-    /// connection, and how long after one a pool admits new clients
-    /// while the broker is unreachable.
-    pub hold: Option<Duration>,
-    /// Per pool; 0: no limit.
-    pub max_connections: usize,
-    /// `--max-upstream-channels`; the broker's channel_max also applies.
-    pub channel_limit: u16,
-    pub idle_timeout: Duration,
-    /// Clean channels kept open for the next client; 0 turns reuse off.
-    pub kept_channels: usize,
-    /// Clean channels opened in advance on each connection.
-    pub prewarm_channels: usize,
-    /// Channels each client is sure to get on a connection.
-    pub guaranteed_channels: usize,
-    /// How warren names its connections to the broker (shown in the
-    /// management UI): which warren, listening where, for whom.
-    pub connection_name: NameTemplate,
-    /// Where warren listens for clients (the first listener).
-    pub listening: String,
-    pub stats: Arc<Stats>,
-}
 
 /// An upstream connection's channels by state.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -184,7 +147,10 @@ impl PendingUpstream {
     /// Closes it cleanly in the background: the pool filled while it was
     /// logging in.
     pub fn discard(self, settings: &UpstreamSettings, vhost: &str) {
-        let (limit, vhost) = (settings.connect_timeout, vhost.to_string());
+        let (limit, vhost) = (
+            settings.connect_timeout,
+            settings.broker_vhost(vhost).to_string(),
+        );
         tokio::spawn(async move {
             let _ = tokio::time::timeout(limit, self.authenticated.discard(&vhost)).await;
         });
@@ -197,10 +163,9 @@ impl PendingUpstream {
         vhost: &str,
         id: u64,
     ) -> Result<Upstream, ConnectError> {
-        let upstream_vhost = settings.upstream_vhost.as_deref().unwrap_or(vhost);
         let opened = tokio::time::timeout(
             settings.connect_timeout,
-            self.authenticated.open(upstream_vhost),
+            self.authenticated.open(settings.broker_vhost(vhost)),
         )
         .await
         .map_err(|_| ConnectError::Timeout)??;

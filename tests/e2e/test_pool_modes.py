@@ -84,3 +84,27 @@ def test_shared_mode_keeps_consumers_on_the_shared_connection(warren_factory, qu
         consumer_id = newest_client(w)
         consumer.channel().basic_consume(queue, lambda *args: None, auto_ack=True)
         assert client_upstream(w, consumer_id) == shared
+
+
+def test_a_client_whose_move_fails_consumes_shared_and_is_not_held_again(warren_factory, tmp_path, queue):
+    # Its user may hold one upstream connection: the move to a connection of
+    # its own is refused by the quota, so the consumer stays shared.
+    cfg = tmp_path / "warren.toml"
+    cfg.write_text('[[quota]]\nname = "one"\nusers = "guest"\nmax_upstream_connections = 1\n')
+    w = warren_factory("-c", str(cfg), "--consumer-mode", "dedicated")
+    with w.connect() as conn:
+        consumer_id = newest_client(w)
+        first, second = conn.channel(), conn.channel()
+        shared = client_upstream(w, consumer_id)
+        first.basic_consume(queue, lambda *args: None, auto_ack=True)
+        second.basic_consume(queue, lambda *args: None, auto_ack=True)
+        assert client_upstream(w, consumer_id) == shared
+    assert w.log_text().count("client keeps sharing its upstream connection") == 1, w.log_text()[-3000:]
+
+
+def test_dedicated_mode_without_confirms_is_a_configuration_error():
+    import subprocess
+    from conftest import WARREN
+    out = subprocess.run([str(WARREN), "--check-config", "/dev/null", "--consumer-mode", "dedicated",
+                          "--hold-seconds", "0", "amqp://127.0.0.1"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 2 and "needs --hold-seconds above 0" in out.stderr, out.stderr

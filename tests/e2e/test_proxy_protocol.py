@@ -175,3 +175,13 @@ def test_the_header_comes_before_tls_on_the_tls_listener(broker, warren_factory)
     finally:
         balancer.close()
     assert "peer=192.0.2.44:" in w.log_text()
+
+
+def test_a_health_check_that_sends_nothing_is_not_a_bad_header(warren_factory):
+    w = warren_factory("--proxy-protocol-from", "127.0.0.1")
+    import socket as plain
+    plain.create_connection(("127.0.0.1", w.port), timeout=5).close()
+    wait_until(lambda: 'warren_client_handshakes_total{outcome="abandoned"} 1' in w.http_get("/metrics"),
+               10, "the empty connection to be counted as abandoned")
+    assert 'outcome="proxy_header"} 0' in w.http_get("/metrics") or 'outcome="proxy_header"' not in w.http_get("/metrics")
+    assert "without a valid PROXY header" not in w.log_text()

@@ -133,3 +133,18 @@ def test_a_long_pause_is_told_with_connection_blocked(warren_factory, tmp_path, 
     frames = [client.read_method(), client.read_method()]
     assert sorted(f.method for f in frames) == [(10, 61), (60, 80)], frames  # Unblocked, and the ack
     client.close()
+
+
+def test_a_wrong_password_takes_no_place_under_the_quota(warren_factory, tmp_path, broker):
+    # A route by vhost checks the login only at Connection.Open: the quota
+    # place is taken after the broker's word, so a stranger naming the user
+    # hears the broker's 403, not the quota's 530.
+    cfg = tmp_path / "warren.toml"
+    cfg.write_text(f'[[route]]\nname = "r"\nvhosts = "/"\nupstream = "amqp://127.0.0.1:{broker.port}"\n'
+                   '[[quota]]\nname = "q"\nusers = "guest"\nmax_clients = 1\n')
+    w = warren_factory("-c", str(cfg))
+    with w.connect():
+        with pytest.raises(pika.exceptions.AMQPConnectionError) as refused:
+            w.connect(password="wrong")
+        assert "403" in repr(refused.value) or "ACCESS_REFUSED" in repr(refused.value), repr(refused.value)
+        assert "530" not in repr(refused.value)

@@ -25,6 +25,9 @@ impl Session {
             Ok(opened) => opened,
             Err(close) => return Some(Exit::Close(close)),
         };
+        if let Err(close) = self.quota.open_channel() {
+            return Some(Exit::Close(close));
+        }
         if self.outage.is_some() {
             self.open_channel_while_held(channel);
             return None;

@@ -58,9 +58,6 @@ impl Session {
         }
         let method_id = spec.map(|m| (m.class, m.method));
         if method_id == Some(ids::CHANNEL_OPEN) && expects_method {
-            if let Err(close) = self.quota.open_channel() {
-                return Some(Exit::Close(close));
-            }
             return self.open_channel(channel).await;
         }
         match route {

@@ -199,8 +199,10 @@ pub struct Session {
     pool: PoolRef,
     vhost: String,
     upstream: Upstream,
-    /// Whether its upstream connection is its own (see [`dedicated`]).
+    /// Whether its upstream connection is its own (see [`moving`]).
     kind: Kind,
+    /// A move to a connection of its own was given up: it stays shared.
+    dedication_declined: bool,
     upstream_alive: bool,
     link: Arc<ClientLink>,
     outbox: Outbox,
@@ -264,6 +266,7 @@ impl Session {
             vhost: seat.vhost,
             upstream: seat.upstream,
             kind: Kind::Shared,
+            dedication_declined: false,
             upstream_alive: true,
             link: client.link,
             outbox: client.outbox,
@@ -335,9 +338,7 @@ impl Session {
                     self.on_client_read(read, &mut held, reader.has_buffered_frame(), ctx).await
                 }
                 _ = ctx.pauses.resumed(&self.vhost), if held.is_some() && !turn.in_outage && !turn.pausing => {
-                    let frame = held.take().expect("held");
-                    self.record.paused.set(0);
-                    self.on_read(frame, reader.has_buffered_frame()).await
+                    self.release_held(&mut held, reader.has_buffered_frame()).await
                 }
                 reconnected = outage::reconnected(&mut self.outage) => {
                     self.on_reconnected(reconnected, &mut held, reader.has_buffered_frame(), ctx).await
@@ -424,6 +425,19 @@ impl Session {
             Err(FrameError::Io(e)) => Some(Exit::Gone(format!("client connection failed: {e}"))),
             Err(e) => Some(Exit::Close(reply::close(FRAME_ERROR, e))),
         }
+    }
+
+    /// The frame held for a pause, an outage or a move goes on: unless it
+    /// now makes the client move first, it is charged and handled.
+    async fn release_held(&mut self, held: &mut Option<Frame>, more_buffered: bool) -> Option<Exit> {
+        let frame = held.take()?;
+        self.record.paused.set(0);
+        if self.moves_before(&frame) {
+            *held = Some(frame);
+            return None;
+        }
+        self.charge_rate(&frame);
+        self.on_read(frame, more_buffered).await
     }
 
     /// The client's unconfirmed publishes fill its share or the shared

@@ -93,6 +93,8 @@ impl Session {
         };
         let movable = dedicating
             && self.kind == Kind::Shared
+            && !self.dedication_declined
+            && self.why_not_carriable().is_none()
             && self.hold.is_some()
             && self.outage.is_none()
             && self.moving.is_none()
@@ -128,7 +130,7 @@ impl Session {
             && self.why_not_carriable().is_none();
         if !ready {
             if since.elapsed() > MOVE_WAIT {
-                self.moving = None;
+                self.give_up_move(to);
                 tracing::info!(
                     client = self.id,
                     upstream = self.upstream.id(),
@@ -146,6 +148,7 @@ impl Session {
         let (upstream, pool) = match self.ctx.pools.reconnect(&self.pool, &self.vhost, kind).await {
             Ok(pinned) => pinned,
             Err(error) => {
+                self.give_up_move(to);
                 tracing::info!(client = self.id, %error, "{}: no other connection", to.stays());
                 return None;
             }
@@ -164,6 +167,13 @@ impl Session {
             Destination::OwnConnection => tracing::info!(client = self.id, from, to = to_upstream, "client has an upstream connection of its own (consumer_mode dedicated)"),
         }
         exit
+    }
+
+    /// The client stays where it is; one that was to get a connection of
+    /// its own is not held up for that again.
+    fn give_up_move(&mut self, to: Destination) {
+        self.moving = None;
+        self.dedication_declined |= to == Destination::OwnConnection;
     }
 
     /// Gives the client's channels back to its connection and opens them on

@@ -207,10 +207,7 @@ impl Session {
             self.record.paused.set(1);
             return None;
         }
-        match held.take() {
-            Some(frame) => self.on_read(frame, more_buffered).await,
-            None => None,
-        }
+        self.release_held(held, more_buffered).await
     }
 
     /// The held client has a new upstream connection: its channels are
