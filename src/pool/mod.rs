@@ -20,6 +20,8 @@ pub use one::Kind;
 use one::Pool;
 pub use routes::{RouteEntry, Routes};
 
+use zeroize::Zeroizing;
+
 use crate::auth::{Credentials, Fingerprint, Salt};
 use crate::config::{ConsumerMode, Scope};
 use crate::protocol::limits::RABBITMQ_FRAME_MAX;
@@ -358,6 +360,27 @@ impl Pools {
                 None
             }
         }
+    }
+
+    /// A client asks to update its secret (Connection.Update-Secret, frame
+    /// `update`): the broker answers for the client's route and vhost, and
+    /// if it accepts, the client belongs from then on to the pool of its
+    /// new credentials (its open channels stay where they are).
+    pub async fn update_secret(
+        &self,
+        pool: &PoolRef,
+        vhost: &str,
+        secret: Zeroizing<String>,
+        update: &[u8],
+    ) -> Result<PoolRef, ConnectError> {
+        let current = &pool.0.credentials;
+        let settings = self.settings_of(&pool.0);
+        Upstream::check_update_secret(&settings, current, vhost, update).await?;
+        let renewed = Credentials {
+            user: current.user.clone(),
+            password: secret,
+        };
+        Ok(PoolRef(self.pool_for(&renewed, vhost)))
     }
 
     /// Pins a client to another connection of its pool, of `kind`, opening

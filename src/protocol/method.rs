@@ -87,6 +87,10 @@ pub fn connection_open_ok() -> Bytes {
     encode(0, CONNECTION_OPEN_OK, |b| put_short_str(b, ""))
 }
 
+pub fn connection_update_secret_ok() -> Bytes {
+    encode(0, CONNECTION_UPDATE_SECRET_OK, |_| {})
+}
+
 pub fn connection_close_ok() -> Bytes {
     encode(0, CONNECTION_CLOSE_OK, |_| {})
 }

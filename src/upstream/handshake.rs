@@ -228,6 +228,28 @@ impl Authenticated {
     /// Closes a login that turned out not to be needed. RabbitMQ takes a
     /// Connection.Close only once the vhost is open (before, it logs an
     /// error), so the vhost is opened first; the broker sees a clean close.
+    /// Opens `vhost` and asks the broker to take `update` (a client's
+    /// Connection.Update-Secret) on this connection of the client's own,
+    /// then closes it: the broker's answer (Ok, or its Close).
+    pub async fn try_update_secret(self, vhost: &str, update: &[u8]) -> Result<(), ConnectError> {
+        let (mut reader, mut writer, _) = self.open(vhost).await?;
+        writer.write_all(update).await.map_err(io)?;
+        match expect(&mut reader, ids::CONNECTION_UPDATE_SECRET_OK).await {
+            Ok(_) => {
+                let close = Close::new(REPLY_SUCCESS, "warren: secret checked");
+                if writer.write_all(&close.connection_frame()).await.is_ok() {
+                    let _ = expect(&mut reader, ids::CONNECTION_CLOSE_OK).await;
+                }
+                Ok(())
+            }
+            Err(refused @ ConnectError::Refused(_)) => {
+                let _ = writer.write_all(&method::connection_close_ok()).await;
+                Err(refused)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
     pub async fn discard(self, vhost: &str) {
         let Ok((mut reader, mut writer, _)) = self.open(vhost).await else {
             return;

@@ -244,6 +244,25 @@ impl Upstream {
         Err(last_error)
     }
 
+    /// Asks the broker whether a client of `credentials` on `vhost` may
+    /// update its secret with `update` (its Connection.Update-Secret frame),
+    /// on a connection of the client's own opened for the question: the
+    /// shared ones stay as they are.
+    pub async fn check_update_secret(
+        settings: &UpstreamSettings,
+        credentials: &Credentials,
+        vhost: &str,
+        update: &[u8],
+    ) -> Result<(), ConnectError> {
+        let pending = Self::login(settings, credentials, Some(vhost)).await?;
+        let asking = pending
+            .authenticated
+            .try_update_secret(settings.broker_vhost(vhost), update);
+        tokio::time::timeout(settings.connect_timeout, asking)
+            .await
+            .map_err(|_| ConnectError::Timeout)?
+    }
+
     /// `login` and `PendingUpstream::open` in one step.
     pub async fn connect(
         settings: &UpstreamSettings,

@@ -37,6 +37,9 @@ impl Session {
     async fn on_client_frame(&mut self, frame: Frame) -> Option<Exit> {
         let channel = frame.channel();
         if channel == 0 {
+            if frame.method_id() == Some(ids::CONNECTION_UPDATE_SECRET) {
+                return self.update_secret(frame).await;
+            }
             return self.on_connection_frame(frame);
         }
         let spec = match frame_check::check_frame(&frame) {

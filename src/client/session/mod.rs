@@ -21,6 +21,7 @@ mod forward;
 mod frames;
 mod moving;
 mod outage;
+mod secret;
 mod settling;
 mod throttle;
 
