@@ -44,3 +44,19 @@ def test_the_shared_connection_and_its_other_clients_are_untouched(broker, warre
         assert broker.warren_connections() == shared
         bystander_channel.queue_declare("", exclusive=True)
         updating.channel().queue_declare("", exclusive=True)
+
+
+def test_amqplib_update_secret_behaves_as_directly(broker, warren):
+    import subprocess
+    from conftest import CLIENTS, amqp_url
+
+    def run(port, secret):
+        out = subprocess.run(["node", str(CLIENTS / "update_secret.js"), amqp_url(port), secret],
+                             capture_output=True, text=True, timeout=60, cwd=CLIENTS)
+        assert out.returncode == 0, out.stderr
+        return [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+
+    for secret in ("guest", "not-the-password"):
+        direct = run(broker.port, secret)
+        assert direct, "the direct run printed its result"
+        assert run(warren.port, secret) == direct, secret
