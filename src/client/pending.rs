@@ -80,7 +80,6 @@ impl PendingHandshakes {
     /// are pending from its address already.
     pub fn enter(self: &Arc<Self>, peer: Peer, per_source: usize) -> Option<PendingHandshake> {
         let mut pending = self.enter_unattributed();
-        pending.awaits_header = false;
         pending.attribute(peer, per_source).then_some(pending)
     }
 

@@ -135,7 +135,7 @@ impl Pools {
         tracing::info!(routes = %retargeted.join(", "), "routes changed: their pools take no new clients and close as their clients leave");
         let pools = self.pools.lock().expect("pools lock");
         for pool in pools.values().flatten() {
-            if retargeted.contains(&pool.route) {
+            if retargeted.contains(&pool.settings.route) {
                 pool.retired.store(true, Ordering::Relaxed);
             }
         }
@@ -160,7 +160,7 @@ impl Pools {
             return pool.settings.clone();
         }
         self.routes()
-            .named(&pool.route)
+            .named(&pool.settings.route)
             .unwrap_or(&pool.settings)
             .clone()
     }
@@ -486,7 +486,7 @@ impl Pools {
     }
 
     fn remove_if_empty(&self, credentials: &Credentials, vhost: &str, pool: &Arc<Pool>) {
-        let key = key(&pool.route, vhost, &credentials.user);
+        let key = key(&pool.settings.route, vhost, &credentials.user);
         let mut pools = self.pools.lock().expect("pools lock");
         if let Some(candidates) = pools.get_mut(&key) {
             candidates.retain(|p| !(Arc::ptr_eq(p, pool) && p.is_empty()));

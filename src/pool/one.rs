@@ -26,10 +26,8 @@ pub enum Kind {
 const FAILURE_SHARED: Duration = Duration::from_millis(50);
 
 pub struct Pool {
-    /// The route it opens connections on.
-    pub route: String,
-    /// Its route's settings when it was made: what it opens connections
-    /// with once retired.
+    /// Its route's settings when it was made (the route's name among
+    /// them): what it opens connections with once retired.
     pub settings: Arc<UpstreamSettings>,
     /// Its route was removed or now goes elsewhere (a reload): no new
     /// clients; its connections close as their clients leave.
@@ -55,7 +53,6 @@ impl Pool {
         credentials: Credentials,
     ) -> Self {
         Pool {
-            route: settings.route.clone(),
             settings,
             retired: AtomicBool::new(false),
             fingerprint,

@@ -248,6 +248,8 @@ pub struct Session {
     quota: QuotaPlace,
     /// Over its rate quota: not read until then.
     throttled_until: Option<tokio::time::Instant>,
+    /// The rate pause is long enough to be told (Connection.Blocked).
+    throttle_told: bool,
     record: Listed<ClientRecord>,
 }
 
@@ -289,6 +291,7 @@ impl Session {
             moving: None,
             quota: seat.quota,
             throttled_until: None,
+            throttle_told: false,
             record: client.record,
         }
     }
@@ -382,8 +385,7 @@ impl Session {
         let in_outage = self.outage.is_some();
         let pausing = self.pauses_reads_to_move();
         let throttled = self.throttled_until;
-        // A rate pause that was told stays told until it ends.
-        self.tell_blocked((full && in_outage) || (throttled.is_some() && self.told_blocked));
+        self.tell_blocked((full && in_outage) || self.throttle_told);
         Ok(Turn {
             full,
             in_outage,

@@ -91,15 +91,16 @@ impl Session {
             Some(ids::QUEUE_DECLARE) => declares_exclusive(frame.method_args()),
             _ => false,
         };
+        // Cheap checks first: this runs for every frame the client sends.
         let movable = dedicating
             && self.kind == Kind::Shared
             && !self.dedication_declined
-            && self.why_not_carriable().is_none()
             && self.hold.is_some()
             && self.outage.is_none()
             && self.moving.is_none()
             && matches!(self.channels.route(frame.channel()), Route::Open { .. })
             && self.channels.at_message_boundary()
+            && self.why_not_carriable().is_none()
             && self.ctx.pools.consumer_mode_of(&self.pool) == ConsumerMode::Dedicated;
         if movable {
             self.plan_move(Destination::OwnConnection);

@@ -118,20 +118,26 @@ impl Session {
             && !answered_while_held(frame)
     }
 
-    /// A held client whose share of the hold buffer is full is not read
-    /// until it is carried: if it announced the capability it is told so
-    /// (Connection.Blocked), and told when it is read again. A held client
-    /// with room is not: some libraries refuse to publish while blocked
-    /// (php-amqplib throws), and its publishes are safe with warren.
+    /// Tells the client it is not read for a while (Connection.Blocked, if
+    /// it announced the capability), and when it is read again: a held
+    /// client whose share of the hold buffer is full, until it is carried,
+    /// or a long pause for its rate quota (see [`super::throttle`]). A held
+    /// client with room is not told: some libraries refuse to publish while
+    /// blocked (php-amqplib throws), and its publishes are safe with warren.
     pub(super) fn tell_blocked(&mut self, blocked: bool) {
         if blocked == self.told_blocked || !self.link.capabilities.blocked {
             return;
         }
         self.told_blocked = blocked;
-        self.link.push(if blocked {
-            method::connection_blocked("warren: the broker is unreachable and this client's held publishes fill its share")
-        } else {
-            method::connection_unblocked()
+        self.link.push(match (blocked, self.outage.is_some()) {
+            (false, _) => method::connection_unblocked(),
+            (true, true) => method::connection_blocked(
+                "warren: the broker is unreachable and this client's held publishes fill its share",
+            ),
+            (true, false) => method::connection_blocked(&format!(
+                "warren: publishing faster than quota '{}' allows",
+                self.quota.rate_quota_name().unwrap_or_default()
+            )),
         });
     }
 

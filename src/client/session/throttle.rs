@@ -8,7 +8,6 @@ use std::time::Duration;
 use super::{Exit, Session};
 use crate::protocol::frame::{Frame, FRAME_BODY};
 use crate::protocol::ids;
-use crate::protocol::method;
 
 /// A pause at least this long is told (Connection.Blocked, to clients that
 /// announced the capability): shorter ones, many a second for a steady
@@ -35,12 +34,10 @@ impl Session {
         };
         let until = tokio::time::Instant::now() + wait;
         self.throttled_until = Some(self.throttled_until.map_or(until, |t| t.max(until)));
-        if wait >= TELL_BLOCKED_FROM && self.link.capabilities.blocked && !self.told_blocked {
-            self.told_blocked = true;
-            let quota = self.quota.rate_quota_name().unwrap_or_default();
-            self.link.push(method::connection_blocked(&format!(
-                "warren: publishing faster than quota '{quota}' allows"
-            )));
+        if wait >= TELL_BLOCKED_FROM {
+            // Told now, before the publish that caused it goes upstream.
+            self.throttle_told = true;
+            self.tell_blocked(true);
         }
     }
 
@@ -52,13 +49,11 @@ impl Session {
         }
     }
 
-    /// The client is back within its rate: it is read again.
+    /// The client is back within its rate: it is read again (and told so
+    /// by the next turn, if it was told it was not).
     pub(super) fn end_throttle(&mut self) -> Option<Exit> {
         self.throttled_until = None;
-        if self.told_blocked && self.outage.is_none() {
-            self.told_blocked = false;
-            self.link.push(method::connection_unblocked());
-        }
+        self.throttle_told = false;
         None
     }
 }
